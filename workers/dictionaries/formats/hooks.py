@@ -1,0 +1,129 @@
+"""Which (layer, site) an ecosystem's hook name means, and how to adapt dictionaries that read a
+normalised-but-not-yet-scaled MLP input.
+
+Supported hook names (TransformerLens spelling, as SAELens, circuit-tracer and lm-saes use them; the
+``blocks.{i}.`` prefix may be absent where the format gives the layer separately):
+
+=================================  ======================  ==============================================
+hook                               (layer, site), role     note
+=================================  ======================  ==============================================
+``blocks.{i}.hook_attn_out``       (i, "attn") in / out    SAE on the attention output
+``blocks.{i}.mlp.hook_in``         (i, "mlp") in           the MLP module's input (after its norm)
+``blocks.{i}.ln2.hook_normalized`` (i, "mlp") in           after centring/scaling, BEFORE the norm's gain
+                                                           and bias: exact once ``fold_input_norm`` has
+                                                           divided the gain out using the model
+``blocks.{i}.hook_mlp_out``,       (i, "mlp") out          the MLP module's output
+``blocks.{i}.mlp.hook_out``
+=================================  ======================  ==============================================
+
+Refused, with the reason: ``hook_resid_pre/mid/post`` (residual-stream dictionaries are not a splice
+site here: our transcoders read the MLP input after its norm), ``attn.hook_z`` (per-head, before the
+output projection: retrain on ``hook_attn_out``), ``mlp.hook_pre/post`` (MLP hidden units), anything else.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from workers.dictionaries.modules import Dictionary, SiteName
+from workers.models.sites import blocks
+
+InputSpace = Literal["site", "normalized"]
+
+
+@dataclass(frozen=True)
+class HookSite:
+    layer: int
+    site: SiteName
+    # "site": the tensor our site provides; "normalized": ln2.hook_normalized (needs fold_input_norm)
+    space: InputSpace = "site"
+
+
+_REFUSED = {
+    "hook_resid_pre": "a residual-stream SAE is not a splice site here (sites are attention outputs and MLPs)",
+    "hook_resid_mid": "it reads the residual before the pre-MLP norm; our transcoders read the MLP input after "
+    "the norm (use ln2.hook_normalized or mlp.hook_in)",
+    "hook_resid_post": "a residual-stream SAE is not a splice site here (sites are attention outputs and MLPs)",
+    "attn.hook_z": "hook_z is per head and before the output projection; train the SAE on hook_attn_out",
+    "mlp.hook_pre": "that is the MLP's hidden pre-activation, not its input or output",
+    "mlp.hook_post": "that is the MLP's hidden activation, not its input or output",
+}
+
+_HOOK_RE = re.compile(r"^(?:blocks\.(\d+)\.)?(.+)$")
+
+
+def parse_hook(name: str, role: Literal["in", "out"], layer: int | None = None) -> HookSite:
+    """Map a hook name to our (layer, site). ``layer`` is used when the name has no ``blocks.{i}.`` prefix
+    (circuit-tracer's config gives the layer by file). Raises ValueError naming the hook and the reason."""
+    m = _HOOK_RE.match(name.strip())
+    if not m:
+        raise ValueError(f"empty hook name for the {role}put side")
+    if m.group(1) is not None:
+        layer = int(m.group(1))
+    if layer is None:
+        raise ValueError(f"hook {name!r} names no layer (expected blocks.<i>.<hook>)")
+    hook = m.group(2)
+    if hook in _REFUSED:
+        raise ValueError(f"hook {name!r} is not supported: {_REFUSED[hook]}")
+    if hook == "hook_attn_out":
+        return HookSite(layer, "attn")
+    if role == "in" and hook == "mlp.hook_in":
+        return HookSite(layer, "mlp")
+    if role == "in" and hook == "ln2.hook_normalized":
+        return HookSite(layer, "mlp", "normalized")
+    if role == "out" and hook in ("hook_mlp_out", "mlp.hook_out"):
+        return HookSite(layer, "mlp")
+    raise ValueError(
+        f"hook {name!r} is not supported as the {role}put of a dictionary: supported are "
+        "blocks.<i>.hook_attn_out (SAE), blocks.<i>.mlp.hook_in or blocks.<i>.ln2.hook_normalized (transcoder "
+        "input), blocks.<i>.hook_mlp_out or blocks.<i>.mlp.hook_out (transcoder output)"
+    )
+
+
+def pre_mlp_norm(block: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(gain [d_model], bias [d_model] or None) of the norm in front of a block's MLP, for the usual
+    HF layouts: GPT-2 ``ln_2``, Gemma 2/3 ``pre_feedforward_layernorm`` (gain = 1 + weight),
+    Llama/Qwen/Mistral/NeoX ``post_attention_layernorm``."""
+    for attr in ("ln_2", "pre_feedforward_layernorm", "post_attention_layernorm"):
+        norm = getattr(block, attr, None)
+        if norm is not None:
+            break
+    else:
+        raise ValueError(f"cannot find the pre-MLP norm of {type(block).__name__}: expected ln_2, "
+                         "pre_feedforward_layernorm or post_attention_layernorm")
+    weight = norm.weight.detach().float()
+    # Gemma's RMSNorm multiplies by (1 + weight); the others by weight.
+    gain = 1.0 + weight if "Gemma" in type(norm).__name__ else weight
+    bias = getattr(norm, "bias", None)
+    return gain, None if bias is None else bias.detach().float()
+
+
+@torch.no_grad()
+def fold_input_norm(d: Dictionary, model: nn.Module) -> None:
+    """Make a transcoder that reads ``ln2.hook_normalized`` (n) read our site's MLP input h = n·γ + β.
+
+    n = (h − β)/γ, so  W_enc' = W_enc / γ,  b_enc' = b_enc − W_enc'·β,  and the same for the skip path
+    (W_skip' = W_skip / γ, b_dec' = b_dec − W_skip'·β). Exact whenever γ has no zero entry.
+    Marks ``cfg.extra["input_space"] = "site"`` afterwards, so folding twice is refused.
+    """
+    if d.cfg.extra.get("input_space", "site") != "normalized":
+        raise ValueError(f"dictionary {d.cfg.name!r} already reads the site input; nothing to fold")
+    gain, bias = pre_mlp_norm(blocks(model)[d.cfg.layer].module)
+    if gain.shape != (d.cfg.d_in,):
+        raise ValueError(f"pre-MLP norm of layer {d.cfg.layer} has {gain.numel()} features; dictionary "
+                         f"{d.cfg.name!r} has d_in={d.cfg.d_in}")
+    if bool((gain == 0).any()):
+        raise ValueError(f"pre-MLP norm of layer {d.cfg.layer} has zero gain entries; cannot fold exactly")
+    d.W_enc.div_(gain[None, :])
+    if bias is not None:
+        d.b_enc.sub_(d.W_enc @ bias)
+    if d.W_skip is not None:
+        d.W_skip.div_(gain[None, :])
+        if bias is not None:
+            d.b_dec.sub_(d.W_skip @ bias)
+    d.cfg.extra["input_space"] = "site"

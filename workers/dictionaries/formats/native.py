@@ -1,0 +1,82 @@
+"""The native dictionary-set format (what ``save_dictionary_set`` writes).
+
+One directory per dictionary set::
+
+    <set>/dictionaries.json        index
+    <set>/<name>.json              one dictionary's config (DictionaryConfig fields)
+    <set>/<name>.safetensors       its tensors, canonical orientation, float32
+    <set>/<name>.report.json|png   optional training report (written by training, ignored by the reader)
+
+``dictionaries.json``::
+
+    {"format": "circuit-atlas-dictionaries", "version": 1,
+     "model_name": "zoo/gpt2-4l", "model_hash": "<sha256 or empty>",
+     "content_hash": "<sha256 over all members>",
+     "entries": [{"name": "L0.attn", "layer": 0, "site": "attn", "kind": "sae",
+                  "config": "L0.attn.json", "weights": "L0.attn.safetensors",
+                  "content_hash": "<sha256>"}, ...]}
+
+``<name>.json`` holds ``kind`` ("sae" | "transcoder"), ``site`` ("attn" | "mlp"), ``layer``, ``d_in``,
+``d_out``, ``d_dict``, ``activation`` ("relu" | "jumprelu" | "topk"), ``k`` (TopK), ``topk_signed``,
+``skip``, ``name`` and ``extra`` (provenance). ``<name>.safetensors`` holds, rows = features:
+``W_enc`` [d_dict, d_in], ``b_enc`` [d_dict], ``W_dec`` [d_dict, d_out], ``b_dec`` [d_out], and
+``threshold`` [d_dict] (JumpReLU) and ``W_skip`` [d_out, d_in] (skip) when present. The function is
+``x̂ = (pre ⊙ gate(pre)) @ W_dec + b_dec (+ x @ W_skip.T)`` with ``pre = x @ W_enc.T + b_enc``: an SAE
+reads and rewrites the attention output of its layer; a transcoder reads the MLP module's input (after
+the pre-MLP norm) and rewrites the MLP output.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from safetensors.torch import save_file
+
+from workers.dictionaries.formats.tensors_io import need, read_json, read_safetensors
+from workers.dictionaries.modules import Dictionary, DictionaryConfig, DictionarySet
+
+INDEX = "dictionaries.json"
+FORMAT = "circuit-atlas-dictionaries"
+VERSION = 1
+
+
+def save_native(ds: DictionarySet, out_dir: Path) -> Path:
+    """Write ``ds`` to ``out_dir`` (created if needed; files of the same names are replaced)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for (layer, site), d in ds:
+        name = d.cfg.name
+        (out_dir / f"{name}.json").write_text(json.dumps(d.cfg.to_dict(), indent=2, sort_keys=True))
+        save_file(d.tensors(), str(out_dir / f"{name}.safetensors"))
+        entries.append({"name": name, "layer": layer, "site": site, "kind": d.cfg.kind,
+                        "config": f"{name}.json", "weights": f"{name}.safetensors",
+                        "content_hash": d.content_hash()})
+    index = {"format": FORMAT, "version": VERSION, "model_name": ds.model_name, "model_hash": ds.model_hash,
+             "content_hash": ds.content_hash(), "entries": entries}
+    (out_dir / INDEX).write_text(json.dumps(index, indent=2))
+    return out_dir
+
+
+def load_native(path: Path) -> DictionarySet:
+    path = Path(path)
+    index_path = path / INDEX
+    index = read_json(index_path)
+    if index.get("format") != FORMAT:
+        raise ValueError(f"{index_path} has format {index.get('format')!r}; expected {FORMAT!r}")
+    if int(index.get("version", 0)) > VERSION:
+        raise ValueError(f"{index_path} is version {index['version']}; this code reads up to {VERSION}")
+    dicts: dict[tuple[int, str], Dictionary] = {}
+    for i, e in enumerate(need(index, "entries", index_path)):
+        cfg_path = path / need(e, "config", index_path)
+        cfg = DictionaryConfig.from_dict(read_json(cfg_path))
+        if (cfg.layer, cfg.site) != (e.get("layer"), e.get("site")):
+            raise ValueError(f"entry {i} of {index_path} says (layer, site) = ({e.get('layer')}, {e.get('site')!r}) "
+                             f"but {cfg_path} says ({cfg.layer}, {cfg.site!r})")
+        w_path = path / need(e, "weights", index_path)
+        d = Dictionary.from_tensors(cfg, read_safetensors(w_path), source=str(w_path))
+        if (cfg.layer, cfg.site) in dicts:
+            raise ValueError(f"{index_path} lists two dictionaries for (layer {cfg.layer}, site {cfg.site!r})")
+        dicts[(cfg.layer, cfg.site)] = d
+    return DictionarySet(dicts, model_name=index.get("model_name", ""), model_hash=index.get("model_hash", ""))
