@@ -1,0 +1,1 @@
+"""Local Neo4j and Redis processes started, checked and stopped by the project (`atlas services ...`)."""
