@@ -1,0 +1,107 @@
+"""Small random GPT-2 and Llama models with random dictionaries: every identity test runs on both."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+from workers.dictionaries.modules import Dictionary, DictionaryConfig, DictionarySet
+from workers.engine.linearise import Linearised
+
+torch.set_num_threads(1)
+
+
+def random_dictionary(
+    layer: int, site: str, d_model: int, d_dict: int, gen: torch.Generator, skip: bool = False,
+    activation: str = "relu", target_active: float = 10.0,
+) -> Dictionary:
+    """Random dictionary whose encoder bias leaves about ``target_active`` features active per token
+    (for inputs of roughly unit scale per coordinate)."""
+    kind = "sae" if site == "attn" else "transcoder"
+    cfg = DictionaryConfig(kind=kind, site=site, layer=layer, d_in=d_model, d_out=d_model, d_dict=d_dict,
+                           activation=activation, skip=skip)
+    d = Dictionary(cfg)
+    with torch.no_grad():
+        d.W_enc.copy_(torch.randn(d_dict, d_model, generator=gen) / d_model**0.5)
+        d.W_dec.copy_(torch.randn(d_dict, d_model, generator=gen) / d_model**0.5)
+        d.b_dec.copy_(0.1 * torch.randn(d_model, generator=gen))
+        # pre ~ N(b, |x|^2/d); pick b so that P(pre > 0) ≈ target_active / d_dict
+        q = torch.tensor(1.0 - target_active / d_dict)
+        z = torch.special.ndtri(q)
+        d.b_enc.copy_(-z * torch.ones(d_dict) + 0.05 * torch.randn(d_dict, generator=gen))
+        if activation == "jumprelu":
+            d.threshold.copy_(0.05 * torch.rand(d_dict, generator=gen))
+        if skip:
+            d.W_skip.copy_(0.1 * torch.randn(d_model, d_model, generator=gen) / d_model**0.5)
+    return d
+
+
+def calibrate(lin: Linearised, ids: torch.Tensor, target_active: float = 10.0) -> None:
+    """Shift each dictionary's encoder bias so that about ``target_active`` features fire per token on
+    ``ids`` (random models have site inputs of arbitrary scale)."""
+    for (layer, site), d in lin.dictionaries:
+        tr = lin.trace(ids)
+        x = tr.sites[(layer, site)].x
+        with torch.no_grad():
+            pre = x @ d.W_enc.T  # [pos, d_dict]
+            k = int(target_active)
+            # bias that puts the k-th largest pre-activation of an average token at 0
+            kth = pre.topk(k + 1, dim=-1).values[:, -1].mean()
+            d.b_enc.copy_(-kth + 0.01 * torch.randn(d.b_enc.shape, generator=torch.Generator().manual_seed(layer)))
+
+
+def make_gpt2(n_layer: int = 3, d: int = 64, vocab: int = 97, seed: int = 0) -> GPT2LMHeadModel:
+    torch.manual_seed(seed)
+    cfg = GPT2Config(vocab_size=vocab, n_positions=128, n_embd=d, n_layer=n_layer, n_head=4,
+                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, initializer_range=0.2)
+    m = GPT2LMHeadModel(cfg).eval()
+    with torch.no_grad():  # non-trivial LayerNorm parameters, so freezing them is actually tested
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.LayerNorm):
+                mod.weight.add_(0.2 * torch.randn_like(mod.weight))
+                mod.bias.add_(0.1 * torch.randn_like(mod.bias))
+    return m
+
+
+def make_llama(n_layer: int = 3, d: int = 64, vocab: int = 97, seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=d, intermediate_size=2 * d, num_hidden_layers=n_layer,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                      attention_bias=True, tie_word_embeddings=False)
+    m = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if "norm" in name:
+                p.add_(0.2 * torch.randn_like(p))
+            elif name.endswith("bias"):
+                p.copy_(0.05 * torch.randn_like(p))
+    return m
+
+
+def make_dicts(model, n_layer: int, d: int, d_dict: int = 128, sites=("attn", "mlp"), seed: int = 1,
+               skip: bool = True, activation: str = "relu") -> DictionarySet:
+    gen = torch.Generator().manual_seed(seed)
+    dd = {}
+    for layer in range(n_layer):
+        for site in sites:
+            dd[(layer, site)] = random_dictionary(layer, site, d, d_dict, gen, skip=skip and site == "mlp",
+                                                  activation=activation)
+    return DictionarySet(dd)
+
+
+PROMPTS = [
+    torch.tensor([5, 17, 42, 8, 5, 17, 42, 3, 91, 11]),
+    torch.tensor([1, 2, 3, 4, 5, 6, 7]),
+    torch.tensor([60, 13, 13, 77, 0, 45, 22, 60, 13, 50, 2, 9]),
+]
+
+
+@pytest.fixture(scope="module", params=["gpt2", "llama"])
+def lin(request) -> Linearised:
+    n_layer, d = 3, 64
+    model = make_gpt2(n_layer, d) if request.param == "gpt2" else make_llama(n_layer, d)
+    dicts = make_dicts(model, n_layer, d)
+    lin = Linearised(model, dicts)
+    calibrate(lin, PROMPTS[0])
+    return lin

@@ -1,0 +1,354 @@
+"""Direct-effect adjacency by batched backward passes through the frozen model (DESIGN.md §2).
+
+``A[t, s] = a_s · (W_dec[s] · ∂t/∂(site output))`` with every other node a constant. Each feature is also a
+row (read at its pre-activation ``W_enc[f]·x + b_enc[f]``). Rows are processed in causal-cone groups: all
+rows whose position is < P share one frozen forward on the first P tokens; within a group, rows are
+back-propagated ``batch_size`` at a time, each batch row of the replicated prompt carrying one target's
+gradient. Rows are put in a canonical order first, so results do not depend on the order targets were
+given in; the cone grouping depends only on positions, not on the batch size.
+
+Leaves: token / positional embeddings, error nodes (site, pos), features (their activation is the
+leaf), and the bias leaf — everything the frozen model adds that is not a leaf, obtained exactly as
+the frozen forward with every other leaf set to zero (optionally split into groups of parameters).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from workers.engine import ids
+from workers.engine.graph import ENGINE_VERSION, Graph, TargetInfo
+from workers.engine.linearise import SITES, Linearised, Trace, site_order
+from workers.engine.targets import Target, tensor_site_bound
+
+
+@dataclass
+class AttributionSettings:
+    batch_size: int = 32  # targets per backward pass
+    cone_chunk: int = 32  # positions per causal-cone group (1 = a forward per position)
+    bias: Literal["total", "grouped"] = "total"  # one bias leaf, or one per parameter group
+    dtype: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast in the backward passes
+    feature_rows: bool = True  # compute edges into every active feature (False: targets only)
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class NodeTable:
+    """Nodes in a fixed order: emb, pos, bias, errors, features, then target nodes (not features)."""
+
+    ids: list[str] = field(default_factory=list)
+    kinds: list[str] = field(default_factory=list)
+    layer: list[int] = field(default_factory=list)
+    site: list[str] = field(default_factory=list)
+    pos: list[int] = field(default_factory=list)
+    feature: list[int] = field(default_factory=list)
+    activation: list[float] = field(default_factory=list)
+
+    def add(self, node_id: str, kind: str, layer: int, site: str, pos: int, feature: int, act: float) -> int:
+        self.ids.append(node_id)
+        self.kinds.append(kind)
+        self.layer.append(layer)
+        self.site.append(site)
+        self.pos.append(pos)
+        self.feature.append(feature)
+        self.activation.append(act)
+        return len(self.ids) - 1
+
+
+@dataclass
+class SiteColumns:
+    """Sources at one site. feat_cols [pos, K] node index (−1 = padding), feat_dec [pos, K, d_out] =
+    a_s W_dec[s] (zero on padding), err_cols [pos]."""
+
+    key: tuple[int, str]
+    err_cols: torch.Tensor
+    feat_cols: torch.Tensor
+    feat_dec: torch.Tensor
+
+
+def _bias_groups(lin: Linearised) -> dict[str, list[torch.Tensor]]:
+    """Bias parameters grouped as ``L{layer}.{module}`` (model) / ``L{layer}.{site}.dict`` (dictionaries) /
+    ``{module}`` outside the blocks. A parameter is a bias if its name ends in ``bias`` or is b_enc/b_dec."""
+    groups: dict[str, list[torch.Tensor]] = {}
+    for name, p in lin.model.named_parameters():
+        if not name.endswith("bias"):
+            continue
+        m = re.search(r"\.(?:h|layers)\.(\d+)\.([^.]+)", name)
+        g = f"L{m.group(1)}.{m.group(2)}" if m else name.rsplit(".", 2)[-2]
+        groups.setdefault(g, []).append(p)
+    for (layer, site), d in lin.dictionaries:
+        groups.setdefault(f"L{layer}.{site}.dict", []).extend([d.b_enc, d.b_dec])
+    return groups
+
+
+def _read(run, t: Target) -> torch.Tensor:
+    """Target value per batch row: [B]."""
+    x = run.tensors[t.tensor][:, t.pos]
+    return x @ t.vector.to(x.dtype) + t.offset
+
+
+@torch.no_grad()
+def bias_contributions(lin: Linearised, trace: Trace, rows: list[Target], grouped: bool) -> dict[str, torch.Tensor]:
+    """Per bias leaf, its contribution to each row [R]: the frozen forward with every embedding, error and
+    feature leaf zero is exactly the bias term (the frozen model is affine in its leaves). Grouped: the
+    same with all biases outside one group zeroed too (the model is linear in its biases as well)."""
+
+    def once() -> torch.Tensor:
+        run = lin.frozen_forward(trace, leaves="zero", require_grad=False)
+        return torch.stack([_read(run, t)[0] for t in rows]) if rows else torch.zeros(0)
+
+    if not grouped:
+        return {"all": once()}
+    groups = _bias_groups(lin)
+    saved = {id(p): p.detach().clone() for ps in groups.values() for p in ps}
+    offsets = {t.node_id: t.offset for t in rows}
+    out: dict[str, torch.Tensor] = {}
+    try:
+        for p in (p for ps in groups.values() for p in ps):
+            p.zero_()
+        for t in rows:  # target offsets (b_enc of the target, lm_head bias) belong to their own group
+            t.offset = 0.0
+        for g, ps in groups.items():
+            for p in ps:
+                p.copy_(saved[id(p)])
+            out[g] = once()
+            for p in ps:
+                p.zero_()
+        out["readout"] = torch.tensor([offsets[t.node_id] for t in rows], dtype=torch.float32)
+    finally:
+        for ps in groups.values():
+            for p in ps:
+                p.copy_(saved[id(p)])
+        for t in rows:
+            t.offset = offsets[t.node_id]
+    return out
+
+
+def _row_order(rows: list[Target]) -> list[int]:
+    """Canonical order: by position, then by the site a row reads, then by id (order-independence)."""
+    return sorted(range(len(rows)), key=lambda i: (rows[i].pos, tensor_site_bound(rows[i].tensor), rows[i].node_id))
+
+
+def build_graph(
+    lin: Linearised,
+    trace: Trace,
+    targets: list[Target],
+    settings: AttributionSettings | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    provenance: dict | None = None,
+) -> Graph:
+    """Nodes, exact direct-effect adjacency and bias leaves for ``targets`` on a traced prompt."""
+    settings = settings or AttributionSettings()
+    t0 = time.perf_counter()
+    if not targets:
+        raise ValueError("no targets: give at least one (e.g. the top logits)")
+    n_pos = trace.n_pos
+    nodes = NodeTable()
+    emb_cols = torch.tensor([nodes.add(ids.emb_id(p), "emb", -1, "", p, -1, 1.0) for p in range(n_pos)])
+    pos_cols = None
+    if trace.pos_emb is not None:
+        pos_cols = torch.tensor([nodes.add(ids.pos_id(p), "pos", -1, "", p, -1, 1.0) for p in range(n_pos)])
+    bias_names = ["all"] if settings.bias == "total" else [*_bias_groups(lin), "readout"]
+    bias_cols = {}
+    for g in bias_names:
+        m = re.match(r"L(\d+)\.", g)
+        bias_cols[g] = nodes.add(ids.bias_id(g), "bias", int(m.group(1)) if m else -1, "", -1, -1, 1.0)
+
+    # errors and features, in forward order
+    site_cols: list[SiteColumns] = []
+    feature_rows: list[Target] = []
+    for rec in trace.site_list():
+        layer, site = rec.key
+        err_cols = torch.tensor([nodes.add(ids.err_id(layer, site, p), "err", layer, site, p, -1, 1.0)
+                                 for p in range(n_pos)])
+        d = rec.dictionary
+        counts = torch.bincount(rec.pos_idx, minlength=n_pos) if rec.n_active else torch.zeros(n_pos, dtype=torch.long)
+        K = int(counts.max()) if rec.n_active else 0
+        feat_cols = torch.full((n_pos, K), -1, dtype=torch.long)
+        d_out = rec.out.shape[-1]
+        feat_dec = torch.zeros(n_pos, K, d_out)
+        if d is not None and rec.n_active:
+            order = torch.argsort(rec.pos_idx * (d.cfg.d_dict + 1) + rec.feat_idx)
+            slot = torch.zeros(n_pos, dtype=torch.long)
+            W = d.W_dec.detach()
+            W_enc, b_enc = d.W_enc.detach(), d.b_enc.detach()
+            for j in order.tolist():
+                p, f, a = int(rec.pos_idx[j]), int(rec.feat_idx[j]), float(rec.acts[j])
+                col = nodes.add(ids.feat_id(layer, site, p, f), "feat", layer, site, p, f, a)
+                k = int(slot[p])
+                slot[p] += 1
+                feat_cols[p, k] = col
+                feat_dec[p, k] = a * W[f]
+                if settings.feature_rows:
+                    feature_rows.append(Target(ids.feat_id(layer, site, p, f), f"in:L{layer}.{site}", p, W_enc[f],
+                                               float(b_enc[f]), label=f"{d.cfg.name} f{f} p{p}"))
+        site_cols.append(SiteColumns(rec.key, err_cols, feat_cols, feat_dec))
+
+    # target nodes that are not features already in the table
+    index = {n: i for i, n in enumerate(nodes.ids)}
+    row_targets: list[Target] = list(feature_rows)
+    row_ids = {t.node_id for t in feature_rows}
+    for t in targets:
+        if t.node_id in row_ids:
+            continue  # a feature target that is an active feature: its row is computed anyway
+        if t.node_id in index:
+            raise ValueError(f"target {t.node_id} duplicates a source node")
+        kind = ids.parse(t.node_id).kind
+        if kind == "feat":  # an inactive feature as a target (local circuit of a silent feature)
+            pid = ids.parse(t.node_id)
+            index[t.node_id] = nodes.add(t.node_id, "feat", pid.layer or 0, pid.site or "", t.pos, pid.feature or 0, 0.0)
+        else:
+            index[t.node_id] = nodes.add(t.node_id, kind, lin.n_layers, "", t.pos, -1, 1.0)
+        row_targets.append(t)
+        row_ids.add(t.node_id)
+    n = len(nodes.ids)
+    t_nodes = time.perf_counter()
+
+    # the bias leaf, and the value of every row (clean run; equal to the frozen run by the splice identity)
+    biases = bias_contributions(lin, trace, row_targets, grouped=settings.bias == "grouped")
+    with torch.no_grad():
+        run = lin.frozen_forward(trace, require_grad=False)
+        values = torch.stack([_read(run, t)[0] for t in row_targets]).float()
+    t_bias = time.perf_counter()
+
+    rows_idx, cols_idx, vals = _edges(lin, trace, row_targets, index, emb_cols, pos_cols, site_cols, settings, progress)
+    # bias leaf entries
+    r_all = torch.tensor([index[t.node_id] for t in row_targets], dtype=torch.long)
+    for g, contrib in biases.items():
+        rows_idx.append(r_all)
+        cols_idx.append(torch.full_like(r_all, bias_cols[g]))
+        vals.append(contrib.float())
+    t_edges = time.perf_counter()
+
+    R = torch.cat(rows_idx)
+    C = torch.cat(cols_idx)
+    V = torch.cat(vals)
+    coo = torch.sparse_coo_tensor(torch.stack([R, C]), V, size=(n, n)).coalesce()
+    adj = coo.to_sparse_csr()
+    value = torch.full((n,), float("nan"))
+    value[r_all] = values
+    infos = []
+    for t in targets:
+        infos.append(TargetInfo(t.node_id, t.label, t.tensor, t.pos, t.weight, float(value[index[t.node_id]]),
+                                t.token_prob))
+    prov = dict(provenance or {})
+    prov.update({
+        "engine_version": ENGINE_VERSION,
+        "settings": settings.to_dict(),
+        "n_layers": lin.n_layers,
+        "timings_s": {"nodes": t_nodes - t0, "bias": t_bias - t_nodes, "edges": t_edges - t_bias,
+                      "total": time.perf_counter() - t0},
+    })
+    return Graph(
+        node_ids=nodes.ids, kinds=nodes.kinds, layer=torch.tensor(nodes.layer), site=nodes.site,
+        pos=torch.tensor(nodes.pos), feature=torch.tensor(nodes.feature),
+        activation=torch.tensor(nodes.activation, dtype=torch.float32), value=value, adjacency=adj,
+        targets=infos, tokens=trace.input_ids.tolist(), provenance=prov,
+    )
+
+
+def _edges(
+    lin: Linearised,
+    trace: Trace,
+    rows: list[Target],
+    index: dict[str, int],
+    emb_cols: torch.Tensor,
+    pos_cols: torch.Tensor | None,
+    site_cols: list[SiteColumns],
+    settings: AttributionSettings,
+    progress: Callable[[int, int], None] | None,
+) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+    """COO pieces (row node, column node, weight) of every edge into ``rows``."""
+    order = _row_order(rows)
+    out_r: list[torch.Tensor] = []
+    out_c: list[torch.Tensor] = []
+    out_v: list[torch.Tensor] = []
+    err_vals = {s.key: trace.sites[s.key].err for s in site_cols}
+    # cone groups: rows with position in [c·chunk, (c+1)·chunk) share a forward on P = max pos + 1 tokens
+    groups: dict[int, list[int]] = {}
+    for i in order:
+        groups.setdefault(rows[i].pos // max(settings.cone_chunk, 1), []).append(i)
+    done = 0
+    autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if settings.dtype == "bf16" else None)
+    for _, members in sorted(groups.items()):
+        P = max(rows[i].pos for i in members) + 1
+        B = min(settings.batch_size, len(members))
+        if autocast is not None:
+            with autocast:
+                run = lin.frozen_forward(trace, P, batch=B)
+        else:
+            run = lin.frozen_forward(trace, P, batch=B)
+        leaf_names = [k for k in run.leaves_out]
+        leaves = [run.leaves_out[k] for k in leaf_names]
+        for start in range(0, len(members), B):
+            chunk = members[start:start + B]
+            nb = len(chunk)
+            grads_out: dict[str, torch.Tensor] = {}
+            for b, i in enumerate(chunk):
+                t = rows[i]
+                g = grads_out.get(t.tensor)
+                if g is None:
+                    ref = run.tensors[t.tensor]
+                    g = grads_out[t.tensor] = torch.zeros_like(ref)
+                g[b, t.pos] = t.vector.to(g.dtype)
+            names = list(grads_out)
+            outs = [run.tensors[k] for k in names]
+            if autocast is not None:
+                with autocast:
+                    grads = torch.autograd.grad(outs, leaves, [grads_out[k] for k in names], retain_graph=True,
+                                                allow_unused=True)
+            else:
+                grads = torch.autograd.grad(outs, leaves, [grads_out[k] for k in names], retain_graph=True,
+                                            allow_unused=True)
+            gmap = {k: (g[:nb].float() if g is not None else None) for k, g in zip(leaf_names, grads, strict=True)}
+            row_nodes = torch.tensor([index[rows[i].node_id] for i in chunk])
+            row_pos = torch.tensor([rows[i].pos for i in chunk])
+            row_bound = [tensor_site_bound(rows[i].tensor) for i in chunk]
+            pos_ok = torch.arange(P)[None, :] <= row_pos[:, None]  # [nb, P] causal structure
+            for which, cols, clean in (("emb", emb_cols, trace.emb), ("pos", pos_cols, trace.pos_emb)):
+                g = gmap.get(which)
+                if g is None or cols is None or clean is None:
+                    continue
+                w = torch.einsum("bpd,pd->bp", g, clean[:P].float())
+                _emit(out_r, out_c, out_v, row_nodes, cols[:P], w, pos_ok)
+            for sc in site_cols:
+                g = gmap.get(f"delta:L{sc.key[0]}.{sc.key[1]}")
+                if g is None:
+                    continue
+                upstream = torch.tensor([site_order(sc.key) < rb for rb in row_bound])[:, None]
+                ok = pos_ok & upstream
+                w = torch.einsum("bpd,pd->bp", g, err_vals[sc.key][:P].float())
+                _emit(out_r, out_c, out_v, row_nodes, sc.err_cols[:P], w, ok)
+                if sc.feat_cols.shape[1]:
+                    # [P, nb, d] @ [P, d, K] -> [P, nb, K]: one small matmul per position
+                    wf = torch.bmm(g.transpose(0, 1), sc.feat_dec[:P].transpose(1, 2)).permute(1, 0, 2)
+                    cols = sc.feat_cols[:P]  # [P, K]
+                    okf = ok[:, :, None] & (cols >= 0)[None]
+                    bi, pi, ki = okf.nonzero(as_tuple=True)
+                    out_r.append(row_nodes[bi])
+                    out_c.append(cols[pi, ki])
+                    out_v.append(wf[bi, pi, ki])
+            done += nb
+            if progress is not None:
+                progress(done, len(rows))
+        del run
+    return out_r, out_c, out_v
+
+
+def _emit(out_r, out_c, out_v, row_nodes: torch.Tensor, cols: torch.Tensor, w: torch.Tensor, ok: torch.Tensor) -> None:
+    """Append entries w[b, p] (row row_nodes[b], column cols[p]) where ok[b, p]."""
+    bi, pi = ok.nonzero(as_tuple=True)
+    out_r.append(row_nodes[bi])
+    out_c.append(cols[pi])
+    out_v.append(w[bi, pi])
+
+
+__all__ = ["AttributionSettings", "build_graph", "bias_contributions", "SITES"]

@@ -1,0 +1,679 @@
+"""Linearisation of a Hugging Face causal LM with a dictionary set spliced in (DESIGN.md §2).
+
+Two kinds of forward pass over the *unchanged* HF model, steered by hooks and by a custom attention
+function registered in transformers' attention interface (so no model's forward is copied):
+
+- ``trace``: the clean run. Records every attention pattern, every normalisation scale, every
+  dictionary site's input, output, feature activations and reconstruction error, and the embeddings.
+- ``frozen_forward``: the linearised run. Attention patterns are the recorded ones (constants), every
+  norm applies its recorded scale (so it is affine in its input), every dictionary site outputs
+  ``Σ a_s W_dec[s] + b_dec (+ x W_skipᵀ) + err`` with the activations ``a`` and error ``err`` held as
+  constants, and MLPs without a transcoder output their clean value (a constant error node). The model is
+  then an affine function of its leaves (embeddings, errors, feature activations, biases), and on the
+  clean leaves it reproduces the clean forward exactly (the splice identity).
+
+Readable tensors of a frozen run, each laid out ``[batch, pos, D]``:
+  ``in:L{l}.{site}``  the dictionary's input at that site (a feature's pre-activation is
+                       ``W_enc[f]·x + b_enc[f]``); for ``attn`` this is the attention output
+  ``resid:L{l}``      the residual stream after block l
+  ``final``           the last hidden state after the final norm (the unembedding's input)
+  ``q:L{l}``/``k:L{l}`` queries / keys (after rotary and QK-norm), heads flattened: ``[B, pos, h*hd]``
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from workers.dictionaries.modules import Dictionary, DictionarySet
+from workers.models import sites as model_sites
+
+ATTN_IMPL = "atlas_frozen"
+SITES: tuple[str, str] = ("attn", "mlp")
+
+# The run the hooks and the attention function serve; one per thread (workers may run threads).
+_state = threading.local()
+
+
+def _active() -> _Run | None:
+    return getattr(_state, "run", None)
+
+
+# --------------------------------------------------------------------------------------------------
+# Records of the clean run
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class NormRecord:
+    """A normalisation frozen as ``y = s · centre(x) · w' + b`` with ``s`` per row (position, head)."""
+
+    centre: bool
+    weight_form: str  # "w", "1+w" or "none"
+    scale: torch.Tensor  # input.shape[:-1] + (1,), from the batch-1 clean run
+
+
+@dataclass
+class SiteRecord:
+    """One dictionary site of the clean run.
+
+    x [pos, d_in] site input; out [pos, d_out] clean module output; sparse active features as parallel
+    vectors pos_idx [n], feat_idx [n], acts [n] (a = pre · gate, gate frozen); pre [n] equal to acts for
+    every activation function we support; err [pos, d_out] = out − x̂ (the whole output if no dictionary).
+    """
+
+    layer: int
+    site: str
+    dictionary: Dictionary | None
+    x: torch.Tensor
+    out: torch.Tensor
+    pos_idx: torch.Tensor
+    feat_idx: torch.Tensor
+    acts: torch.Tensor
+    err: torch.Tensor
+
+    @property
+    def key(self) -> tuple[int, str]:
+        return (self.layer, self.site)
+
+    @property
+    def n_active(self) -> int:
+        return int(self.acts.numel())
+
+
+@dataclass
+class AttnRecord:
+    pattern: torch.Tensor  # [heads, q, k], softmax output of the clean run
+    q: torch.Tensor  # [heads, q, hd]
+    k: torch.Tensor  # [kv_heads, k, hd]
+    scaling: float
+    softcap: float | None
+
+
+@dataclass
+class Trace:
+    """Everything the frozen forward holds constant, for one prompt (batch 1)."""
+
+    input_ids: torch.Tensor  # [pos]
+    logits: torch.Tensor  # [pos, vocab], clean (after any final softcap)
+    final: torch.Tensor  # [pos, d_model], last hidden state after the final norm
+    emb: torch.Tensor  # [pos, d_model] token embedding module output
+    pos_emb: torch.Tensor | None  # [pos, d_model] learned positional embedding, if the model has one
+    attn: dict[int, AttnRecord] = field(default_factory=dict)
+    norms: dict[str, list[NormRecord]] = field(default_factory=dict)
+    sites: dict[tuple[int, str], SiteRecord] = field(default_factory=dict)
+
+    @property
+    def n_pos(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def site_list(self) -> list[SiteRecord]:
+        """Sites in forward order (layer, then attn before mlp)."""
+        return [self.sites[k] for k in sorted(self.sites, key=site_order)]
+
+
+def site_order(key: tuple[int, str]) -> tuple[int, int]:
+    return (key[0], SITES.index(key[1]))
+
+
+# --------------------------------------------------------------------------------------------------
+# State of one pass
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class _Run:
+    mode: str  # "record" | "frozen" | "live"
+    trace: Trace | None = None
+    n_pos: int = 0
+    batch: int = 1
+    leaves: str = "clean"  # frozen: "clean" | "zero"
+    # frozen: per site, the constant injected by features [B, P, d_out] (already includes edits)
+    injections: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict)
+    err_scale: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict)  # [B, P, 1]
+    emb_scale: torch.Tensor | None = None  # [B, P, 1]
+    pos_scale: torch.Tensor | None = None
+    require_grad: bool = True
+    # live mode: feature edits applied to the recomputed features, {site: [(pos, feat, value)]}, batch 1
+    live_edits: dict[tuple[int, str], list[tuple[int, int, float]]] = field(default_factory=dict)
+    # outputs
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    leaves_out: dict[str, torch.Tensor] = field(default_factory=dict)  # "emb", "pos", "delta:L1.mlp"
+    record: Trace | None = None
+    norm_calls: dict[str, int] = field(default_factory=dict)
+
+
+def _repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """[B, kv_heads, P, hd] -> [B, kv_heads*n_rep, P, hd] (grouped-query attention)."""
+    if n_rep == 1:
+        return x
+    b, h, p, d = x.shape
+    return x[:, :, None].expand(b, h, n_rep, p, d).reshape(b, h * n_rep, p, d)
+
+
+def _frozen_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Attention function for transformers' interface. query [B, h, q, hd], key/value [B, kvh, k, hd];
+    returns ([B, q, h, hd], pattern). Record mode computes eager attention and stores its pattern; frozen
+    mode multiplies the values by the stored, detached pattern."""
+    run = _active()
+    if run is None:
+        raise RuntimeError(
+            f"attention implementation {ATTN_IMPL!r} is only usable inside workers.engine.linearise passes"
+        )
+    if kwargs.get("s_aux") is not None:
+        raise NotImplementedError("attention sinks (s_aux) are not supported by the linearisation yet")
+    layer = _layer_of(module)
+    if scaling is None:
+        scaling = query.shape[-1] ** -0.5
+    n_rep = query.shape[1] // key.shape[1]
+    if run.mode == "frozen":
+        assert run.trace is not None
+        rec = run.trace.attn[layer]
+        p = query.shape[2]
+        pattern = rec.pattern[:, :p, :p].to(value.dtype)
+        run.tensors[f"q:L{layer}"] = query.transpose(1, 2).flatten(2)
+        run.tensors[f"k:L{layer}"] = key.transpose(1, 2).flatten(2)
+        out = torch.matmul(pattern, _repeat_kv(value, n_rep))
+        return out.transpose(1, 2).contiguous(), None
+    # record / live: eager attention, in the model's own order of operations
+    softcap = kwargs.get("softcap")
+    scores = torch.matmul(query, _repeat_kv(key, n_rep).transpose(2, 3)) * scaling
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    if attention_mask is not None:
+        scores = scores + attention_mask[:, :, :, : key.shape[-2]]
+    pattern = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    out = torch.matmul(pattern, _repeat_kv(value, n_rep))
+    if run.mode == "record":
+        assert run.record is not None
+        run.record.attn[layer] = AttnRecord(
+            pattern=pattern[0].detach(),
+            q=query[0].detach(),
+            k=key[0].detach(),
+            scaling=float(scaling),
+            softcap=None if softcap is None else float(softcap),
+        )
+    return out.transpose(1, 2).contiguous(), pattern
+
+
+def _layer_of(module: nn.Module) -> int:
+    layer = getattr(module, "_atlas_layer", None)
+    if layer is None:
+        layer = getattr(module, "layer_idx", None)
+    if layer is None:
+        raise RuntimeError(f"cannot tell which layer {type(module).__name__} belongs to")
+    return int(layer)
+
+
+def _register_attention() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
+
+    AttentionInterface.register(ATTN_IMPL, _frozen_attention)
+    # an additive float mask (causal, sliding windows, padding) exactly as eager attention gets it
+    ALL_MASK_ATTENTION_FUNCTIONS.register(ATTN_IMPL, eager_mask)
+
+
+# --------------------------------------------------------------------------------------------------
+# Norms: generic detection of the formula, then freezing of the scale
+# --------------------------------------------------------------------------------------------------
+def _is_norm(module: nn.Module) -> bool:
+    if isinstance(module, nn.LayerNorm | nn.RMSNorm | nn.GroupNorm):
+        return True
+    name = type(module).__name__
+    return name.endswith(("Norm", "LayerNorm", "RMSNorm", "LayerNorm2d")) and not list(module.children())
+
+
+def _norm_params(module: nn.Module) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    w = getattr(module, "weight", None)
+    b = getattr(module, "bias", None)
+    return (w if isinstance(w, torch.Tensor) else None, b if isinstance(b, torch.Tensor) else None)
+
+
+def _apply_weight(u: torch.Tensor, w: torch.Tensor | None, form: str) -> torch.Tensor:
+    if form == "w":
+        return u * w
+    if form == "1+w":
+        return u * (1.0 + w)
+    return u
+
+
+def _norm_eps(module: nn.Module) -> float | None:
+    for name in ("eps", "variance_epsilon", "epsilon"):
+        v = getattr(module, name, None)
+        if isinstance(v, int | float):
+            return float(v)
+    return None
+
+
+def fit_norm(module: nn.Module, x: torch.Tensor, y: torch.Tensor, name: str) -> NormRecord:
+    """Find which of the usual formulas reproduces this norm's output, and the per-row scale.
+
+    Candidates ``y = s · centre(x) · w' + b``: centring (LayerNorm) or not (RMSNorm), weight ``w``, Gemma's
+    ``1 + w`` or none. ``s`` is fitted per row by least squares, then the reconstruction is checked.
+    """
+    w, b = _norm_params(module)
+    xf, yf = x.detach().double(), y.detach().double()
+    target = yf - (b.detach().double() if b is not None else 0.0)
+    forms = ["w", "1+w"] if w is not None else ["none"]
+    centres = [True, False] if isinstance(module, nn.LayerNorm) else [False, True]
+    best = None
+    for centre in centres:
+        xc = xf - xf.mean(-1, keepdim=True) if centre else xf
+        for form in forms:
+            u = _apply_weight(xc, None if w is None else w.detach().double(), form)
+            s = (target * u).sum(-1, keepdim=True) / (u * u).sum(-1, keepdim=True).clamp_min(1e-300)
+            err = (target - s * u).abs().max().item()
+            tol = 1e-4 * max(target.abs().max().item(), 1e-6)
+            if err <= tol:
+                # Prefer the module's own formula 1/sqrt(mean(x_c²) + eps) computed in the input's dtype
+                # (bit-closer to the clean run than the fit) when it reproduces the output too.
+                eps = _norm_eps(module)
+                if eps is not None:
+                    xc32 = x.detach().float()
+                    xc32 = xc32 - xc32.mean(-1, keepdim=True) if centre else xc32
+                    s32 = torch.rsqrt(xc32.pow(2).mean(-1, keepdim=True) + eps)
+                    if (target - s32.double() * u).abs().max().item() <= tol:
+                        return NormRecord(centre=centre, weight_form=form, scale=s32.to(x.dtype))
+                return NormRecord(centre=centre, weight_form=form, scale=s.to(x.dtype))
+            best = err if best is None else min(best, err)
+    raise ValueError(
+        f"cannot freeze normalisation {name} ({type(module).__name__}): none of LayerNorm, RMSNorm or "
+        f"(1 + w)-RMSNorm reproduces its output (best max error {best:.3g}); the engine needs it to be "
+        "y = scale · (x or x − mean) · weight + bias"
+    )
+
+
+def _frozen_norm_output(rec: NormRecord, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    w, b = _norm_params(module)
+    scale = rec.scale
+    if tuple(scale.shape[1:-1]) != tuple(x.shape[1:-1]):
+        # a prefix run (causal cone): cut the scale along the one axis whose length differs
+        diff = [i for i in range(1, x.dim() - 1) if scale.shape[i] != x.shape[i]]
+        if len(diff) != 1:
+            raise RuntimeError(f"frozen norm: cannot align scale {tuple(scale.shape)} with input {tuple(x.shape)}")
+        scale = scale.narrow(diff[0], 0, x.shape[diff[0]])
+    xc = x - x.mean(-1, keepdim=True) if rec.centre else x
+    y = _apply_weight(xc * scale.to(x.dtype), w, rec.weight_form)
+    return y + b if b is not None else y
+
+
+# --------------------------------------------------------------------------------------------------
+# The linearised model
+# --------------------------------------------------------------------------------------------------
+class Linearised:
+    """A HF causal LM plus a dictionary set, able to trace a prompt and to run frozen forwards.
+
+    The model is put in eval mode; its weights are never modified.
+    """
+
+    def __init__(self, model: nn.Module, dictionaries: DictionarySet) -> None:
+        _register_attention()
+        self.model = model.eval()
+        self.dictionaries = dictionaries
+        self.blocks = model_sites.blocks(model)
+        self.n_layers = len(self.blocks)
+        for b in self.blocks:
+            b.attn._atlas_layer = b.index  # type: ignore[attr-defined]
+        for (layer, site), d in dictionaries:
+            if not 0 <= layer < self.n_layers:
+                raise ValueError(f"dictionary {d.cfg.name} is for layer {layer}; the model has {self.n_layers}")
+        self.base = model.base_model
+        self.embed = model.get_input_embeddings()
+        self.pos_embed = self._find_pos_embedding()
+        out_emb = model.get_output_embeddings()
+        if out_emb is None:
+            raise ValueError(f"{type(model).__name__} has no output embedding (lm_head); need a causal LM")
+        self.W_U: torch.Tensor = out_emb.weight  # [vocab, d_model]
+        self.lm_bias: torch.Tensor | None = getattr(out_emb, "bias", None)
+        self.norms = [(n, m) for n, m in model.named_modules() if _is_norm(m)]
+        self.d_model = int(self.W_U.shape[1])
+        self.n_heads = int(getattr(model.config, "num_attention_heads", 0) or getattr(model.config, "n_head", 0))
+
+    def _find_pos_embedding(self) -> nn.Embedding | None:
+        for name in ("wpe", "embed_positions", "position_embeddings"):
+            m = getattr(self.base, name, None)
+            if isinstance(m, nn.Embedding):
+                return m
+        return None
+
+    @property
+    def device(self) -> torch.device:
+        return self.W_U.device
+
+    # ---------------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _installed(self, run: _Run) -> Iterator[None]:
+        """Install hooks and the attention implementation for one pass; always restore."""
+        handles: list = []
+        patched: list[nn.Module] = []
+        old_impl = self.model.config._attn_implementation
+        _state.run = run
+        try:
+            self.model.set_attn_implementation(ATTN_IMPL)
+            handles.append(self.embed.register_forward_hook(self._emb_hook("emb")))
+            if self.pos_embed is not None:
+                handles.append(self.pos_embed.register_forward_hook(self._emb_hook("pos")))
+            for name, m in self.norms:
+                if run.mode == "record":
+                    handles.append(m.register_forward_hook(self._norm_record_hook(name)))
+                elif run.mode == "frozen":
+                    m.forward = self._frozen_norm_forward(name, m)  # type: ignore[method-assign]
+                    patched.append(m)
+            for b in self.blocks:
+                handles.append(b.module.register_forward_hook(self._block_hook(b.index)))
+                handles.append(b.attn.register_forward_hook(self._attn_site_hook(b.index)))
+                if run.mode == "frozen":
+                    b.mlp.forward = self._frozen_mlp_forward(b.index)  # type: ignore[method-assign]
+                    patched.append(b.mlp)
+                else:
+                    handles.append(b.mlp.register_forward_hook(self._mlp_site_hook(b.index)))
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+            for m in patched:
+                del m.forward
+            self.model.set_attn_implementation(old_impl)
+            _state.run = None
+
+    # -- hooks ------------------------------------------------------------------------------------
+    def _emb_hook(self, which: str):
+        def hook(module, args, output):
+            run = _active()
+            if run is None:
+                return None
+            if run.mode == "record":
+                assert run.record is not None
+                if which == "emb":
+                    run.record.emb = output[0].detach()
+                else:
+                    run.record.pos_emb = output[0].detach()
+                return None
+            if run.mode != "frozen":
+                return None
+            assert run.trace is not None
+            clean = run.trace.emb if which == "emb" else run.trace.pos_emb
+            assert clean is not None
+            p = output.shape[-2]
+            scale = run.emb_scale if which == "emb" else run.pos_scale
+            base = clean[:p].to(output.dtype).expand(run.batch, p, clean.shape[-1])
+            if run.leaves == "zero":
+                base = torch.zeros_like(base)
+            elif scale is not None:
+                base = base * scale
+            leaf = base.clone().requires_grad_(run.require_grad)
+            run.leaves_out[which] = leaf
+            return leaf
+
+        return hook
+
+    def _norm_record_hook(self, name: str):
+        def hook(module, args, output):
+            run = _active()
+            if run is None or run.record is None:
+                return None
+            x = args[0] if args else None
+            if x is None:
+                raise RuntimeError(f"norm {name} was called without a positional input")
+            run.record.norms.setdefault(name, []).append(fit_norm(module, x, output, name))
+            return None
+
+        return hook
+
+    def _frozen_norm_forward(self, name: str, module: nn.Module):
+        def forward(x, *args, **kwargs):
+            run = _active()
+            assert run is not None and run.trace is not None
+            i = run.norm_calls.get(name, 0)
+            run.norm_calls[name] = i + 1
+            recs = run.trace.norms.get(name)
+            if not recs or i >= len(recs):
+                raise RuntimeError(f"norm {name} ran {i + 1} times in the frozen pass but was traced {len(recs or [])}")
+            return _frozen_norm_output(recs[i], module, x)
+
+        return forward
+
+    def _block_hook(self, layer: int):
+        def hook(module, args, output):
+            run = _active()
+            if run is not None and run.mode == "frozen":
+                h = output[0] if isinstance(output, tuple) else output
+                run.tensors[f"resid:L{layer}"] = h
+            return None
+
+        return hook
+
+    def _attn_site_hook(self, layer: int):
+        def hook(module, args, output):
+            run = _active()
+            if run is None:
+                return None
+            out = output[0] if isinstance(output, tuple) else output
+            d = self.dictionaries.get(layer, "attn")
+            if run.mode == "record":
+                if d is not None:
+                    assert run.record is not None
+                    run.record.sites[(layer, "attn")] = _site_record(layer, "attn", d, out[0], out[0])
+                return None
+            if run.mode == "live":
+                if d is None:
+                    return None
+                new = _live_site_output(run, (layer, "attn"), d, out, out)
+                return (new, *output[1:]) if isinstance(output, tuple) else new
+            run.tensors[f"in:L{layer}.attn"] = out
+            if d is None:
+                return None
+            new = self._spliced(run, (layer, "attn"), d, out)
+            return (new, *output[1:]) if isinstance(output, tuple) else new
+
+        return hook
+
+    def _mlp_site_hook(self, layer: int):
+        def hook(module, args, output):
+            run = _active()
+            if run is None:
+                return None
+            x = args[0]
+            d = self.dictionaries.get(layer, "mlp")
+            if run.mode == "record":
+                assert run.record is not None
+                run.record.sites[(layer, "mlp")] = _site_record(layer, "mlp", d, x[0], output[0])
+                return None
+            if run.mode == "live" and d is not None:
+                return _live_site_output(run, (layer, "mlp"), d, x, output)
+            return None
+
+        return hook
+
+    def _frozen_mlp_forward(self, layer: int):
+        def forward(x, *args, **kwargs):
+            run = _active()
+            assert run is not None
+            run.tensors[f"in:L{layer}.mlp"] = x
+            d = self.dictionaries.get(layer, "mlp")
+            return self._spliced(run, (layer, "mlp"), d, x)
+
+        return forward
+
+    def _spliced(self, run: _Run, key: tuple[int, str], d: Dictionary | None, x: torch.Tensor) -> torch.Tensor:
+        """Frozen site output [B, P, d_out]: features' constant injection + b_dec + skip(x) + error + δ.
+
+        δ is a zero leaf whose gradient is ∂target/∂(site output), shared by every feature and the error
+        node at this site (their edges are a_s W_dec[s]·δ.grad and err·δ.grad)."""
+        assert run.trace is not None
+        rec = run.trace.sites[key]
+        p = x.shape[-2]
+        err = rec.err[:p].to(x.dtype)
+        if run.leaves == "zero":
+            err = torch.zeros_like(err)
+        elif key in run.err_scale:
+            err = err * run.err_scale[key]
+        out = err.expand(run.batch, p, err.shape[-1])
+        if d is not None:
+            inj = run.injections[key]
+            out = out + inj[:, :p] + d.b_dec
+            skip = d.skip_out(x)
+            if skip is not None:
+                out = out + skip
+        delta = torch.zeros(run.batch, p, out.shape[-1], dtype=out.dtype, device=out.device)
+        delta.requires_grad_(run.require_grad)
+        run.leaves_out[f"delta:L{key[0]}.{key[1]}"] = delta
+        return out + delta
+
+    # ---------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def trace(self, input_ids: torch.Tensor) -> Trace:
+        """Clean forward of one prompt ``input_ids [pos]``; records what the frozen passes hold constant."""
+        if input_ids.dim() != 1:
+            raise ValueError(f"trace takes one prompt as a 1-D tensor of token ids, got shape {tuple(input_ids.shape)}")
+        ids = input_ids.to(self.device)
+        empty = torch.empty(0)
+        rec = Trace(input_ids=ids.cpu(), logits=empty, final=empty, emb=empty, pos_emb=None)
+        run = _Run(mode="record", record=rec)
+        with self._installed(run):
+            out = self.model(input_ids=ids[None], use_cache=False, output_hidden_states=True)
+        rec.logits = out.logits[0].detach()
+        rec.final = out.hidden_states[-1][0].detach()
+        for layer in range(self.n_layers):
+            if (layer, "mlp") not in rec.sites:
+                raise RuntimeError(f"the MLP of layer {layer} did not run in the traced forward")
+        missing = [k for k in self.dictionaries.dictionaries if k not in rec.sites]
+        if missing:
+            raise RuntimeError(f"dictionary sites {missing} were not reached in the traced forward")
+        return rec
+
+    def injections(
+        self, trace: Trace, batch: int = 1, edits: list[dict[tuple[int, str, int, int], float]] | None = None
+    ) -> dict[tuple[int, str], torch.Tensor]:
+        """Per site, Σ_s a_s W_dec[s] at each position: [batch, pos, d_out].
+
+        ``edits[b]`` maps (layer, site, pos, feature) -> new activation for batch row b (feature must be
+        active in the trace)."""
+        out: dict[tuple[int, str], torch.Tensor] = {}
+        for key, rec in trace.sites.items():
+            d = rec.dictionary
+            if d is None:
+                continue
+            W = d.W_dec.detach()
+            base = torch.zeros(trace.n_pos, W.shape[1], dtype=W.dtype, device=W.device)
+            base.index_add_(0, rec.pos_idx, rec.acts[:, None] * W[rec.feat_idx])
+            inj = base[None].expand(batch, -1, -1)
+            if edits is not None:
+                inj = inj.clone()
+                for b, e in enumerate(edits):
+                    for (layer, site, pos, f), value in e.items():
+                        if (layer, site) != key:
+                            continue
+                        hit = ((rec.pos_idx == pos) & (rec.feat_idx == f)).nonzero()
+                        if hit.numel() == 0:
+                            raise ValueError(f"feature {f} at L{layer}.{site} p{pos} is not active in this prompt")
+                        a = rec.acts[hit[0, 0]]
+                        inj[b, pos] += (value - a) * W[f]
+            out[key] = inj
+        return out
+
+    def frozen_forward(
+        self,
+        trace: Trace,
+        n_pos: int | None = None,
+        *,
+        batch: int = 1,
+        leaves: str = "clean",
+        injections: dict[tuple[int, str], torch.Tensor] | None = None,
+        err_scale: dict[tuple[int, str], torch.Tensor] | None = None,
+        emb_scale: torch.Tensor | None = None,
+        pos_scale: torch.Tensor | None = None,
+        require_grad: bool = True,
+    ) -> _Run:
+        """The linearised forward on the first ``n_pos`` positions (the causal cone of targets < n_pos).
+
+        ``leaves="zero"`` zeroes every embedding, error and feature leaf: what remains is the bias term.
+        Scales ``[batch, n_pos, 1]`` multiply errors per site / embeddings per row (interventions).
+        Returns the run: ``.tensors`` (readable tensors, see module doc) and ``.leaves_out``."""
+        p = trace.n_pos if n_pos is None else int(n_pos)
+        if injections is None:
+            injections = self.injections(trace, batch)
+        if leaves == "zero":
+            injections = {k: torch.zeros_like(v) for k, v in injections.items()}
+        run = _Run(
+            mode="frozen",
+            trace=trace,
+            n_pos=p,
+            batch=batch,
+            leaves=leaves,
+            injections=injections,
+            err_scale=err_scale or {},
+            emb_scale=emb_scale,
+            pos_scale=pos_scale,
+            require_grad=require_grad,
+        )
+        ids = trace.input_ids[:p].to(self.device)[None].expand(batch, p)
+        with self._installed(run), torch.set_grad_enabled(require_grad):
+            out = self.base(input_ids=ids, use_cache=False)
+        run.tensors["final"] = out.last_hidden_state
+        return run
+
+    @torch.no_grad()
+    def live_forward(
+        self, input_ids: torch.Tensor, edits: dict[tuple[int, str], list[tuple[int, int, float]]] | None = None,
+        errors: Trace | None = None,
+    ) -> torch.Tensor:
+        """The real (unfrozen) model with dictionaries spliced: each site recomputes its features from its
+        live input, applies ``edits`` (site -> [(pos, feature, value)]), and adds the clean error of
+        ``errors`` (so with no edits the output is the clean one). Returns logits [pos, vocab]."""
+        run = _Run(mode="live", trace=errors, live_edits=edits or {})
+        with self._installed(run):
+            out = self.model(input_ids=input_ids.to(self.device)[None], use_cache=False)
+        return out.logits[0]
+
+
+def _site_record(layer: int, site: str, d: Dictionary | None, x: torch.Tensor, out: torch.Tensor) -> SiteRecord:
+    """x [pos, d_in], out [pos, d_out] from the clean run."""
+    x, out = x.detach(), out.detach()
+    if d is None:
+        z = torch.zeros(0, dtype=torch.long, device=x.device)
+        return SiteRecord(layer, site, None, x, out, z, z, torch.zeros(0, dtype=x.dtype), out.clone())
+    if d.cfg.d_in != x.shape[-1] or d.cfg.d_out != out.shape[-1]:
+        raise ValueError(
+            f"dictionary {d.cfg.name} expects d_in={d.cfg.d_in}, d_out={d.cfg.d_out}; the model's site has "
+            f"{x.shape[-1]} -> {out.shape[-1]}"
+        )
+    pre = d.pre_activation(x)  # [pos, d_dict]
+    gate = d.gate(pre)
+    acts = pre * gate
+    pos_idx, feat_idx = gate.nonzero(as_tuple=True)
+    recon = d.decode(acts)
+    skip = d.skip_out(x)
+    if skip is not None:
+        recon = recon + skip
+    return SiteRecord(layer, site, d, x, out, pos_idx, feat_idx, acts[pos_idx, feat_idx], out - recon)
+
+
+def _live_site_output(
+    run: _Run, key: tuple[int, str], d: Dictionary, x: torch.Tensor, out: torch.Tensor
+) -> torch.Tensor:
+    """Live (unfrozen) splice: features recomputed from the live input x [1, P, d_in] with gates live,
+    edits applied, plus the clean error held constant."""
+    acts = d.encode(x)
+    for pos, f, value in run.live_edits.get(key, []):
+        acts[:, pos, f] = value
+    new = d.decode(acts)
+    skip = d.skip_out(x)
+    if skip is not None:
+        new = new + skip
+    if run.trace is not None:
+        new = new + run.trace.sites[key].err[None, : x.shape[1]]
+    else:
+        new = new + (out - d(x))
+    return new
