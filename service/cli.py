@@ -58,3 +58,84 @@ def services_status() -> None:
         typer.echo(line)
     if not (result.neo4j.running and result.redis.reachable):
         raise typer.Exit(code=1)
+
+
+@app.command("migrate")
+def migrate_command(
+    break_lock: bool = typer.Option(False, "--break-lock", help="Remove a leftover migration lock first."),
+    lock_wait_s: float = typer.Option(60.0, help="How long to wait for another runner's lock."),
+) -> None:
+    """Apply pending migrations/ files in order (a no-op when all are applied)."""
+    from service.db import Neo4jPasswordMissing, neo4j_driver
+    from service.db.migrations import MigrationError, migrate
+    from service.db.migrations import break_lock as remove_lock
+
+    settings = _settings()
+    try:
+        with neo4j_driver(settings) as driver:
+            if break_lock:
+                typer.echo(f"removed {remove_lock(driver, settings.neo4j_database)} lock(s)")
+            report = migrate(driver, settings.neo4j_database, lock_wait_s=lock_wait_s)
+    except (MigrationError, Neo4jPasswordMissing) as exc:
+        raise _fail(exc) from None
+    except neo4j_errors() as exc:
+        raise _fail(RuntimeError(f"cannot reach Neo4j at {settings.neo4j_uri} ({exc}); run `atlas services up`")) from None
+    if report.applied:
+        typer.echo(f"applied migrations {report.applied} in {report.seconds:.1f}s")
+    else:
+        typer.echo(f"nothing to apply ({len(report.already_applied)} migrations already applied)")
+
+
+def neo4j_errors() -> tuple[type[BaseException], ...]:
+    import neo4j
+
+    return (neo4j.exceptions.ServiceUnavailable, neo4j.exceptions.AuthError, OSError)
+
+
+@app.command("api")
+def api_command(
+    host: str | None = typer.Option(None, help="Bind address (default ATLAS_API_HOST)."),
+    port: int | None = typer.Option(None, help="Port (default ATLAS_API_PORT)."),
+) -> None:
+    """Serve the HTTP API with uvicorn (OpenAPI at /docs and /openapi.json)."""
+    import uvicorn
+
+    settings = _settings()
+    uvicorn.run("service.app:app", host=host or settings.api_host, port=port or settings.api_port)
+
+
+@app.command("worker")
+def worker_command(
+    queues: str = typer.Option("gpu,cpu", help="Comma-separated queues to consume (gpu, cpu)."),
+    concurrency: int = typer.Option(1, help="Pool processes; keep 1 per GPU."),
+    name: str = typer.Option("atlas", help="Worker name (the node name is NAME@hostname)."),
+    loglevel: str = typer.Option("info"),
+) -> None:
+    """Start a Celery worker (prefork pool) on the Redis broker."""
+    from workers.celery_app import CPU_QUEUE, GPU_QUEUE, celery_app
+
+    unknown = set(queues.split(",")) - {GPU_QUEUE, CPU_QUEUE}
+    if unknown:
+        raise _fail(ValueError(f"unknown queue(s) {sorted(unknown)}; choose from gpu, cpu"))
+    celery_app.worker_main([
+        "worker", "--queues", queues, "--concurrency", str(concurrency), "--pool", "prefork",
+        "--hostname", f"{name}@%h", "--loglevel", loglevel, "--without-gossip", "--without-mingle",
+    ])
+
+
+@app.command("demo")
+def demo_command() -> None:
+    """Start the services if needed, migrate, and run the main job end to end (as far as it exists)."""
+    from service.db.migrations import MigrationError
+    from service.demo import DemoError, run_demo
+
+    try:
+        ctx = run_demo(_settings(), _echo)
+    except (ServiceError, MigrationError, DemoError) as exc:
+        raise _fail(exc) from None
+    typer.echo(f"ping: {ctx.results.get('ping')}")
+    typer.echo(f"health: {ctx.results.get('health')}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,1 @@
+"""HTTP routes of the FastAPI service, one module per resource."""

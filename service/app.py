@@ -1,0 +1,62 @@
+"""The FastAPI application. ``uvicorn service.app:app`` (or `atlas api`) serves it.
+
+Start-up (lifespan) opens the one Neo4j driver of the process and applies pending migrations. If Neo4j
+is unreachable at that moment the app still starts, so that /healthz can say so (503 naming Neo4j)
+and /readyz reports the schema as not ready; nothing is half-applied because migrations hold a lock.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import neo4j
+from fastapi import FastAPI
+
+from service.api import health
+from service.db import Neo4jPasswordMissing, neo4j_driver
+from service.db.migrations import MigrationError, migrate
+from workers.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None, *, run_migrations: bool = True) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.settings = settings
+        app.state.neo4j_driver = None
+        app.state.neo4j_driver_error = None
+        app.state.migration_error = None
+        try:
+            app.state.neo4j_driver = neo4j_driver(settings, connection_timeout=5)
+        except Neo4jPasswordMissing as exc:
+            app.state.neo4j_driver_error = str(exc)
+            log.error("%s", exc)
+        if run_migrations and app.state.neo4j_driver is not None:
+            try:
+                report = migrate(app.state.neo4j_driver, settings.neo4j_database)
+                log.info("migrations: applied %s, already applied %s", report.applied, report.already_applied)
+            except (MigrationError, neo4j.exceptions.Neo4jError, neo4j.exceptions.DriverError, OSError) as exc:
+                app.state.migration_error = str(exc)
+                log.error("migrations not applied at start-up: %s", exc)
+        try:
+            yield
+        finally:
+            if app.state.neo4j_driver is not None:
+                app.state.neo4j_driver.close()
+
+    app = FastAPI(
+        title="Circuit Atlas",
+        summary="Exact feature-level circuits of transformer LMs, stored in Neo4j.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.include_router(health.router)
+    return app
+
+
+app = create_app()
