@@ -141,6 +141,9 @@ class _Run:
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
     leaves_out: dict[str, torch.Tensor] = field(default_factory=dict)  # "emb", "pos", "delta:L1.mlp"
     record: Trace | None = None
+    # frozen, hierarchical: features are computed from their (frozen-gate) pre-activations instead of
+    # injected as constants, and pass gradient upstream through ``gate`` (see hierarchical.py)
+    gate: object | None = None
     norm_calls: dict[str, int] = field(default_factory=dict)
 
 
@@ -325,7 +328,7 @@ class Linearised:
         self.n_layers = len(self.blocks)
         for b in self.blocks:
             b.attn._atlas_layer = b.index  # type: ignore[attr-defined]
-        for (layer, site), d in dictionaries:
+        for (layer, _site), d in dictionaries:
             if not 0 <= layer < self.n_layers:
                 raise ValueError(f"dictionary {d.cfg.name} is for layer {layer}; the model has {self.n_layers}")
         self.base = model.base_model
@@ -520,7 +523,19 @@ class Linearised:
         elif key in run.err_scale:
             err = err * run.err_scale[key]
         out = err.expand(run.batch, p, err.shape[-1])
-        if d is not None:
+        if d is not None and run.gate is not None:
+            # live features with frozen gates: a = pre for every active feature, gradient gated
+            m = rec.pos_idx < p
+            pi, fi = rec.pos_idx[m], rec.feat_idx[m]
+            pre = (x[:, pi] * d.W_enc[fi]).sum(-1) + d.b_enc[fi]  # [B, n]
+            a = run.gate(key, pre)  # type: ignore[operator]
+            inj = torch.zeros(run.batch, p, out.shape[-1], dtype=out.dtype, device=out.device)
+            inj = inj.index_add(1, pi, a[..., None] * d.W_dec[fi])
+            out = out + inj + d.b_dec
+            skip = d.skip_out(x)
+            if skip is not None:
+                out = out + skip
+        elif d is not None:
             inj = run.injections[key]
             out = out + inj[:, :p] + d.b_dec
             skip = d.skip_out(x)
@@ -595,6 +610,7 @@ class Linearised:
         emb_scale: torch.Tensor | None = None,
         pos_scale: torch.Tensor | None = None,
         require_grad: bool = True,
+        gate: object | None = None,
     ) -> _Run:
         """The linearised forward on the first ``n_pos`` positions (the causal cone of targets < n_pos).
 
@@ -617,6 +633,7 @@ class Linearised:
             emb_scale=emb_scale,
             pos_scale=pos_scale,
             require_grad=require_grad,
+            gate=gate,
         )
         ids = trace.input_ids[:p].to(self.device)[None].expand(batch, p)
         with self._installed(run), torch.set_grad_enabled(require_grad):
@@ -626,16 +643,23 @@ class Linearised:
 
     @torch.no_grad()
     def live_forward(
-        self, input_ids: torch.Tensor, edits: dict[tuple[int, str], list[tuple[int, int, float]]] | None = None,
+        self,
+        input_ids: torch.Tensor,
+        edits: dict[tuple[int, str], list[tuple[int, int, float]]] | None = None,
         errors: Trace | None = None,
+        return_final: bool = False,
     ) -> torch.Tensor:
         """The real (unfrozen) model with dictionaries spliced: each site recomputes its features from its
         live input, applies ``edits`` (site -> [(pos, feature, value)]), and adds the clean error of
-        ``errors`` (so with no edits the output is the clean one). Returns logits [pos, vocab]."""
+        ``errors`` (so with no edits the output is the clean one). Returns logits [pos, vocab], or with
+        ``return_final`` the last hidden state after the final norm [pos, d_model]."""
+        if errors is None:
+            errors = self.trace(input_ids)
         run = _Run(mode="live", trace=errors, live_edits=edits or {})
         with self._installed(run):
-            out = self.model(input_ids=input_ids.to(self.device)[None], use_cache=False)
-        return out.logits[0]
+            out = self.model(input_ids=input_ids.to(self.device)[None], use_cache=False,
+                             output_hidden_states=return_final)
+        return out.hidden_states[-1][0] if return_final else out.logits[0]
 
 
 def _site_record(layer: int, site: str, d: Dictionary | None, x: torch.Tensor, out: torch.Tensor) -> SiteRecord:
@@ -672,8 +696,5 @@ def _live_site_output(
     skip = d.skip_out(x)
     if skip is not None:
         new = new + skip
-    if run.trace is not None:
-        new = new + run.trace.sites[key].err[None, : x.shape[1]]
-    else:
-        new = new + (out - d(x))
-    return new
+    assert run.trace is not None
+    return new + run.trace.sites[key].err[None, : x.shape[1]]

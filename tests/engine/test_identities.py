@@ -1,0 +1,219 @@
+"""Exactness identities of the linearised graph, on random GPT-2 and Llama models (see conftest)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tests.engine.conftest import PROMPTS
+from workers.engine import ids
+from workers.engine import targets as T
+from workers.engine.attribution import AttributionSettings, build_graph
+from workers.engine.graph import Graph
+from workers.engine.hierarchical import hierarchical
+from workers.engine.interventions import frozen_values, live_values
+
+
+def _tol(x: torch.Tensor | float) -> float:
+    scale = float(x.abs().max()) if isinstance(x, torch.Tensor) else abs(x)
+    return 2e-5 * max(scale, 1.0)
+
+
+def _targets(lin, tr):
+    return T.top_logits(lin, tr) + [T.logit_diff(lin, tr, 3, 4, pos=-2), T.feature(lin, tr, 2, "mlp", 4, 7)]
+
+
+@pytest.fixture(scope="module")
+def graphs(lin):
+    out = []
+    for prompt in PROMPTS:
+        tr = lin.trace(prompt)
+        tg = _targets(lin, tr)
+        out.append((tr, tg, build_graph(lin, tr, tg, AttributionSettings(batch_size=16, cone_chunk=4))))
+    return out
+
+
+def test_splice_identity(lin):
+    for prompt in PROMPTS:
+        tr = lin.trace(prompt)
+        plain = lin.model(prompt[None]).logits[0]
+        assert torch.allclose(tr.logits, plain, atol=1e-5)
+        run = lin.frozen_forward(tr, require_grad=False)
+        final = run.tensors["final"][0]
+        logits = lin.model.get_output_embeddings()(final)
+        assert (logits - plain).abs().max() < _tol(plain)
+        # a prefix run (causal cone) agrees with the full run on its positions
+        short = lin.frozen_forward(tr, 5, require_grad=False).tensors["final"][0]
+        assert (short - final[:5]).abs().max() < _tol(final)
+
+
+def test_completeness_every_row(graphs):
+    """Every row (feature pre-activation or target) equals the sum of its incoming edges, including the
+    bias, error and embedding leaves."""
+    for _, _, g in graphs:
+        A = g.dense()
+        rows = ~torch.isnan(g.value)
+        assert rows.sum() > 50
+        err = (A.sum(1)[rows] - g.value[rows]).abs().max()
+        assert err < _tol(g.value[rows]), err
+        # feature rows' values are their (active) activations
+        feats = g.nodes_of_kind("feat")
+        active = feats[g.activation[feats] > 0]
+        assert torch.allclose(g.value[active], g.activation[active], atol=_tol(g.activation))
+
+
+def test_structure(graphs, lin):
+    """No edge goes backwards in position or layer; only active features appear; ids are unique."""
+    for tr, _, g in graphs:
+        assert len(set(g.node_ids)) == g.n_nodes
+        coo = g.adjacency.to_sparse_coo().coalesce()
+        r, c = coo.indices()
+        src_kind = [g.kinds[i] for i in c.tolist()]
+        for t, s, k in zip(r.tolist(), c.tolist(), src_kind, strict=True):
+            if k == "bias":
+                continue
+            assert g.pos[s] <= g.pos[t]
+            if k in ("feat", "err") and g.kinds[t] == "feat":
+                ts = (int(g.layer[t]), 0 if g.site[t] == "attn" else 1)
+                ss = (int(g.layer[s]), 0 if g.site[s] == "attn" else 1)
+                # an attn SAE reads the attention output (fed by earlier layers); a transcoder reads the
+                # MLP input (fed also by its own layer's attention)
+                assert ss < ts if g.site[t] == "mlp" else ss[0] < ts[0]
+        for key, rec in tr.sites.items():
+            if rec.dictionary is None:
+                continue
+            pre = rec.dictionary.pre_activation(rec.x)
+            gate = rec.dictionary.gate(pre)
+            for i in g.nodes_of_kind("feat").tolist():
+                if (int(g.layer[i]), g.site[i]) == key and g.activation[i] > 0:
+                    assert gate[g.pos[i], g.feature[i]]
+            n_nodes = sum(1 for i in g.nodes_of_kind("feat").tolist()
+                          if (int(g.layer[i]), g.site[i]) == key and g.activation[i] > 0)
+            assert n_nodes == int(gate.sum())
+
+
+def test_frozen_ablation_matches_edges(graphs, lin):
+    gen = torch.Generator().manual_seed(0)
+    for tr, tg, g in graphs[:2]:
+        feats = g.nodes_of_kind("feat")
+        feats = feats[g.activation[feats] > 0]
+        pick = feats[torch.randperm(len(feats), generator=gen)[:6]].tolist()
+        pick += g.nodes_of_kind("err")[-3:].tolist() + g.nodes_of_kind("emb")[:2].tolist()
+        base = frozen_values(lin, tr, tg, [{}])[0]
+        after = frozen_values(lin, tr, tg, [{g.node_ids[i]: 0.0} for i in pick])
+        A = g.dense()
+        rows = torch.tensor([g.index(t.node_id) for t in tg])
+        expected = -A[rows][:, pick].T  # [n_pick, n_targets]
+        assert expected.abs().max() > 1e-3
+        assert (after - base - expected).abs().max() < _tol(base)
+        # setting a feature to twice its value adds its edge once more
+        i = pick[0]
+        twice = frozen_values(lin, tr, tg, [{g.node_ids[i]: 2 * float(g.activation[i])}])[0]
+        assert (twice - base - A[rows, i]).abs().max() < _tol(base)
+
+
+def _total_from_direct(g: Graph, t: int) -> torch.Tensor:
+    """Total attributions to row t from the direct-edge matrix: x = D[t,F] (I − D[F,F])⁻¹ with
+    D = ∂(row)/∂(feature activation) = A / a; features get x·a, leaves A[t,ℓ] + x·A[F,ℓ]."""
+    A = g.dense().double()
+    F = g.nodes_of_kind("feat")
+    F = F[g.activation[F] > 0]
+    a = g.activation[F].double()
+    D_FF = A[F][:, F] / a[None, :]
+    d_t = A[t, F] / a
+    x = torch.linalg.solve((torch.eye(len(F), dtype=torch.float64) - D_FF).T, d_t)
+    total = A[t].clone()
+    total += x @ A[F]
+    total[F] = x * a
+    return total
+
+
+def test_direct_vs_total_and_hierarchical(graphs, lin):
+    for tr, tg, g in graphs:
+        for tgt in tg[:1] + tg[-2:]:
+            t = g.index(tgt.node_id)
+            total = _total_from_direct(g, t)
+            leaves = [i for i, k in enumerate(g.kinds) if k in ("emb", "pos", "err", "bias")]
+            # target = Σ total attributions of the leaves
+            assert abs(float(total[leaves].sum()) - float(g.value[t])) < _tol(g.value[t])
+            h = hierarchical(lin, tr, tgt, tau=-math.inf)
+            assert not h.frontier
+            for node, v in h.leaves.items():
+                assert abs(v - float(total[g.index(node)])) < _tol(total), node
+            for node, v in h.kept.items():
+                assert abs(v - float(total[g.index(node)])) < _tol(total), node
+
+
+@pytest.mark.parametrize("sign", ["abs", "signed"])
+def test_hierarchical_cut_completeness(lin, sign):
+    for prompt in PROMPTS:
+        tr = lin.trace(prompt)
+        for tgt in _targets(lin, tr)[:1] + _targets(lin, tr)[-1:]:
+            sizes = []
+            for tau in (0.0, 0.01, 0.1, 0.5):
+                h = hierarchical(lin, tr, tgt, tau=tau, sign=sign)
+                assert abs(h.cut_total() - h.value) < _tol(h.value)
+                sizes.append(len(h.kept))
+            assert sizes == sorted(sizes, reverse=True)  # larger τ keeps fewer nodes
+            h = hierarchical(lin, tr, tgt, tau=0.05, relative=True)
+            assert abs(h.cut_total() - h.value) < _tol(h.value)
+            assert all(abs(v) > 0.05 * abs(h.value) for v in h.kept.values())
+
+
+def test_invariance_to_batch_size_and_target_order(lin):
+    tr = lin.trace(PROMPTS[2])
+    tg = _targets(lin, tr)
+    g1 = build_graph(lin, tr, tg, AttributionSettings(batch_size=64, cone_chunk=4))
+    g2 = build_graph(lin, tr, tg[::-1], AttributionSettings(batch_size=3, cone_chunk=4))
+    perm = torch.tensor([g2.index(n) for n in g1.node_ids])
+    A1, A2 = g1.dense(), g2.dense()[perm][:, perm]
+    assert (A1 != 0).sum() == (A2 != 0).sum()
+    assert (A1 - A2).abs().max() < 1e-6 * max(1.0, float(A1.abs().max()))
+    # the same batch size with the targets reversed gives bit-identical edges
+    g3 = build_graph(lin, tr, tg[::-1], AttributionSettings(batch_size=64, cone_chunk=4))
+    perm3 = torch.tensor([g3.index(n) for n in g1.node_ids])
+    assert torch.equal(A1, g3.dense()[perm3][:, perm3])
+
+
+def test_grouped_bias_sums_to_total(lin):
+    tr = lin.trace(PROMPTS[1])
+    tg = _targets(lin, tr)
+    g1 = build_graph(lin, tr, tg)
+    g2 = build_graph(lin, tr, tg, AttributionSettings(bias="grouped"))
+    b1 = g1.dense()[:, g1.index("bias:all")]
+    cols = g2.nodes_of_kind("bias")
+    assert len(cols) > 3
+    rows = torch.tensor([g2.index(n) for n in g1.node_ids if not n.startswith("bias:")])
+    b1 = b1[[i for i, n in enumerate(g1.node_ids) if not n.startswith("bias:")]]
+    b2 = g2.dense()[rows][:, cols].sum(1)
+    assert (b1 - b2).abs().max() < _tol(b1)
+
+
+def test_live_intervention_runs_and_matches_clean(lin):
+    tr = lin.trace(PROMPTS[0])
+    tg = T.top_logits(lin, tr)
+    frozen = frozen_values(lin, tr, tg, [{}])[0]
+    live = live_values(lin, tr, tg, [{}])[0]
+    assert (frozen - live).abs().max() < _tol(frozen)
+    rec = tr.sites[(0, "mlp")]
+    node = ids.feat_id(0, "mlp", int(rec.pos_idx[0]), int(rec.feat_idx[0]))
+    ablated = live_values(lin, tr, tg, [{node: 0.0}])[0]
+    assert not torch.equal(ablated, live)
+
+
+def test_save_load_roundtrip_and_neuronpedia(graphs, tmp_path):
+    _, _, g = graphs[0]
+    g.save(tmp_path / "g")
+    h = Graph.load(tmp_path / "g")
+    assert h.node_ids == g.node_ids and h.kinds == g.kinds
+    assert torch.equal(h.dense(), g.dense())
+    assert torch.equal(h.value.nan_to_num(7.0), g.value.nan_to_num(7.0))
+    assert not any(p.suffix in (".pt", ".pkl") for p in (tmp_path / "g").iterdir())
+    np_json = g.to_neuronpedia()
+    assert np_json["metadata"]["schema_version"] == 1
+    node_ids = [n["node_id"] for n in np_json["nodes"]]
+    assert len(node_ids) == len(set(node_ids)) == g.n_nodes
+    assert len(np_json["links"]) == g.adjacency.values().numel()
+    assert {n["feature_type"] for n in np_json["nodes"]} >= {"embedding", "logit", "cross layer transcoder"}
