@@ -77,6 +77,10 @@ def check_health(driver: neo4j.Driver | None, settings: Settings, driver_error: 
 def check_readiness(driver: neo4j.Driver | None, settings: Settings) -> Readiness:
     if driver is None:
         return Readiness(ready=False, error="no Neo4j driver (see /healthz)")
+    # Fail fast when Neo4j is down: the records query below retries for up to 30 s otherwise.
+    neo4j_check = check_neo4j(driver, settings)
+    if not neo4j_check.ok:
+        return Readiness(ready=False, error=neo4j_check.error)
     try:
         state = migration_state(driver, settings.neo4j_database, MIGRATIONS_DIR)
     except (neo4j.exceptions.Neo4jError, neo4j.exceptions.DriverError, OSError) as exc:

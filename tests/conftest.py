@@ -1,0 +1,80 @@
+"""Session fixtures: the real Neo4j and Redis the tests talk to, started by the project's own code.
+
+`scripts/dev test` exports the test settings (own state directory and ports) and starts the services
+before pytest; running pytest directly gets the same defaults from here and starts (then stops) the
+services itself. A service that cannot start fails the tests that need it: never a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# Before anything reads the (cached) settings: tests never touch a developer's demo services.
+os.environ.setdefault("ATLAS_STATE_DIR", str(REPO_ROOT / ".state" / "test"))
+os.environ.setdefault("ATLAS_NEO4J_URI", "bolt://127.0.0.1:17687")
+os.environ.setdefault("ATLAS_REDIS_URL", "redis://127.0.0.1:16379/0")
+os.environ.setdefault("ATLAS_NEO4J_PASSWORD", "atlas-test-password")
+os.environ.setdefault("ATLAS_NEO4J_HEAP", "768m")
+os.environ.setdefault("ATLAS_NEO4J_PAGECACHE", "256m")
+
+
+@pytest.fixture(scope="session")
+def settings():  # noqa: ANN201 - workers.settings.Settings
+    from workers.settings import get_settings
+
+    return get_settings()
+
+
+@pytest.fixture(scope="session")
+def services(settings) -> Iterator[object]:  # noqa: ANN001
+    """Neo4j and Redis up for the whole session (a no-op when `scripts/dev test` already started them)."""
+    from service.runtime import services as runtime
+    from service.runtime.processes import ServiceError
+
+    try:
+        status = runtime.up(settings, print)
+    except ServiceError as exc:
+        pytest.fail(f"the test services could not start: {exc}", pytrace=False)
+    yield status
+    # Only what this session started is stopped; services started by scripts/dev are its to stop.
+    if status.neo4j.started_now:
+        from service.runtime import neo4j as neo4j_runtime
+
+        neo4j_runtime.stop(settings)
+    if status.redis.started_now:
+        from service.runtime import redis as redis_runtime
+
+        redis_runtime.stop(settings)
+
+
+@pytest.fixture(scope="session")
+def neo4j_driver(settings, services) -> Iterator[object]:  # noqa: ANN001
+    """A driver on the test server whose schema is migrated."""
+    from service.db import neo4j_driver as make_driver
+    from service.db.migrations import migrate
+
+    with make_driver(settings) as driver:
+        migrate(driver, settings.neo4j_database)
+        yield driver
+
+
+@pytest.fixture(scope="session")
+def redis_client(settings, services) -> Iterator[object]:  # noqa: ANN001
+    import redis
+
+    client = redis.Redis.from_url(settings.redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def unique_id() -> str:
+    """A fresh id for data a test writes, so tests sharing the database never see each other's rows."""
+    return f"t{uuid.uuid4().hex[:12]}"

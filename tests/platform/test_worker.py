@@ -1,0 +1,63 @@
+"""A real Celery worker subprocess on the real Redis: queues, round trip, configuration invariants."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from service.demo import start_worker_process, stop_worker_process
+from workers import celery_app as celery_module
+from workers.celery_app import celery_app, load_process_resources, process_resource, register_process_loader
+from workers.tasks import ping
+
+
+def test_configuration_for_long_gpu_tasks(settings):
+    conf = celery_app.conf
+    assert conf.task_acks_late and conf.task_reject_on_worker_lost
+    assert conf.worker_prefetch_multiplier == 1
+    vt = conf.broker_transport_options["visibility_timeout"]
+    assert vt == conf.result_backend_transport_options["visibility_timeout"] == settings.broker_visibility_timeout_s
+    assert vt > conf.task_time_limit > conf.task_soft_time_limit
+    assert conf.accept_content == ["json"] and conf.task_serializer == "json"
+    assert conf.worker_proc_alive_timeout == settings.worker_proc_alive_timeout_s > 4
+    assert {q.name: q.routing_key for q in conf.task_queues} == {"gpu": "gpu", "cpu": "cpu"}
+
+
+def test_process_loader_registry_runs_loaders_and_reports_them(settings):
+    calls = []
+
+    @register_process_loader("test-resource")
+    def load(s):  # noqa: ANN001, ANN202
+        calls.append(s.redis_url)
+        return {"pid": os.getpid()}
+
+    try:
+        with pytest.raises(LookupError, match="not loaded in this process"):
+            process_resource("test-resource")
+        timings = load_process_resources(settings)
+        assert "test-resource" in timings and calls == [settings.redis_url]
+        assert process_resource("test-resource") == {"pid": os.getpid()}
+    finally:
+        celery_module._process_loaders.pop("test-resource", None)
+        celery_module._process_resources.pop("test-resource", None)
+
+
+def test_ping_round_trips_through_real_workers_on_each_queue(settings, redis_client, unique_id):
+    gpu_worker = start_worker_process(settings, queues="gpu", name=f"{unique_id}-gpu")
+    try:
+        reply = ping.apply_async(args=[unique_id], queue="gpu").get(timeout=90)
+        assert reply["payload"] == unique_id and reply["pong"] is True
+        assert reply["pid"] != os.getpid()  # ran in the worker's pool process
+        # A cpu task is not taken by a gpu-only worker: it waits in Redis.
+        pending = ping.apply_async(args=[unique_id + "-cpu"], queue="cpu")
+        time.sleep(1.5)
+        assert pending.state == "PENDING"
+    finally:
+        stop_worker_process(gpu_worker)
+    cpu_worker = start_worker_process(settings, queues="cpu", name=f"{unique_id}-cpu")
+    try:
+        assert pending.get(timeout=90)["payload"] == unique_id + "-cpu"
+    finally:
+        stop_worker_process(cpu_worker)
