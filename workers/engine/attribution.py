@@ -35,6 +35,7 @@ class AttributionSettings:
     bias: Literal["total", "grouped"] = "total"  # one bias leaf, or one per parameter group
     dtype: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast in the backward passes
     feature_rows: bool = True  # compute edges into every active feature (False: targets only)
+    fold_bos: bool = True  # no feature nodes at position 0 when it holds the BOS token (circuit-tracer's rule)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -276,6 +277,10 @@ def _edges(
     groups: dict[int, list[int]] = {}
     for i in order:
         groups.setdefault(rows[i].pos // max(settings.cone_chunk, 1), []).append(i)
+    # within a group, batch rows that read the same depth together: a batch of layer-0 rows then only
+    # back-propagates through layer 0 (still a canonical order, so still order-independent)
+    for k in groups:
+        groups[k].sort(key=lambda i: (tensor_site_bound(rows[i].tensor), rows[i].pos, rows[i].node_id))
     done = 0
     autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if settings.dtype == "bf16" else None)
     for _, members in sorted(groups.items()):
@@ -352,3 +357,53 @@ def _emit(out_r, out_c, out_v, row_nodes: torch.Tensor, cols: torch.Tensor, w: t
 
 
 __all__ = ["AttributionSettings", "build_graph", "bias_contributions", "SITES"]
+
+
+def attribute(
+    lin: Linearised,
+    prompt: str | torch.Tensor | list[int],
+    targets: list[str | Target] | None = None,
+    *,
+    tokenizer=None,
+    settings: AttributionSettings | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Graph:
+    """Attribution graph of ``prompt`` (text, with ``tokenizer``; or token ids) for ``targets``: Target
+    objects or strings (``top``, ``logit:TOKEN[@POS]``, ``diff:GOOD,BAD[@POS]``, ``feat:L2.mlp:p5:f123``);
+    default: the top logits at the last position."""
+    from workers.engine.targets import parse_target
+
+    settings = settings or AttributionSettings()
+    t0 = time.perf_counter()
+    if isinstance(prompt, str):
+        if tokenizer is None:
+            raise ValueError("a text prompt needs a tokenizer; or pass token ids")
+        input_ids = torch.tensor(tokenizer(prompt)["input_ids"], dtype=torch.long)
+        text = prompt
+    else:
+        input_ids = torch.as_tensor(prompt, dtype=torch.long).flatten()
+        text = ""
+    if input_ids.numel() == 0:
+        raise ValueError("the prompt is empty")
+    bos = getattr(tokenizer, "bos_token_id", None) if tokenizer is not None else None
+    if bos is None:
+        bos = getattr(lin.model.config, "bos_token_id", None)
+    fold = settings.fold_bos and bos is not None and int(input_ids[0]) == int(bos)
+    trace = lin.trace(input_ids, fold_first=fold)
+    t_trace = time.perf_counter() - t0
+    resolved: list[Target] = []
+    for t in targets or ["top"]:
+        resolved += parse_target(t, lin, trace, tokenizer) if isinstance(t, str) else [t]
+    prov = {
+        "model_name": str(getattr(lin.model.config, "_name_or_path", "") or type(lin.model).__name__),
+        "model_hash": lin.content_hash(),
+        "dictionary_hash": lin.dictionaries.content_hash(),
+        "bos_folded": bool(fold),
+    }
+    g = build_graph(lin, trace, resolved, settings, progress, prov)
+    g.prompt = text
+    if tokenizer is not None:
+        g.token_strings = [tokenizer.decode([int(i)]) for i in input_ids.tolist()]
+    g.provenance["timings_s"]["trace"] = t_trace
+    g.provenance["timings_s"]["total"] = time.perf_counter() - t0
+    return g

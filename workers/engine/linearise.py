@@ -23,6 +23,7 @@ Readable tensors of a frozen run, each laid out ``[batch, pos, D]``:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -547,9 +548,24 @@ class Linearised:
         return out + delta
 
     # ---------------------------------------------------------------------------------------------
+    def content_hash(self) -> str:
+        """sha256 over the model's parameters and buffers (names, shapes, bytes); cached."""
+        h = getattr(self, "_hash", None)
+        if h is None:
+            sha = hashlib.sha256()
+            for name, t in sorted(self.model.state_dict().items()):
+                sha.update(name.encode())
+                sha.update(str(tuple(t.shape)).encode())
+                sha.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+            h = self._hash = sha.hexdigest()
+        return h
+
     @torch.no_grad()
-    def trace(self, input_ids: torch.Tensor) -> Trace:
-        """Clean forward of one prompt ``input_ids [pos]``; records what the frozen passes hold constant."""
+    def trace(self, input_ids: torch.Tensor, fold_first: bool = False) -> Trace:
+        """Clean forward of one prompt ``input_ids [pos]``; records what the frozen passes hold constant.
+
+        ``fold_first``: no feature nodes at position 0 (circuit-tracer zeroes the BOS position, an
+        attention sink with huge, uninformative activations): their output joins that site's error node."""
         if input_ids.dim() != 1:
             raise ValueError(f"trace takes one prompt as a 1-D tensor of token ids, got shape {tuple(input_ids.shape)}")
         ids = input_ids.to(self.device)
@@ -566,6 +582,15 @@ class Linearised:
         missing = [k for k in self.dictionaries.dictionaries if k not in rec.sites]
         if missing:
             raise RuntimeError(f"dictionary sites {missing} were not reached in the traced forward")
+        if fold_first:
+            for sr in rec.sites.values():
+                first = sr.pos_idx == 0
+                if sr.dictionary is None or not bool(first.any()):
+                    continue
+                W = sr.dictionary.W_dec.detach()
+                sr.err[0] += (sr.acts[first, None] * W[sr.feat_idx[first]]).sum(0)
+                keep = ~first
+                sr.pos_idx, sr.feat_idx, sr.acts = sr.pos_idx[keep], sr.feat_idx[keep], sr.acts[keep]
         return rec
 
     def injections(

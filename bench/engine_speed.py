@@ -1,0 +1,117 @@
+"""Engine speed on the issue #4 benchmark model: seconds per graph and peak RSS for prompts of 16, 64
+and 256 tokens (all active features), plus the floor: one forward + backward of the same model.
+
+Build the model first (bench/make_bench_model.py), then::
+
+    ~/.cache/circuit-atlas/venv/bin/python bench/engine_speed.py [--bench DIR] [--lengths 16 64 256]
+        [--batch-size 32] [--cone-chunk 32] [--threads 1] [--repeats 2] [--bf16]
+
+Each length runs in a fresh subprocess, so its peak RSS (ru_maxrss: imports and loading included) is its
+own. Prints one line per length and a JSON summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def _one(bench: Path, length: int, batch_size: int, cone_chunk: int, threads: int, repeats: int, bf16: bool) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from workers.dictionaries.formats import load_dictionary_set
+    from workers.engine.attribution import AttributionSettings, attribute, build_graph
+    from workers.engine.linearise import Linearised
+
+    torch.set_num_threads(threads)
+    rss_imports = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    model = AutoModelForCausalLM.from_pretrained(bench / "model", dtype=torch.float32).eval()
+    dicts = load_dictionary_set(bench / "dictionaries", model)
+    lin = Linearised(model, dicts)
+    prompts = json.loads((bench / "prompts.json").read_text())
+    ids = torch.tensor(prompts[str(length)] if str(length) in prompts else prompts["prompts"][str(length)])
+    settings = AttributionSettings(batch_size=batch_size, cone_chunk=cone_chunk, dtype="bf16" if bf16 else "fp32")
+    g = attribute(lin, ids, settings=settings)  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        g = attribute(lin, ids, settings=settings)
+        times.append(time.perf_counter() - t0)
+    # the floor: one plain forward + backward of the model on the prompt
+    floor = []
+    emb = model.get_input_embeddings()
+    for _ in range(3):
+        t0 = time.perf_counter()
+        x = emb(ids[None]).detach().requires_grad_(True)
+        out = model(inputs_embeds=x).logits[0, -1].sum()
+        out.backward()
+        floor.append(time.perf_counter() - t0)
+    n_feat = sum(1 for k in g.kinds if k == "feat")
+    res = {
+        "length": length,
+        "seconds_per_graph": min(times),
+        "seconds_all": times,
+        "floor_forward_backward_s": min(floor),
+        "n_nodes": g.n_nodes,
+        "n_features": n_feat,
+        "n_targets": len(g.targets),
+        "nnz": int(g.adjacency.values().numel()),
+        "timings_s": g.provenance["timings_s"],
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+        "rss_after_imports_gb": rss_imports,
+        "settings": settings.to_dict(),
+        "threads": threads,
+    }
+    if bf16:  # measured error of bf16 edges against fp32
+        trace = lin.trace(ids, fold_first=True)
+        from workers.engine.targets import top_logits
+
+        tg = top_logits(lin, trace)
+        g32 = build_graph(lin, trace, tg, AttributionSettings(batch_size=batch_size, cone_chunk=cone_chunk))
+        g16 = build_graph(lin, trace, tg, settings)
+        a, b = g32.adjacency.values(), g16.adjacency.values()
+        res["bf16_max_abs_err"] = float((a - b).abs().max())
+        res["bf16_rel_err_l2"] = float((a - b).norm() / a.norm())
+    return res
+
+
+def main() -> None:
+    from workers.settings import get_settings
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bench", type=Path, default=get_settings().cache_dir / "bench" / "gpt2-4l-d128")
+    ap.add_argument("--lengths", type=int, nargs="+", default=[16, 64, 256])
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--cone-chunk", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--bf16", action="store_true")
+    ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.one is not None:
+        print(json.dumps(_one(a.bench, a.one, a.batch_size, a.cone_chunk, a.threads, a.repeats, a.bf16)))
+        return
+    if not (a.bench / "model").is_dir():
+        sys.exit(f"no benchmark model at {a.bench}: run bench/make_bench_model.py first")
+    results = []
+    for length in a.lengths:
+        cmd = [sys.executable, __file__, "--one", str(length), "--bench", str(a.bench), "--batch-size",
+               str(a.batch_size), "--cone-chunk", str(a.cone_chunk), "--threads", str(a.threads),
+               "--repeats", str(a.repeats)] + (["--bf16"] if a.bf16 else [])
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        results.append(r)
+        print(f"{length:4d} tokens: {r['seconds_per_graph']:.3f} s/graph (floor fwd+bwd {r['floor_forward_backward_s']:.4f} s), "
+              f"peak RSS {r['peak_rss_gb']:.2f} GB, {r['n_features']} features, {r['nnz']} edges"
+              + (f", bf16 rel err {r['bf16_rel_err_l2']:.2e}" if 'bf16_rel_err_l2' in r else ""), flush=True)
+    print(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
