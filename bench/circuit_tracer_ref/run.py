@@ -149,20 +149,25 @@ def worker_time(bench_dir: Path, length: int, batch_size: int, repeats: int) -> 
     warmup_s = time.perf_counter() - t0
     stats = graph_stats(graph, model.cfg.n_layers)
     del graph
-    times = []
+    times, cpu_times = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         graph = run()
         times.append(time.perf_counter() - t0)
+        # CPU seconds of this process (all threads): less sensitive than wall time to other
+        # processes competing for the cores, and equal to it on an idle machine with --threads 1.
+        cpu_times.append(time.process_time() - c0)
         del graph
-    times_sorted = sorted(times)
+    peak = rss_peak_mb()
     return {
         "length": length, "batch_size": batch_size, "repeats": repeats,
-        "seconds_per_graph_median": times_sorted[len(times) // 2],
-        "seconds_per_graph_min": times_sorted[0],
-        "seconds_all": times, "warmup_seconds": warmup_s, "load_seconds": load_s,
+        "seconds_per_graph_median": sorted(times)[len(times) // 2],
+        "seconds_per_graph_min": min(times),
+        "cpu_seconds_per_graph_median": sorted(cpu_times)[len(cpu_times) // 2],
+        "seconds_all": times, "cpu_seconds_all": cpu_times,
+        "warmup_seconds": warmup_s, "load_seconds": load_s,
         "rss_start_mb": RSS_AT_START_MB, "rss_after_imports_mb": rss_imports, "rss_after_load_mb": rss_loaded,
-        "peak_rss_mb": rss_peak_mb(),
+        "peak_rss_mb": peak, "peak_rss_above_imports_mb": peak - rss_imports,
         **stats,
     }
 
@@ -296,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
         log(f"timing {length} tokens at batch_size {bs} ...")
         r = run_worker(["--worker", f"{length}:{bs}", "--repeats", str(args.repeats),
                         "--repeats-long", str(args.repeats_long), *common], args.threads)
-        log(f"  {r['seconds_per_graph_median']:.3f} s/graph, peak RSS {r['peak_rss_mb']:.0f} MB, "
+        log(f"  {r['seconds_per_graph_median']:.3f} s/graph ({r['cpu_seconds_per_graph_median']:.3f} CPU s), "
+            f"peak RSS {r['peak_rss_mb']:.0f} MB, "
             f"{r['n_nodes']} nodes ({r['n_features']} features), {r['n_edges_nonzero']} nonzero edges")
         report["cases"].append(r)
     report["load_average_at_end"] = list(os.getloadavg())
