@@ -250,12 +250,19 @@ def render_conf(settings: Settings, paths: Neo4jPaths) -> str:
 
 
 def write_conf(settings: Settings, paths: Neo4jPaths) -> None:
-    for directory in (paths.conf, paths.data, paths.logs, paths.run, paths.home / "import", paths.home / "plugins"):
-        directory.mkdir(parents=True, exist_ok=True)
-    (paths.conf / "neo4j.conf").write_text(render_conf(settings, paths))
-    package = resources.files("service.runtime")
-    for name in ("server-logs.xml", "user-logs.xml"):
-        (paths.conf / name).write_bytes(package.joinpath(name).read_bytes())
+    try:
+        for directory in (paths.conf, paths.data, paths.logs, paths.run, paths.home / "import",
+                          paths.home / "plugins"):
+            directory.mkdir(parents=True, exist_ok=True)
+        (paths.conf / "neo4j.conf").write_text(render_conf(settings, paths))
+        package = resources.files("service.runtime")
+        for name in ("server-logs.xml", "user-logs.xml"):
+            (paths.conf / name).write_bytes(package.joinpath(name).read_bytes())
+    except OSError as exc:
+        raise ServiceError(
+            f"the Neo4j state directory {paths.home} is damaged or not writable ({exc}). Move it aside "
+            f"(`mv {paths.home} {paths.home}.broken`) or point ATLAS_STATE_DIR elsewhere, then retry."
+        ) from exc
 
 
 # --- password -----------------------------------------------------------------------------------------
@@ -347,21 +354,44 @@ def java_argv(settings: Settings, paths: Neo4jPaths, java: Path) -> list[str]:
 
 
 def _bolt_answers(settings: Settings, password: str) -> str | None:
-    """None when Bolt accepts our credentials and runs a query; else the reason it did not."""
+    """None when Bolt accepts our credentials and the user database answers; else why not (yet).
+
+    Raises ServiceError for conditions that waiting cannot fix: a rejected password, or a user database
+    the server failed to start (damaged store files).
+    """
     import neo4j
 
+    paths = Neo4jPaths.from_settings(settings)
     try:
         with neo4j.GraphDatabase.driver(
             settings.neo4j_uri, auth=(settings.neo4j_user, password), connection_timeout=2
         ) as driver:
-            # The user database, not just Bolt: it comes online a moment after the port opens.
-            driver.execute_query("CALL dbms.components()", database_=settings.neo4j_database)
-        return None
+            try:
+                # session.run, not execute_query: no 30 s retry loop inside our own deadline loop. The user
+                # database, not just Bolt: it comes online a moment after the port opens.
+                with driver.session(database=settings.neo4j_database) as session:
+                    session.run("CALL dbms.components()").consume()
+                return None
+            except (neo4j.exceptions.TransientError, neo4j.exceptions.ClientError,
+                    neo4j.exceptions.DatabaseUnavailable) as exc:
+                reason = str(exc)
+            with driver.session(database="system") as session:
+                record = session.run(
+                    "SHOW DATABASE $name YIELD currentStatus, statusMessage", name=settings.neo4j_database
+                ).single()
+            if record and record["currentStatus"] in ("offline", "quarantined") and record["statusMessage"]:
+                raise ServiceError(
+                    f"Neo4j started but could not open database '{settings.neo4j_database}': "
+                    f"{record['statusMessage']}. The state directory {paths.home} is probably damaged: "
+                    f"`atlas services down && mv {paths.home} {paths.home}.broken`, then `atlas services up`.\n"
+                    f"--- {paths.logs / 'debug.log'} ---\n{tail(paths.logs / 'debug.log', 15)}"
+                )
+            return reason
     except neo4j.exceptions.AuthError as exc:
         raise ServiceError(
             f"Neo4j started but rejected the password ({exc.message}). The data in the state directory was "
             "created with another password: set ATLAS_NEO4J_PASSWORD to it, or start from empty state "
-            f"(`atlas services down && rm -rf {Neo4jPaths.from_settings(settings).home}`)."
+            f"(`atlas services down && rm -rf {paths.home}`)."
         ) from None
     except (neo4j.exceptions.ServiceUnavailable, neo4j.exceptions.SessionExpired,
             neo4j.exceptions.TransientError, neo4j.exceptions.DatabaseUnavailable, OSError) as exc:

@@ -141,3 +141,17 @@ def test_neo4j_password_mismatch_is_refused_before_start(settings, services):
     java = neo4j_runtime.find_java(wrong)
     with pytest.raises(ServiceError, match="differs from the password"):
         neo4j_runtime.ensure_initial_password(wrong, paths, java)
+
+
+def test_damaged_state_directory_is_named_and_nothing_starts(settings, tmp_path):
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    free_port = probe.getsockname()[1]
+    probe.close()
+    bad = settings.model_copy(update={"state_dir": tmp_path, "neo4j_uri": f"bolt://127.0.0.1:{free_port}"})
+    home = tmp_path / "neo4j"
+    home.mkdir()
+    (home / "data").write_text("a file where the data directory should be")
+    with pytest.raises(ServiceError, match=r"state directory .* is damaged.*mv "):
+        neo4j_runtime.start(bad)
+    assert not neo4j_runtime.Neo4jPaths.from_settings(bad).pid_file.exists()
