@@ -1,0 +1,291 @@
+"""Build the zoo once per content hash: corpus, tokenizer, tiny models, and the gpt2-4l dictionary set.
+
+``ensure_zoo()`` is what tests, the demo and the CLI call. The build lives in
+``settings.zoo_dir/<build_key>/`` where ``build_key`` hashes the zoo's and the dictionaries' source
+files and the build spec, so editing either rebuilds, and an unchanged checkout reuses the cache.
+
+Layout of a finished build::
+
+    <build_key>/
+      COMPLETE                      written last (contains the build key)
+      report.json                   timings, accuracies, dictionary metrics, spec
+      corpus/heldout.jsonl          held-out examples (Example per line), disjoint from training
+      tokenizer/                    the word-level tokenizer (also copied into each model dir)
+      models/<name>/                config.json, model.safetensors, tokenizer files, zoo.json
+      dictionaries/gpt2-4l/         attention SAE + transcoder per layer (when dictionary training exists)
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import importlib
+import json
+import os
+import platform
+import random
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import transformers
+
+from workers.settings import Settings, get_settings
+from workers.zoo.corpus import CorpusSpec, Example, heldout_examples, train_examples, write_jsonl
+from workers.zoo.tokenizer import build_tokenizer, save_tokenizer, token_ids
+from workers.zoo.training import ModelSpec, evaluate, save_model, train_model
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # .../workers
+DICTIONARY_MODEL = "gpt2-4l"
+ACCURACY_BAR = 0.95  # issue #3: the 4-layer GPT-2 reaches >= 95% on each task's held-out answers
+MARKER = "COMPLETE"
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    """Everything that determines the build's output besides source code and library versions."""
+
+    corpus: CorpusSpec = field(default_factory=CorpusSpec)
+    models: tuple[ModelSpec, ...] = (
+        ModelSpec(name="gpt2-4l", arch="gpt2", n_layer=4, steps=2000),
+        ModelSpec(name="gpt2-2l", arch="gpt2", n_layer=2, steps=2000),
+        ModelSpec(name="llama-2l", arch="llama", n_layer=2, steps=2000),
+    )
+    dictionary_model: str = DICTIONARY_MODEL
+    dictionary_batch_size: int = 32
+    train_dictionaries: bool = True  # False: models only (quick builds in tests of the caching itself)
+
+    def to_dict(self) -> dict:
+        return {
+            "corpus": self.corpus.to_dict(),
+            "models": [m.to_dict() for m in self.models],
+            "dictionary_model": self.dictionary_model,
+            "dictionary_batch_size": self.dictionary_batch_size,
+            "train_dictionaries": self.train_dictionaries,
+        }
+
+
+@dataclass(frozen=True)
+class ZooPaths:
+    root: Path
+    models: dict[str, Path]  # name -> HF model directory
+    dictionaries: Path | None  # dictionary set of gpt2-4l; None when dictionary training is not available
+    heldout: Path  # JSONL of corpus.Example
+    report: Path  # report.json
+    tokenizer: Path
+
+
+def hashed_source_files() -> list[Path]:
+    """Source files whose content is part of the build key: the zoo (minus its CLI, which does not
+    change what is built), the dictionaries package (its training makes the zoo's dictionary set)
+    and the model-site lookup that training relies on."""
+    files = [p for p in sorted((PACKAGE_ROOT / "zoo").glob("*.py")) if p.name != "cli.py"]
+    files += sorted((PACKAGE_ROOT / "dictionaries").glob("*.py"))
+    files.append(PACKAGE_ROOT / "models" / "sites.py")
+    return files
+
+
+def build_key(spec: BuildSpec | None = None) -> str:
+    spec = spec or BuildSpec()
+    h = hashlib.sha256()
+    for p in hashed_source_files():
+        h.update(str(p.relative_to(PACKAGE_ROOT)).encode() + b"\0" + p.read_bytes() + b"\0")
+    h.update(json.dumps(spec.to_dict(), sort_keys=True).encode())
+    # Other library versions can change the numbers or the saved format.
+    h.update(f"torch={torch.__version__};transformers={transformers.__version__}".encode())
+    return h.hexdigest()[:16]
+
+
+def _paths(root: Path, spec: BuildSpec, with_dictionaries: bool) -> ZooPaths:
+    return ZooPaths(
+        root=root,
+        models={m.name: root / "models" / m.name for m in spec.models},
+        dictionaries=(root / "dictionaries" / spec.dictionary_model) if with_dictionaries else None,
+        heldout=root / "corpus" / "heldout.jsonl",
+        report=root / "report.json",
+        tokenizer=root / "tokenizer",
+    )
+
+
+def find_dictionary_trainer() -> Callable | None:
+    """The dictionaries package's ``train_zoo_dictionaries``, or None while it does not exist yet."""
+    try:
+        module = importlib.import_module("workers.dictionaries.training")
+    except ModuleNotFoundError as e:
+        if e.name != "workers.dictionaries.training":
+            raise  # the module exists but one of its imports is missing: a real error
+        return None
+    return getattr(module, "train_zoo_dictionaries", None)
+
+
+def dictionary_token_batches(
+    examples: Sequence[Example], vocab: dict[str, int], batch_size: int, seed: int = 0
+) -> Callable[[], Iterator[torch.Tensor]]:
+    """A callable returning a fresh, deterministic pass over the training text as ``[batch, seq]`` id
+    tensors. Each batch holds sequences of one length, so no padding token ever reaches a dictionary's
+    training activations, and every sequence starts with BOS at position 0 as prompts do."""
+    by_len: dict[int, list[list[int]]] = {}
+    for ex in examples:
+        ids = token_ids(vocab, ex.training_tokens())
+        by_len.setdefault(len(ids), []).append(ids)
+
+    def make() -> Iterator[torch.Tensor]:
+        rng = random.Random(seed)
+        chunks = [rows[i : i + batch_size] for _, rows in sorted(by_len.items()) for i in range(0, len(rows), batch_size)]
+        rng.shuffle(chunks)
+        for c in chunks:
+            yield torch.tensor(c, dtype=torch.long)
+
+    return make
+
+
+@contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """Inter-process lock, so two pytest workers (or CI and the demo) never build the same zoo at once."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _log(progress: bool, msg: str) -> None:
+    if progress:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def ensure_zoo(
+    settings: Settings | None = None, *, force: bool = False, progress: bool = True, spec: BuildSpec | None = None
+) -> ZooPaths:
+    """The built zoo, building it first if this content hash has no finished build (or ``force``).
+
+    Returns immediately when ``<zoo_dir>/<build_key>/COMPLETE`` exists. Otherwise builds into
+    ``<build_key>.partial/`` under a file lock, writes the marker last and renames the directory into
+    place, so a crashed build is never mistaken for a finished one.
+    """
+    settings = settings or get_settings()
+    spec = spec or BuildSpec()
+    key = build_key(spec)
+    root = settings.zoo_dir / key
+    trainer = find_dictionary_trainer() if spec.train_dictionaries else None
+
+    def finished() -> ZooPaths | None:
+        if not force and (root / MARKER).is_file():
+            report = json.loads((root / "report.json").read_text())
+            return _paths(root, spec, with_dictionaries=report.get("dictionaries") is not None)
+        return None
+
+    if (done := finished()) is not None:
+        return done
+    with _exclusive(settings.zoo_dir / f"{key}.lock"):
+        if (done := finished()) is not None:  # another process finished it while we waited
+            return done
+        partial = settings.zoo_dir / f"{key}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        report = _build(partial, spec, key, trainer, progress)
+        (partial / MARKER).write_text(key + "\n")
+        if root.exists():
+            shutil.rmtree(root)
+        os.replace(partial, root)
+        return _paths(root, spec, with_dictionaries=report["dictionaries"] is not None)
+
+
+def _build(out: Path, spec: BuildSpec, key: str, trainer: Callable | None, progress: bool) -> dict:
+    from tqdm.auto import tqdm
+
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    t = time.perf_counter()
+    train = train_examples(spec.corpus)
+    heldout = heldout_examples(spec.corpus, train)
+    paths = _paths(out, spec, with_dictionaries=trainer is not None)
+    write_jsonl(heldout, paths.heldout)
+    tokenizer = build_tokenizer()
+    save_tokenizer(tokenizer, paths.tokenizer)
+    timings["corpus"] = time.perf_counter() - t
+    _log(progress, f"zoo {key}: corpus of {len(train)} training / {len(heldout)} held-out examples "
+                   f"in {timings['corpus']:.1f}s")  # fmt: skip
+
+    model_reports: dict[str, dict] = {}
+    for ms in spec.models:
+        bar = tqdm(total=ms.steps, desc=f"train {ms.name}", disable=not progress, unit="step", leave=True)
+
+        def tick(step: int, loss: float, _model, bar=bar) -> None:
+            bar.update(1)
+            if step % 20 == 0:
+                bar.set_postfix(loss=f"{loss:.3f}")
+
+        result = train_model(ms, train, tokenizer, progress=tick)
+        bar.close()
+        scores = evaluate(result.model, heldout, tokenizer)
+        info = {
+            "name": ms.name,
+            "spec": ms.to_dict(),
+            "train_seconds": round(result.seconds, 2),
+            "final_train_loss": round(result.final_loss, 4),
+            "heldout": scores,
+            "n_parameters": sum(p.numel() for p in result.model.parameters()),
+            "seed": ms.seed,
+            "corpus": spec.corpus.to_dict(),
+            "build_key": key,
+        }
+        save_model(result.model, tokenizer, paths.models[ms.name])
+        (paths.models[ms.name] / "zoo.json").write_text(json.dumps(info, indent=2))
+        timings[f"train {ms.name}"] = result.seconds
+        model_reports[ms.name] = info
+        acc = ", ".join(f"{t} {a:.3f}" for t, a in scores["accuracy"].items())
+        _log(progress, f"  {ms.name}: {result.seconds:.0f}s, held-out accuracy {acc}")
+
+    dict_report = None
+    if trainer is not None:
+        t = time.perf_counter()
+        dict_report = trainer(
+            paths.models[spec.dictionary_model],
+            dictionary_token_batches(train, tokenizer.get_vocab(), spec.dictionary_batch_size),
+            paths.dictionaries,
+            progress,
+        )
+        timings["dictionaries"] = time.perf_counter() - t
+    elif spec.train_dictionaries:
+        _log(progress, "  dictionaries: skipped (workers.dictionaries.training.train_zoo_dictionaries not found)")
+
+    timings["total"] = time.perf_counter() - t_start
+    report = {
+        "build_key": key,
+        "spec": spec.to_dict(),
+        "timings_s": {k: round(v, 2) for k, v in timings.items()},
+        "models": model_reports,
+        "dictionaries": dict_report,
+        "accuracy_bar": {"model": DICTIONARY_MODEL, "min_accuracy": ACCURACY_BAR},
+        "environment": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "torch_threads": torch.get_num_threads(),
+        },
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=_jsonable))
+    return report
+
+
+def _jsonable(o: object) -> object:
+    if isinstance(o, Path):
+        return str(o)
+    if hasattr(o, "__dataclass_fields__"):
+        return asdict(o)  # type: ignore[arg-type]
+    if isinstance(o, torch.Tensor):
+        return o.tolist()
+    return str(o)
+
+
+def read_report(paths: ZooPaths) -> dict:
+    return json.loads(paths.report.read_text())

@@ -1,0 +1,227 @@
+"""Train the zoo's tiny causal LMs on the CPU with a plain torch loop, and score them per task.
+
+The models are ordinary ``transformers`` classes (GPT2LMHeadModel, LlamaForCausalLM) saved with
+``save_pretrained``, so everything downstream loads them as it would any hub model.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedModel
+
+from workers.zoo import vocab as V
+from workers.zoo.corpus import SCORED_TASKS, TASKS, Example
+from workers.zoo.tokenizer import token_ids
+
+Arch = Literal["gpt2", "llama"]
+CONTEXT_LENGTH = 128
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Architecture and optimisation of one zoo model. Part of the zoo's build key."""
+
+    name: str
+    arch: Arch
+    n_layer: int
+    d_model: int = 128
+    n_head: int = 4
+    steps: int = 3000
+    batch_size: int = 64
+    lr: float = 2e-3
+    warmup: int = 100
+    weight_decay: float = 0.01
+    answer_weight: float = 1.0  # extra loss weight on the answer token (1.0: plain LM loss)
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def make_model(spec: ModelSpec, vocab_size: int) -> PreTrainedModel:
+    """A freshly initialised model for ``spec`` (dropout off: the zoo is about clean circuits)."""
+    torch.manual_seed(spec.seed)
+    common = dict(vocab_size=vocab_size, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    if spec.arch == "gpt2":
+        cfg = GPT2Config(
+            n_positions=CONTEXT_LENGTH,
+            n_embd=spec.d_model,
+            n_layer=spec.n_layer,
+            n_head=spec.n_head,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            tie_word_embeddings=True,
+            **common,
+        )
+        return GPT2LMHeadModel(cfg)
+    if spec.arch == "llama":
+        cfg = LlamaConfig(
+            hidden_size=spec.d_model,
+            intermediate_size=4 * spec.d_model,
+            num_hidden_layers=spec.n_layer,
+            num_attention_heads=spec.n_head,
+            num_key_value_heads=spec.n_head,
+            max_position_embeddings=CONTEXT_LENGTH,
+            rms_norm_eps=1e-5,
+            tie_word_embeddings=True,
+            attention_dropout=0.0,
+            **common,
+        )
+        return LlamaForCausalLM(cfg)
+    raise ValueError(f"unknown architecture {spec.arch!r}; use 'gpt2' or 'llama'")
+
+
+@dataclass
+class EncodedExample:
+    ids: list[int]  # full training sequence (BOS … answer … EOS)
+    answer_index: int  # index in ids of the answer token (predicted from position answer_index - 1)
+
+
+def encode_examples(examples: Sequence[Example], tokenizer) -> list[EncodedExample]:
+    out = []
+    vocab = tokenizer.get_vocab()
+    for ex in examples:
+        ids = token_ids(vocab, ex.training_tokens())
+        if len(ids) > CONTEXT_LENGTH:
+            raise ValueError(f"example of {len(ids)} tokens exceeds the context length {CONTEXT_LENGTH}")
+        out.append(EncodedExample(ids, len(ex.prompt_tokens)))
+    return out
+
+
+def batches(encoded: Sequence[EncodedExample], batch_size: int, seed: int) -> Iterator[list[EncodedExample]]:
+    """Endless shuffled batches, grouped by length so little compute goes to padding."""
+    rng = random.Random(seed)
+    order = list(range(len(encoded)))
+    group = batch_size * 32
+    while True:
+        rng.shuffle(order)
+        for g in range(0, len(order) - group + 1, group):
+            chunk = sorted(order[g : g + group], key=lambda i: len(encoded[i].ids))
+            bs = [chunk[i : i + batch_size] for i in range(0, group, batch_size)]
+            rng.shuffle(bs)
+            for b in bs:
+                yield [encoded[i] for i in b]
+
+
+def collate(batch: Sequence[EncodedExample], answer_weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded ``input_ids`` [batch, seq], next-token ``targets`` [batch, seq] (-100 = ignore) and
+    per-token loss ``weights`` [batch, seq]. Right padding needs no attention mask: causal attention
+    never lets a real token see the padding after it."""
+    seq = max(len(e.ids) for e in batch)
+    ids = torch.zeros(len(batch), seq, dtype=torch.long)
+    targets = torch.full((len(batch), seq), -100, dtype=torch.long)
+    weights = torch.zeros(len(batch), seq)
+    for r, e in enumerate(batch):
+        n = len(e.ids)
+        ids[r, :n] = torch.tensor(e.ids)
+        targets[r, : n - 1] = ids[r, 1:n]
+        weights[r, : n - 1] = 1.0
+        weights[r, e.answer_index - 1] = answer_weight
+    return ids, targets, weights
+
+
+@dataclass
+class TrainResult:
+    model: PreTrainedModel
+    seconds: float
+    final_loss: float
+    losses: list[float]
+
+
+def train_model(
+    spec: ModelSpec,
+    train: Sequence[Example],
+    tokenizer,
+    progress: Callable[[int, float, PreTrainedModel], None] | None = None,
+) -> TrainResult:
+    """Train a fresh model on ``train``; ``progress(step, loss, model)`` is called after every step."""
+    model = make_model(spec, len(tokenizer.get_vocab()))
+    encoded = encode_examples(train, tokenizer)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": spec.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=spec.lr,
+        betas=(0.9, 0.98),
+    )
+
+    def lr_at(step: int) -> float:
+        # Linear warm-up, then cosine decay to 5% of the peak.
+        if step < spec.warmup:
+            return spec.lr * (step + 1) / spec.warmup
+        t = (step - spec.warmup) / max(1, spec.steps - spec.warmup)
+        return spec.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
+
+    model.train()
+    losses: list[float] = []
+    t0 = time.perf_counter()
+    it = batches(encoded, spec.batch_size, spec.seed)
+    for step in range(spec.steps):
+        ids, targets, weights = collate(next(it), spec.answer_weight)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        logits = model(input_ids=ids).logits
+        per_tok = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none", ignore_index=-100)
+        w = weights.flatten()
+        loss = (per_tok * w).sum() / w.sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+        if progress is not None:
+            progress(step, losses[-1], model)
+    model.eval()
+    return TrainResult(model, time.perf_counter() - t0, sum(losses[-50:]) / min(50, len(losses)), losses)
+
+
+@torch.no_grad()
+def evaluate(model: PreTrainedModel, examples: Sequence[Example], tokenizer, batch_size: int = 128) -> dict:
+    """Per-task answer accuracy (argmax of the logits at the last prompt position == answer) and, for
+    IOI, the mean logit difference IO − S.
+
+    Returns ``{"accuracy": {task: float}, "n": {task: int}, "ioi_logit_diff": float}``.
+    """
+    model.eval()
+    vocab = tokenizer.get_vocab()
+    correct = {t: 0 for t in TASKS}
+    count = {t: 0 for t in TASKS}
+    logit_diffs: list[float] = []
+    for i in range(0, len(examples), batch_size):
+        chunk = examples[i : i + batch_size]
+        seqs = [token_ids(vocab, ex.prompt_tokens) for ex in chunk]
+        seq = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), seq), vocab[V.PAD], dtype=torch.long)
+        for r, s in enumerate(seqs):
+            ids[r, : len(s)] = torch.tensor(s)
+        logits = model(input_ids=ids).logits  # [batch, seq, vocab]
+        last = logits[torch.arange(len(seqs)), torch.tensor([len(s) - 1 for s in seqs])]  # [batch, vocab]
+        pred = last.argmax(-1)
+        for r, ex in enumerate(chunk):
+            count[ex.task] += 1
+            correct[ex.task] += int(pred[r].item() == vocab[ex.answer])
+            if ex.s_name is not None:
+                logit_diffs.append((last[r, vocab[ex.answer]] - last[r, vocab[ex.s_name]]).item())
+    acc = {t: correct[t] / count[t] for t in TASKS if count[t]}
+    return {
+        "accuracy": acc,
+        "n": {t: count[t] for t in TASKS if count[t]},
+        "min_scored_accuracy": min((acc[t] for t in SCORED_TASKS if t in acc), default=float("nan")),
+        "ioi_logit_diff": sum(logit_diffs) / len(logit_diffs) if logit_diffs else float("nan"),
+    }
+
+
+def save_model(model: PreTrainedModel, tokenizer, directory: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(directory), safe_serialization=True)
+    tokenizer.save_pretrained(str(directory))
