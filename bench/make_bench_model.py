@@ -42,9 +42,12 @@ from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from workers.dictionaries.modules import Dictionary, DictionaryConfig, DictionarySet
-from workers.models.sites import blocks
-from workers.settings import get_settings
+# Import ``workers`` from the checkout this script lives in, not wherever the editable install points.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from workers.dictionaries.modules import Dictionary, DictionaryConfig, DictionarySet  # noqa: E402
+from workers.models.sites import blocks  # noqa: E402
+from workers.settings import get_settings  # noqa: E402
 
 BOS = "<|endoftext|>"
 N_LAYERS = 4
