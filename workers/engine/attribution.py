@@ -96,6 +96,23 @@ def _read(run, t: Target) -> torch.Tensor:
     return x @ t.vector.to(x.dtype) + t.offset
 
 
+def read_rows(run, rows: list[Target]) -> torch.Tensor:
+    """Values of many targets in one run, vectorised per tensor: [B, len(rows)]."""
+    groups: dict[str, list[int]] = {}
+    for i, t in enumerate(rows):
+        groups.setdefault(t.tensor, []).append(i)
+    B = next(iter(run.tensors.values())).shape[0]
+    out = torch.zeros(B, len(rows), dtype=torch.float32)
+    for name, members in groups.items():
+        X = run.tensors[name]
+        pos = torch.tensor([rows[i].pos for i in members])
+        vec = torch.stack([rows[i].vector for i in members]).to(X.dtype)
+        off = torch.tensor([rows[i].offset for i in members], dtype=torch.float64)
+        val = (X[:, pos] * vec[None]).sum(-1).double() + off
+        out[:, members] = val.float()
+    return out
+
+
 @torch.no_grad()
 def bias_contributions(lin: Linearised, trace: Trace, rows: list[Target], grouped: bool) -> dict[str, torch.Tensor]:
     """Per bias leaf, its contribution to each row [R]: the frozen forward with every embedding, error and
@@ -104,7 +121,7 @@ def bias_contributions(lin: Linearised, trace: Trace, rows: list[Target], groupe
 
     def once() -> torch.Tensor:
         run = lin.frozen_forward(trace, leaves="zero", require_grad=False)
-        return torch.stack([_read(run, t)[0] for t in rows]) if rows else torch.zeros(0)
+        return read_rows(run, rows)[0] if rows else torch.zeros(0)
 
     if not grouped:
         return {"all": once()}
@@ -178,19 +195,27 @@ def build_graph(
         feat_dec = torch.zeros(n_pos, K, d_out)
         if d is not None and rec.n_active:
             order = torch.argsort(rec.pos_idx * (d.cfg.d_dict + 1) + rec.feat_idx)
-            slot = torch.zeros(n_pos, dtype=torch.long)
-            W = d.W_dec.detach()
-            W_enc, b_enc = d.W_enc.detach(), d.b_enc.detach()
-            for j in order.tolist():
-                p, f, a = int(rec.pos_idx[j]), int(rec.feat_idx[j]), float(rec.acts[j])
-                col = nodes.add(ids.feat_id(layer, site, p, f), "feat", layer, site, p, f, a)
-                k = int(slot[p])
-                slot[p] += 1
-                feat_cols[p, k] = col
-                feat_dec[p, k] = a * W[f]
-                if settings.feature_rows:
-                    feature_rows.append(Target(ids.feat_id(layer, site, p, f), f"in:L{layer}.{site}", p, W_enc[f],
-                                               float(b_enc[f]), label=f"{d.cfg.name} f{f} p{p}"))
+            ps, fs, acts = rec.pos_idx[order], rec.feat_idx[order], rec.acts[order]
+            start = torch.cumsum(counts, 0) - counts
+            slot = torch.arange(len(ps)) - start[ps]  # rank of each feature among those at its position
+            first = len(nodes.ids)
+            pl, fl, al = ps.tolist(), fs.tolist(), acts.tolist()
+            fids = [ids.feat_id(layer, site, p, f) for p, f in zip(pl, fl, strict=True)]
+            nodes.ids += fids
+            nodes.kinds += ["feat"] * len(fids)
+            nodes.layer += [layer] * len(fids)
+            nodes.site += [site] * len(fids)
+            nodes.pos += pl
+            nodes.feature += fl
+            nodes.activation += al
+            feat_cols[ps, slot] = torch.arange(first, first + len(fids))
+            feat_dec[ps, slot] = acts[:, None] * d.W_dec.detach()[fs]
+            if settings.feature_rows:
+                enc = d.W_enc.detach()[fs]
+                benc = d.b_enc.detach()[fs].tolist()
+                tensor = f"in:L{layer}.{site}"
+                feature_rows += [Target(fid, tensor, p, enc[j], benc[j], label=fid)
+                                 for j, (fid, p) in enumerate(zip(fids, pl, strict=True))]
         site_cols.append(SiteColumns(rec.key, err_cols, feat_cols, feat_dec))
 
     # target nodes that are not features already in the table
@@ -217,23 +242,16 @@ def build_graph(
     biases = bias_contributions(lin, trace, row_targets, grouped=settings.bias == "grouped")
     with torch.no_grad():
         run = lin.frozen_forward(trace, require_grad=False)
-        values = torch.stack([_read(run, t)[0] for t in row_targets]).float()
+        values = read_rows(run, row_targets)[0]
     t_bias = time.perf_counter()
 
-    rows_idx, cols_idx, vals = _edges(lin, trace, row_targets, index, emb_cols, pos_cols, site_cols, settings, progress)
-    # bias leaf entries
     r_all = torch.tensor([index[t.node_id] for t in row_targets], dtype=torch.long)
-    for g, contrib in biases.items():
-        rows_idx.append(r_all)
-        cols_idx.append(torch.full_like(r_all, bias_cols[g]))
-        vals.append(contrib.float())
+    bias_c = torch.tensor([bias_cols[g] for g in biases], dtype=torch.long)
+    bias_v = torch.stack([biases[g].float() for g in biases], dim=1)  # [R, G]
+    chunks = _edges(lin, trace, row_targets, index, emb_cols, pos_cols, site_cols, settings, progress,
+                    extra=(bias_c, bias_v))
     t_edges = time.perf_counter()
-
-    R = torch.cat(rows_idx)
-    C = torch.cat(cols_idx)
-    V = torch.cat(vals)
-    coo = torch.sparse_coo_tensor(torch.stack([R, C]), V, size=(n, n)).coalesce()
-    adj = coo.to_sparse_csr()
+    adj = assemble_csr(chunks, n)
     value = torch.full((n,), float("nan"))
     value[r_all] = values
     infos = []
@@ -266,12 +284,15 @@ def _edges(
     site_cols: list[SiteColumns],
     settings: AttributionSettings,
     progress: Callable[[int, int], None] | None,
-) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
-    """COO pieces (row node, column node, weight) of every edge into ``rows``."""
+    value_only: bool = True,
+    extra: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Every edge into ``rows``, as chunks (row node int32, column node int32, weight fp32) sorted by
+    (row, column), one chunk per backward batch; each row lies in exactly one chunk. ``extra`` = (columns
+    [G], weights [len(rows), G]) adds per-row entries (the bias leaves)."""
     order = _row_order(rows)
-    out_r: list[torch.Tensor] = []
-    out_c: list[torch.Tensor] = []
-    out_v: list[torch.Tensor] = []
+    chunks: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    n_cols = len(index)
     err_vals = {s.key: trace.sites[s.key].err for s in site_cols}
     # cone groups: rows with position in [c·chunk, (c+1)·chunk) share a forward on P = max pos + 1 tokens
     groups: dict[int, list[int]] = {}
@@ -288,9 +309,9 @@ def _edges(
         B = min(settings.batch_size, len(members))
         if autocast is not None:
             with autocast:
-                run = lin.frozen_forward(trace, P, batch=B)
+                run = lin.frozen_forward(trace, P, batch=B, value_only=value_only)
         else:
-            run = lin.frozen_forward(trace, P, batch=B)
+            run = lin.frozen_forward(trace, P, batch=B, value_only=value_only)
         leaf_names = [k for k in run.leaves_out]
         leaves = [run.leaves_out[k] for k in leaf_names]
         for start in range(0, len(members), B):
@@ -318,6 +339,14 @@ def _edges(
             row_pos = torch.tensor([rows[i].pos for i in chunk])
             row_bound = [tensor_site_bound(rows[i].tensor) for i in chunk]
             pos_ok = torch.arange(P)[None, :] <= row_pos[:, None]  # [nb, P] causal structure
+            out_r: list[torch.Tensor] = []
+            out_c: list[torch.Tensor] = []
+            out_v: list[torch.Tensor] = []
+            if extra is not None:
+                ecols, evals = extra
+                out_r.append(row_nodes[:, None].expand(nb, len(ecols)).flatten())
+                out_c.append(ecols[None].expand(nb, len(ecols)).flatten())
+                out_v.append(evals[chunk].flatten())
             for which, cols, clean in (("emb", emb_cols, trace.emb), ("pos", pos_cols, trace.pos_emb)):
                 g = gmap.get(which)
                 if g is None or cols is None or clean is None:
@@ -341,11 +370,42 @@ def _edges(
                     out_r.append(row_nodes[bi])
                     out_c.append(cols[pi, ki])
                     out_v.append(wf[bi, pi, ki])
+            R, C, V = torch.cat(out_r), torch.cat(out_c), torch.cat(out_v)
+            del out_r, out_c, out_v
+            key = torch.argsort(R * n_cols + C)
+            chunks.append((R[key].int(), C[key].int(), V[key].float()))
             done += nb
             if progress is not None:
                 progress(done, len(rows))
         del run
-    return out_r, out_c, out_v
+    return chunks
+
+
+def assemble_csr(chunks: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], n: int) -> torch.Tensor:
+    """CSR [n, n] (int32 indices) from chunks each sorted by (row, column) and owning their rows
+    exclusively; no global sort and no COO copy (memory ≈ 8 bytes per edge plus one chunk)."""
+    counts = torch.zeros(n, dtype=torch.long)
+    for r, _, _ in chunks:
+        counts.index_add_(0, r.long(), torch.ones_like(r, dtype=torch.long))
+    crow = torch.zeros(n + 1, dtype=torch.long)
+    crow[1:] = counts.cumsum(0)
+    nnz = int(crow[-1])
+    if nnz >= 2**31:
+        raise RuntimeError(f"{nnz} edges exceed int32 CSR indexing; use a smaller graph")
+    cols = torch.empty(nnz, dtype=torch.int32)
+    vals = torch.empty(nnz, dtype=torch.float32)
+    while chunks:
+        r, c, v = chunks.pop(0)
+        if r.numel() == 0:
+            continue
+        rl = r.long()
+        _, cnt = torch.unique_consecutive(rl, return_counts=True)
+        starts = torch.cumsum(cnt, 0) - cnt
+        rank = torch.arange(rl.numel()) - torch.repeat_interleave(starts, cnt)
+        dest = crow[rl] + rank
+        cols[dest] = c
+        vals[dest] = v
+    return torch.sparse_csr_tensor(crow.int(), cols, vals, size=(n, n))
 
 
 def _emit(out_r, out_c, out_v, row_nodes: torch.Tensor, cols: torch.Tensor, w: torch.Tensor, ok: torch.Tensor) -> None:

@@ -145,6 +145,9 @@ class _Run:
     # frozen, hierarchical: features are computed from their (frozen-gate) pre-activations instead of
     # injected as constants, and pass gradient upstream through ``gate`` (see hierarchical.py)
     gate: object | None = None
+    # frozen: cut gradient through fused query/key projections (patterns are frozen, so only values carry
+    # gradient); a pure speed-up, off when queries/keys are targets (QK attribution)
+    value_only: bool = False
     norm_calls: dict[str, int] = field(default_factory=dict)
 
 
@@ -187,8 +190,12 @@ def _frozen_attention(
         pattern = rec.pattern[:, :p, :p].to(value.dtype)
         run.tensors[f"q:L{layer}"] = query.transpose(1, 2).flatten(2)
         run.tensors[f"k:L{layer}"] = key.transpose(1, 2).flatten(2)
-        out = torch.matmul(pattern, _repeat_kv(value, n_rep))
-        return out.transpose(1, 2).contiguous(), None
+        v = _repeat_kv(value, n_rep)  # [B, H, P, hd]
+        B, H, _, hd = v.shape
+        # the pattern is shared by every batch row: one [P, P] @ [P, B·hd] product per head is a far
+        # better GEMM (forward and backward) than B·H small ones
+        out = torch.matmul(pattern, v.permute(1, 2, 0, 3).reshape(H, p, B * hd))  # [H, P, B·hd]
+        return out.reshape(H, p, B, hd).permute(2, 1, 0, 3).contiguous(), None
     # record / live: eager attention, in the model's own order of operations
     softcap = kwargs.get("softcap")
     scores = torch.matmul(query, _repeat_kv(key, n_rep).transpose(2, 3)) * scaling
@@ -380,6 +387,10 @@ class Linearised:
                 if run.mode == "frozen":
                     b.mlp.forward = self._frozen_mlp_forward(b.index)  # type: ignore[method-assign]
                     patched.append(b.mlp)
+                    fused = _fused_qkv(b.attn)
+                    if run.value_only and fused is not None:
+                        fused.forward = _value_only_forward(fused, b.attn)  # type: ignore[method-assign]
+                        patched.append(fused)
                 else:
                     handles.append(b.mlp.register_forward_hook(self._mlp_site_hook(b.index)))
             yield
@@ -636,6 +647,7 @@ class Linearised:
         pos_scale: torch.Tensor | None = None,
         require_grad: bool = True,
         gate: object | None = None,
+        value_only: bool = False,
     ) -> _Run:
         """The linearised forward on the first ``n_pos`` positions (the causal cone of targets < n_pos).
 
@@ -659,6 +671,7 @@ class Linearised:
             pos_scale=pos_scale,
             require_grad=require_grad,
             gate=gate,
+            value_only=value_only,
         )
         ids = trace.input_ids[:p].to(self.device)[None].expand(batch, p)
         with self._installed(run), torch.set_grad_enabled(require_grad):
@@ -685,6 +698,28 @@ class Linearised:
             out = self.model(input_ids=input_ids.to(self.device)[None], use_cache=False,
                              output_hidden_states=return_final)
         return out.hidden_states[-1][0] if return_final else out.logits[0]
+
+
+def _fused_qkv(attn: nn.Module) -> nn.Module | None:
+    """GPT-2's fused projection ``c_attn`` (Conv1D, output split as [q | k | v]), else None."""
+    m = getattr(attn, "c_attn", None)
+    if m is None or getattr(attn, "is_cross_attention", False) or type(m).__name__ != "Conv1D":
+        return None
+    return m
+
+
+def _value_only_forward(proj: nn.Module, attn: nn.Module):
+    """Conv1D forward whose q and k columns are computed from a detached input: the same values, but the
+    backward only multiplies by the value block of the weight (a third of the work)."""
+    d = int(attn.split_size)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        W, b = proj.weight, proj.bias  # W [d_in, 3d]
+        qk = torch.addmm(b[: 2 * d], x.detach().reshape(-1, x.shape[-1]), W[:, : 2 * d])
+        v = torch.addmm(b[2 * d :], x.reshape(-1, x.shape[-1]), W[:, 2 * d :])
+        return torch.cat([qk, v], -1).reshape(*x.shape[:-1], 3 * d)
+
+    return forward
 
 
 def _site_record(layer: int, site: str, d: Dictionary | None, x: torch.Tensor, out: torch.Tensor) -> SiteRecord:

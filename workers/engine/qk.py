@@ -109,10 +109,11 @@ def qk_attribution(
     for j, t in enumerate(rows):
         index[t.node_id] = n + j
     emb, pos, cols = _columns(lin, trace, g)
-    R, C, V = _edges(lin, trace, rows, index, emb, pos, cols, settings or AttributionSettings(), None)
+    chunks = _edges(lin, trace, rows, index, emb, pos, cols, settings or AttributionSettings(), None,
+                    value_only=False)
     M = torch.zeros(len(rows), n)
-    if R:
-        M.index_put_((torch.cat(R) - n, torch.cat(C)), torch.cat(V), accumulate=True)
+    for R, C, V in chunks:
+        M.index_put_((R.long() - n, C.long()), V, accumulate=True)
     bias = bias_contributions(lin, trace, rows, grouped=False)["all"].float()
     Q, K = M[:hd].T.contiguous(), M[hd:].T.contiguous()
     score = rec.scaling * float(rec.q[head, q_pos].double() @ rec.k[kv_head, k_pos].double())
