@@ -248,10 +248,23 @@ def build_graph(
     r_all = torch.tensor([index[t.node_id] for t in row_targets], dtype=torch.long)
     bias_c = torch.tensor([bias_cols[g] for g in biases], dtype=torch.long)
     bias_v = torch.stack([biases[g].float() for g in biases], dim=1)  # [R, G]
-    chunks = _edges(lin, trace, row_targets, index, emb_cols, pos_cols, site_cols, settings, progress,
-                    extra=(bias_c, bias_v))
+    # every structurally possible edge is stored (exact zeros included), so each row's length is known
+    # before any backward pass: the CSR arrays are allocated once and filled in place
+    counts = torch.zeros(n, dtype=torch.long)
+    site_cum = {sc.key: torch.cumsum((sc.feat_cols >= 0).sum(1) + 1, 0) for sc in site_cols}  # feats+err ≤ p
+    n_leaf_pos = 1 + (1 if pos_cols is not None else 0)
+    for t, r in zip(row_targets, r_all.tolist(), strict=True):
+        bound = tensor_site_bound(t.tensor)
+        c = n_leaf_pos * (t.pos + 1) + len(bias_c)
+        for sc in site_cols:
+            if site_order(sc.key) < bound:
+                c += int(site_cum[sc.key][t.pos])
+        counts[r] = c
+    writer = CSRWriter(counts)
+    _edges(lin, trace, row_targets, index, emb_cols, pos_cols, site_cols, settings, progress,
+           extra=(bias_c, bias_v), sink=writer.write)
     t_edges = time.perf_counter()
-    adj = assemble_csr(chunks, n)
+    adj = writer.finish()
     value = torch.full((n,), float("nan"))
     value[r_all] = values
     infos = []
@@ -286,6 +299,7 @@ def _edges(
     progress: Callable[[int, int], None] | None,
     value_only: bool = True,
     extra: tuple[torch.Tensor, torch.Tensor] | None = None,
+    sink: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
 ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Every edge into ``rows``, as chunks (row node int32, column node int32, weight fp32) sorted by
     (row, column), one chunk per backward batch; each row lies in exactly one chunk. ``extra`` = (columns
@@ -373,7 +387,10 @@ def _edges(
             R, C, V = torch.cat(out_r), torch.cat(out_c), torch.cat(out_v)
             del out_r, out_c, out_v
             key = torch.argsort(R * n_cols + C)
-            chunks.append((R[key].int(), C[key].int(), V[key].float()))
+            if sink is not None:
+                sink(R[key].int(), C[key].int(), V[key].float())
+            else:
+                chunks.append((R[key].int(), C[key].int(), V[key].float()))
             done += nb
             if progress is not None:
                 progress(done, len(rows))
@@ -381,31 +398,41 @@ def _edges(
     return chunks
 
 
-def assemble_csr(chunks: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], n: int) -> torch.Tensor:
-    """CSR [n, n] (int32 indices) from chunks each sorted by (row, column) and owning their rows
-    exclusively; no global sort and no COO copy (memory ≈ 8 bytes per edge plus one chunk)."""
-    counts = torch.zeros(n, dtype=torch.long)
-    for r, _, _ in chunks:
-        counts.index_add_(0, r.long(), torch.ones_like(r, dtype=torch.long))
-    crow = torch.zeros(n + 1, dtype=torch.long)
-    crow[1:] = counts.cumsum(0)
-    nnz = int(crow[-1])
-    if nnz >= 2**31:
-        raise RuntimeError(f"{nnz} edges exceed int32 CSR indexing; use a smaller graph")
-    cols = torch.empty(nnz, dtype=torch.int32)
-    vals = torch.empty(nnz, dtype=torch.float32)
-    while chunks:
-        r, c, v = chunks.pop(0)
+class CSRWriter:
+    """Fills a CSR [n, n] with int32 indices whose row lengths are known in advance, from chunks each
+    sorted by (row, column) and owning their rows exclusively (memory: 8 bytes per edge, no copies)."""
+
+    def __init__(self, counts: torch.Tensor) -> None:
+        n = counts.numel()
+        self.crow = torch.zeros(n + 1, dtype=torch.long)
+        self.crow[1:] = counts.cumsum(0)
+        nnz = int(self.crow[-1])
+        if nnz >= 2**31:
+            raise RuntimeError(f"{nnz} edges exceed int32 CSR indexing: attribute fewer rows (targets only)")
+        self.counts = counts
+        self.filled = torch.zeros(n, dtype=torch.long)
+        self.cols = torch.empty(nnz, dtype=torch.int32)
+        self.vals = torch.empty(nnz, dtype=torch.float32)
+
+    def write(self, r: torch.Tensor, c: torch.Tensor, v: torch.Tensor) -> None:
         if r.numel() == 0:
-            continue
+            return
         rl = r.long()
-        _, cnt = torch.unique_consecutive(rl, return_counts=True)
+        rows, cnt = torch.unique_consecutive(rl, return_counts=True)
+        if not torch.equal(cnt, self.counts[rows]) or bool(self.filled[rows].any()):
+            raise RuntimeError("edge chunk does not match the expected row lengths (engine bug)")
         starts = torch.cumsum(cnt, 0) - cnt
-        rank = torch.arange(rl.numel()) - torch.repeat_interleave(starts, cnt)
-        dest = crow[rl] + rank
-        cols[dest] = c
-        vals[dest] = v
-    return torch.sparse_csr_tensor(crow.int(), cols, vals, size=(n, n))
+        dest = self.crow[rl] + torch.arange(rl.numel()) - torch.repeat_interleave(starts, cnt)
+        self.cols[dest] = c
+        self.vals[dest] = v
+        self.filled[rows] = cnt
+
+    def finish(self) -> torch.Tensor:
+        if not torch.equal(self.filled, self.counts):
+            missing = int((self.filled != self.counts).sum())
+            raise RuntimeError(f"{missing} rows were not filled (engine bug)")
+        n = self.counts.numel()
+        return torch.sparse_csr_tensor(self.crow.int(), self.cols, self.vals, size=(n, n))
 
 
 def _emit(out_r, out_c, out_v, row_nodes: torch.Tensor, cols: torch.Tensor, w: torch.Tensor, ok: torch.Tensor) -> None:
