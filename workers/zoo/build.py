@@ -21,6 +21,7 @@ import fcntl
 import hashlib
 import importlib
 import json
+import multiprocessing
 import os
 import platform
 import random
@@ -28,6 +29,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -58,7 +60,10 @@ class BuildSpec:
     )
     dictionary_model: str = DICTIONARY_MODEL
     dictionary_batch_size: int = 32
+    # Text handed to dictionary training (it keeps 10% of the batches for its held-out metrics).
+    dictionary_tokens: int = 300_000
     train_dictionaries: bool = True  # False: models only (quick builds in tests of the caching itself)
+    max_parallel_models: int = 2  # worker processes training models at once (capped by the core count)
 
     def to_dict(self) -> dict:
         return {
@@ -66,6 +71,7 @@ class BuildSpec:
             "models": [m.to_dict() for m in self.models],
             "dictionary_model": self.dictionary_model,
             "dictionary_batch_size": self.dictionary_batch_size,
+            "dictionary_tokens": self.dictionary_tokens,
             "train_dictionaries": self.train_dictionaries,
         }
 
@@ -124,24 +130,24 @@ def find_dictionary_trainer() -> Callable | None:
 
 
 def dictionary_token_batches(
-    examples: Sequence[Example], vocab: dict[str, int], batch_size: int, seed: int = 0
-) -> Callable[[], Iterator[torch.Tensor]]:
-    """A callable returning a fresh, deterministic pass over the training text as ``[batch, seq]`` id
-    tensors. Each batch holds sequences of one length, so no padding token ever reaches a dictionary's
-    training activations, and every sequence starts with BOS at position 0 as prompts do."""
+    examples: Sequence[Example], vocab: dict[str, int], batch_size: int, max_tokens: int, seed: int = 0
+) -> list[torch.Tensor]:
+    """Deterministic ``[batch, seq]`` id tensors of training text, about ``max_tokens`` tokens in all.
+
+    Each batch holds sequences of one length, so no padding token ever reaches a dictionary's training
+    activations, and every sequence starts with BOS at position 0 as prompts do.
+    """
     by_len: dict[int, list[list[int]]] = {}
+    total = 0
     for ex in examples:
+        if total >= max_tokens:
+            break
         ids = token_ids(vocab, ex.training_tokens())
         by_len.setdefault(len(ids), []).append(ids)
-
-    def make() -> Iterator[torch.Tensor]:
-        rng = random.Random(seed)
-        chunks = [rows[i : i + batch_size] for _, rows in sorted(by_len.items()) for i in range(0, len(rows), batch_size)]
-        rng.shuffle(chunks)
-        for c in chunks:
-            yield torch.tensor(c, dtype=torch.long)
-
-    return make
+        total += len(ids)
+    chunks = [rows[i : i + batch_size] for _, rows in sorted(by_len.items()) for i in range(0, len(rows), batch_size)]
+    random.Random(seed).shuffle(chunks)
+    return [torch.tensor(c, dtype=torch.long) for c in chunks]
 
 
 @contextmanager
@@ -198,12 +204,12 @@ def ensure_zoo(
 
 
 def _build(out: Path, spec: BuildSpec, key: str, trainer: Callable | None, progress: bool) -> dict:
-    from tqdm.auto import tqdm
 
     torch.use_deterministic_algorithms(True, warn_only=True)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
 
+    _log(progress, f"building zoo {key} in {out}")
     t = time.perf_counter()
     train = train_examples(spec.corpus)
     heldout = heldout_examples(spec.corpus, train)
@@ -215,42 +221,41 @@ def _build(out: Path, spec: BuildSpec, key: str, trainer: Callable | None, progr
     _log(progress, f"zoo {key}: corpus of {len(train)} training / {len(heldout)} held-out examples "
                    f"in {timings['corpus']:.1f}s")  # fmt: skip
 
-    model_reports: dict[str, dict] = {}
-    for ms in spec.models:
-        bar = tqdm(total=ms.steps, desc=f"train {ms.name}", disable=not progress, unit="step", leave=True)
-
-        def tick(step: int, loss: float, _model, bar=bar) -> None:
-            bar.update(1)
-            if step % 20 == 0:
-                bar.set_postfix(loss=f"{loss:.3f}")
-
-        result = train_model(ms, train, tokenizer, progress=tick)
-        bar.close()
-        scores = evaluate(result.model, heldout, tokenizer)
-        info = {
-            "name": ms.name,
-            "spec": ms.to_dict(),
-            "train_seconds": round(result.seconds, 2),
-            "final_train_loss": round(result.final_loss, 4),
-            "heldout": scores,
-            "n_parameters": sum(p.numel() for p in result.model.parameters()),
-            "seed": ms.seed,
-            "corpus": spec.corpus.to_dict(),
-            "build_key": key,
-        }
-        save_model(result.model, tokenizer, paths.models[ms.name])
-        (paths.models[ms.name] / "zoo.json").write_text(json.dumps(info, indent=2))
-        timings[f"train {ms.name}"] = result.seconds
-        model_reports[ms.name] = info
-        acc = ", ".join(f"{t} {a:.3f}" for t, a in scores["accuracy"].items())
-        _log(progress, f"  {ms.name}: {result.seconds:.0f}s, held-out accuracy {acc}")
+    # One process per model, one thread each: on 2 cores two single-threaded trainings beat one
+    # two-threaded training at a time (the matrices are too small to split well), and a fixed thread
+    # count keeps the result independent of the machine's core count.
+    t = time.perf_counter()
+    n_workers = max(1, min(len(spec.models), os.cpu_count() or 1, spec.max_parallel_models))
+    if n_workers == 1:  # no worker processes to start (their imports cost seconds)
+        threads = torch.get_num_threads()
+        try:
+            model_reports = {
+                ms.name: _train_one(ms, spec.corpus, paths.models[ms.name], key, progress, 0) for ms in spec.models
+            }
+        finally:
+            torch.set_num_threads(threads)
+    else:
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx) as pool:
+            futures = {
+                pool.submit(_train_one, ms, spec.corpus, paths.models[ms.name], key, progress, i): ms
+                for i, ms in enumerate(spec.models)
+            }
+            model_reports = {futures[f].name: f.result() for f in futures}
+    timings["models (wall)"] = time.perf_counter() - t
+    for name, info in model_reports.items():
+        timings[f"train {name}"] = info["train_seconds"]
+        acc = ", ".join(f"{t} {a:.3f}" for t, a in info["heldout"]["accuracy"].items())
+        _log(progress, f"  {name}: {info['train_seconds']:.0f}s, held-out accuracy {acc}")
 
     dict_report = None
     if trainer is not None:
         t = time.perf_counter()
         dict_report = trainer(
             paths.models[spec.dictionary_model],
-            dictionary_token_batches(train, tokenizer.get_vocab(), spec.dictionary_batch_size),
+            dictionary_token_batches(
+                train, tokenizer.get_vocab(), spec.dictionary_batch_size, spec.dictionary_tokens
+            ),
             paths.dictionaries,
             progress,
         )
@@ -275,6 +280,41 @@ def _build(out: Path, spec: BuildSpec, key: str, trainer: Callable | None, progr
     }
     (out / "report.json").write_text(json.dumps(report, indent=2, default=_jsonable))
     return report
+
+
+def _train_one(ms: ModelSpec, corpus: CorpusSpec, out_dir: Path, key: str, progress: bool, slot: int) -> dict:
+    """Train, score and save one model (runs in a worker process). Returns its zoo.json content."""
+    from tqdm.auto import tqdm
+
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    train = train_examples(corpus)
+    heldout = heldout_examples(corpus, train)
+    tokenizer = build_tokenizer()
+    bar = tqdm(total=ms.steps, desc=f"train {ms.name}", disable=not progress, unit="step", position=slot)
+
+    def tick(step: int, loss: float, _model) -> None:
+        bar.update(1)
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{loss:.3f}")
+
+    result = train_model(ms, train, tokenizer, progress=tick)
+    bar.close()
+    scores = evaluate(result.model, heldout, tokenizer)
+    info = {
+        "name": ms.name,
+        "spec": ms.to_dict(),
+        "train_seconds": round(result.seconds, 2),
+        "final_train_loss": round(result.final_loss, 4),
+        "heldout": scores,
+        "n_parameters": sum(p.numel() for p in result.model.parameters()),
+        "seed": ms.seed,
+        "corpus": corpus.to_dict(),
+        "build_key": key,
+    }
+    save_model(result.model, tokenizer, out_dir)
+    (out_dir / "zoo.json").write_text(json.dumps(info, indent=2))
+    return info
 
 
 def _jsonable(o: object) -> object:

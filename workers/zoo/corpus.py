@@ -111,12 +111,12 @@ def induction_example(rng: random.Random, symbols: Sequence[str]) -> Example:
     a copy of a chunk of the run. The last prompt token A = s_j occurs once before, followed by
     B = s_{j+1}: the answer, whose earlier position is the source.
     """
-    n = rng.randint(5, 30)
+    n = rng.randint(5, 24)
     n_fresh = rng.randint(0, 4)
     drawn = rng.sample(list(symbols), n + n_fresh)
     run, fresh = drawn[:n], drawn[n:]
     j = rng.randrange(0, n - 1)  # A = run[j], B = run[j + 1]
-    chunk_len = rng.randint(1, min(16, j + 1))
+    chunk_len = rng.randint(1, j + 1)
     chunk = run[j - chunk_len + 1 : j + 1]
     words = [*run, *fresh, *chunk]
     return _example("induction", words, run[j + 1], [j + 2], template=f"chunk{chunk_len}")
@@ -196,7 +196,7 @@ class CorpusSpec:
     train_seed: int = 0
     heldout_seed: int = 1_000_003
     mix: dict[str, float] = field(
-        default_factory=lambda: {"brackets": 0.25, "induction": 0.30, "ioi": 0.35, "filler": 0.10}
+        default_factory=lambda: {"brackets": 0.20, "induction": 0.35, "ioi": 0.35, "filler": 0.10}
     )
 
     def to_dict(self) -> dict:

@@ -41,6 +41,10 @@ class ModelSpec:
     warmup: int = 100
     weight_decay: float = 0.01
     answer_weight: float = 1.0  # extra loss weight on the answer token (1.0: plain LM loss)
+    # GPT-2 only: start the learned position embeddings from (scaled) sinusoids instead of noise. A
+    # previous-token head, the first half of an induction circuit, forms far sooner when positions
+    # already have relative structure; the embeddings remain ordinary trained parameters.
+    sinusoidal_positions: bool = True
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -63,7 +67,11 @@ def make_model(spec: ModelSpec, vocab_size: int) -> PreTrainedModel:
             tie_word_embeddings=True,
             **common,
         )
-        return GPT2LMHeadModel(cfg)
+        model = GPT2LMHeadModel(cfg)
+        if spec.sinusoidal_positions:
+            with torch.no_grad():
+                model.transformer.wpe.weight.copy_(_sinusoids(CONTEXT_LENGTH, spec.d_model))
+        return model
     if spec.arch == "llama":
         cfg = LlamaConfig(
             hidden_size=spec.d_model,
@@ -79,6 +87,17 @@ def make_model(spec: ModelSpec, vocab_size: int) -> PreTrainedModel:
         )
         return LlamaForCausalLM(cfg)
     raise ValueError(f"unknown architecture {spec.arch!r}; use 'gpt2' or 'llama'")
+
+
+def _sinusoids(n_pos: int, d: int, scale: float = 0.1) -> torch.Tensor:
+    """Transformer sinusoidal position codes ``[n_pos, d]`` (Vaswani et al. 2017), times ``scale`` so
+    they start comparable to the token embeddings (std 0.02 init) rather than swamping them."""
+    pos = torch.arange(n_pos, dtype=torch.float32)[:, None]
+    freq = torch.exp(-math.log(10000.0) * torch.arange(0, d, 2, dtype=torch.float32) / d)
+    out = torch.zeros(n_pos, d)
+    out[:, 0::2] = torch.sin(pos * freq)
+    out[:, 1::2] = torch.cos(pos * freq)
+    return out * scale
 
 
 @dataclass
