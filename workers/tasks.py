@@ -15,8 +15,13 @@ from workers.celery_app import celery_app, loaded_process_resources
 
 
 @celery_app.task(name="atlas.ping", acks_late=True)
-def ping(payload: str = "ping") -> dict[str, Any]:
-    """Echo ``payload`` with the worker's host, pid and loaded resources (a JSON-serialisable dict)."""
+def ping(payload: str = "ping", delay_s: float = 0.0) -> dict[str, Any]:
+    """Echo ``payload`` with the worker's host, pid and loaded resources (a JSON-serialisable dict).
+
+    ``delay_s`` keeps the task running that long first, so fault tests can kill it mid-flight.
+    """
+    if delay_s > 0:
+        time.sleep(min(delay_s, 60.0))
     return {
         "payload": payload,
         "pong": True,

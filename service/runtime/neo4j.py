@@ -12,12 +12,14 @@ Layout of ``<state_dir>/neo4j``: conf/, data/, logs/ (console.log = the JVM's st
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import secrets
 import shutil
 import subprocess
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -338,11 +340,53 @@ def status(settings: Settings) -> Neo4jStatus:
                        home=paths.home)
 
 
+# --- class-data sharing ------------------------------------------------------------------------------
+# Loading ~200 jars' classes dominates start-up on a small machine. A dynamic AppCDS archive, written by
+# the JVM at exit after one normal run, roughly halves later starts (measured 26 s -> 14 s on 2 busy
+# cores). The archive is tied to the exact JVM and classpath, so its name carries a fingerprint of both;
+# if it does not match anyway, the JVM (-Xshare:auto, the default) ignores it and starts normally.
+# It is written to a temporary name and renamed by `stop` only after a clean exit, so a reader never
+# sees a half-written archive.
+
+
+def cds_archive(paths: Neo4jPaths, java: Path) -> Path:
+    version = subprocess.run([str(java), "-version"], capture_output=True, text=True, check=False).stderr
+    fingerprint = hashlib.sha256(f"{java.resolve()}\n{version}\n{paths.lib}".encode()).hexdigest()[:16]
+    return paths.version_dir / f"appcds-{fingerprint}.jsa"
+
+
+def _cds_pending_file(paths: Neo4jPaths) -> Path:
+    return paths.run / "appcds.pending"
+
+
+def cds_flags(paths: Neo4jPaths, java: Path) -> list[str]:
+    archive = cds_archive(paths, java)
+    if archive.exists():
+        return [f"-XX:SharedArchiveFile={archive}"]
+    scratch = archive.with_name(f"{archive.stem}.{uuid.uuid4().hex[:8]}.tmp")
+    _cds_pending_file(paths).write_text(f"{scratch}\n{archive}\n")
+    return [f"-XX:ArchiveClassesAtExit={scratch}"]
+
+
+def _publish_cds_archive(paths: Neo4jPaths, clean_exit: bool) -> None:
+    pending = _cds_pending_file(paths)
+    if not pending.exists():
+        return
+    scratch_text, _, archive_text = pending.read_text().strip().partition("\n")
+    scratch, archive = Path(scratch_text), Path(archive_text)
+    if clean_exit and scratch.exists() and scratch.stat().st_size > 0:
+        scratch.replace(archive)
+    else:
+        scratch.unlink(missing_ok=True)
+    pending.unlink(missing_ok=True)
+
+
 def java_argv(settings: Settings, paths: Neo4jPaths, java: Path) -> list[str]:
     return [
         str(java),
         f"-Xms{settings.neo4j_heap}",
         f"-Xmx{settings.neo4j_heap}",
+        *cds_flags(paths, java),
         *JVM_FLAGS,
         "-cp",
         f"{paths.lib}/*",
@@ -456,6 +500,7 @@ def start(settings: Settings, echo: Echo = _quiet) -> Neo4jStatus:
             time.sleep(0.25)
     except BaseException:
         stop_process(proc.pid, settings.neo4j_stop_timeout_s, popen=proc)
+        _publish_cds_archive(paths, clean_exit=False)
         paths.pid_file.unlink(missing_ok=True)
         raise
     elapsed = time.monotonic() - started
@@ -471,8 +516,12 @@ def stop(settings: Settings, echo: Echo = _quiet) -> bool:
     if owned is None:
         return False
     echo(f"stopping Neo4j (pid {owned.pid}) ...")
-    killed = stop_process(owned.pid, settings.neo4j_stop_timeout_s)
+    timeout_s = settings.neo4j_stop_timeout_s
+    if _cds_pending_file(paths).exists():
+        timeout_s = max(timeout_s, 180)  # writing the class archive at exit takes extra time, once
+    killed = stop_process(owned.pid, timeout_s)
     if killed:
-        echo(f"Neo4j did not stop within {settings.neo4j_stop_timeout_s}s of SIGTERM; sent SIGKILL")
+        echo(f"Neo4j did not stop within {timeout_s}s of SIGTERM; sent SIGKILL")
+    _publish_cds_archive(paths, clean_exit=not killed)
     paths.pid_file.unlink(missing_ok=True)
     return True

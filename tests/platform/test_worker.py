@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 
 import pytest
@@ -61,3 +62,21 @@ def test_ping_round_trips_through_real_workers_on_each_queue(settings, redis_cli
         assert pending.get(timeout=90)["payload"] == unique_id + "-cpu"
     finally:
         stop_worker_process(cpu_worker)
+
+
+def test_task_of_a_killed_pool_process_is_redelivered_not_lost(settings, redis_client, unique_id):
+    """acks_late + reject_on_worker_lost: SIGKILL the child mid-task; the task runs again and succeeds."""
+    worker = start_worker_process(settings, queues="cpu", name=f"{unique_id}-kill")
+    try:
+        result = ping.apply_async(args=[unique_id], kwargs={"delay_s": 4.0}, queue="cpu")
+        deadline = time.monotonic() + 60
+        while result.state != "STARTED":  # task_track_started: the meta names the pool process
+            assert time.monotonic() < deadline, f"task never started (state {result.state})"
+            time.sleep(0.1)
+        first_pid = result.info["pid"]
+        os.kill(first_pid, signal.SIGKILL)
+        reply = result.get(timeout=90)
+        assert reply["payload"] == unique_id
+        assert reply["pid"] != first_pid  # it ran to completion in a fresh pool process
+    finally:
+        stop_worker_process(worker)
