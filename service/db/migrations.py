@@ -131,13 +131,15 @@ def _bootstrap(driver: neo4j.Driver, database: str) -> None:
 
 
 def applied_migrations(driver: neo4j.Driver, database: str, ledger: str = DEFAULT_LEDGER) -> list[AppliedMigration]:
-    records, _, _ = driver.execute_query(
-        "MATCH (m:SchemaMigration {ledger: $ledger}) RETURN m.version AS version, m.name AS name, "
-        "m.checksum AS checksum ORDER BY version",
-        ledger=ledger,
-        database_=database,
-        routing_=neo4j.RoutingControl.READ,
-    )
+    # Notifications off: on a fresh database the server warns that the property keys do not exist yet.
+    with driver.session(
+        database=database, default_access_mode=neo4j.READ_ACCESS, notifications_min_severity="OFF"
+    ) as session:
+        records = list(session.run(
+            "MATCH (m:SchemaMigration {ledger: $ledger}) RETURN m.version AS version, m.name AS name, "
+            "m.checksum AS checksum ORDER BY version",
+            ledger=ledger,
+        ))
     return [AppliedMigration(r["version"], r["name"], r["checksum"]) for r in records]
 
 

@@ -155,3 +155,39 @@ def test_damaged_state_directory_is_named_and_nothing_starts(settings, tmp_path)
     with pytest.raises(ServiceError, match=r"state directory .* is damaged.*mv "):
         neo4j_runtime.start(bad)
     assert not neo4j_runtime.Neo4jPaths.from_settings(bad).pid_file.exists()
+
+
+def test_a_redis_already_answering_is_used_and_never_stopped(settings, tmp_path):
+    import shutil
+    import subprocess
+    import time
+
+    import redis
+
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    foreign = subprocess.Popen(
+        [shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind", "127.0.0.1",
+         "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        client = redis.Redis(port=port)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.exceptions.ConnectionError:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        other = settings.model_copy(update={"state_dir": tmp_path / "state", "redis_url": f"redis://127.0.0.1:{port}/0"})
+        status = redis_runtime.start(other)
+        assert status.reachable and status.owned_pid is None and not status.started_now
+        assert redis_runtime.stop(other) is False
+        assert client.ping() and foreign.poll() is None
+    finally:
+        foreign.terminate()
+        foreign.wait(timeout=10)
