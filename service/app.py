@@ -32,7 +32,8 @@ def create_app(settings: Settings | None = None, *, run_migrations: bool = True)
         app.state.neo4j_driver_error = None
         app.state.migration_error = None
         try:
-            app.state.neo4j_driver = neo4j_driver(settings, connection_timeout=5)
+            # Short timeouts: a health probe must answer "down" quickly rather than hang on a dead server.
+            app.state.neo4j_driver = neo4j_driver(settings, connection_timeout=5, connection_acquisition_timeout=10)
         except Neo4jPasswordMissing as exc:
             app.state.neo4j_driver_error = str(exc)
             log.error("%s", exc)
