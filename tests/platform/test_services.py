@@ -191,3 +191,24 @@ def test_a_redis_already_answering_is_used_and_never_stopped(settings, tmp_path)
     finally:
         foreign.terminate()
         foreign.wait(timeout=10)
+
+
+def test_failed_up_leaves_nothing_half_started(settings, tmp_path):
+    """Redis is started first; when Neo4j then cannot start, that Redis is stopped again."""
+    squatter = _listening_dummy()
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    redis_port = probe.getsockname()[1]
+    probe.close()
+    bad = settings.model_copy(update={
+        "state_dir": tmp_path,
+        "neo4j_uri": f"bolt://127.0.0.1:{squatter.getsockname()[1]}",
+        "redis_url": f"redis://127.0.0.1:{redis_port}/0",
+    })
+    try:
+        with pytest.raises(ServiceError, match="already in use"):
+            runtime.up(bad)
+        assert redis_runtime.ping(bad) is None
+        assert not redis_runtime.RedisPaths.from_settings(bad).pid_file.exists()
+    finally:
+        squatter.close()
