@@ -30,7 +30,9 @@ from workers.store.records import KIND_LABELS, GraphRecord, node_uid
 NODE_BATCH = 20_000
 EDGE_BATCH = 20_000
 DELETE_BATCH = 20_000
-DEFAULT_LEASE_S = 600.0
+# A writer renews its lease at every batch, so the lease only has to outlive one batch; a crashed
+# writer's graph is taken over this long after its last batch.
+DEFAULT_LEASE_S = 60.0
 
 
 class GraphBusy(RuntimeError):
@@ -69,6 +71,15 @@ RETURN g.status AS status, claimed
 def _claim(tx: ManagedTransaction, graph_id: str, token: str, lease_s: float) -> tuple[str, bool]:
     rec = tx.run(_CLAIM, graph_id=graph_id, token=token, now=time.time(), lease_s=lease_s).single(strict=True)
     return rec["status"], rec["claimed"]
+
+
+def _renew(tx: ManagedTransaction, graph_id: str, token: str, lease_s: float) -> bool:
+    rec = tx.run(
+        "MATCH (g:Graph {graph_id: $graph_id}) WHERE g.writer = $token AND g.status = 'writing' "
+        "SET g.lease_until = $now + $lease_s RETURN count(g) AS c",
+        graph_id=graph_id, token=token, now=time.time(), lease_s=lease_s,
+    ).single(strict=True)
+    return rec["c"] == 1
 
 
 def _clear_batch(tx: ManagedTransaction, graph_id: str) -> int:
@@ -259,7 +270,13 @@ def write_graph(
             if should_stop is not None and should_stop():
                 while session.execute_write(_clear_batch, rec.graph_id):
                     pass
+                # The Graph node goes too: a cancelled graph leaves nothing behind (it was never complete).
+                session.execute_write(lambda tx: tx.run(
+                    "MATCH (g:Graph {graph_id: $g}) WHERE g.writer = $token DETACH DELETE g",
+                    g=rec.graph_id, token=token).consume())
                 raise InterruptedError(f"graph {rec.graph_id}: write cancelled")
+            if not session.execute_write(_renew, rec.graph_id, token, lease_s):
+                raise GraphBusy(f"graph {rec.graph_id}: lease lost to another writer")
 
         while session.execute_write(_clear_batch, rec.graph_id):
             pass
