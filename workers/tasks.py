@@ -2,6 +2,11 @@
 
 ``atlas.ping`` proves the whole path (client -> Redis -> worker pool process -> result backend) and
 reports which worker process ran it and which per-process resources that process has loaded.
+
+``atlas.compute_prompt(prompt_id)`` (gpu queue) computes and stores one prompt's graph
+(``workers.pipeline.compute.run_prompt``); its task id is derived from (job, prompt). Transient Neo4j /
+Redis errors are retried with exponential backoff; soft/hard time limits come from the settings.
+``atlas.finish_corpus(job_id)`` (cpu queue) is sent by whichever prompt completed the job's counter.
 """
 
 from __future__ import annotations
@@ -11,7 +16,28 @@ import socket
 import time
 from typing import Any
 
-from workers.celery_app import celery_app, loaded_process_resources
+import neo4j
+import redis
+from celery.exceptions import SoftTimeLimitExceeded
+
+from workers.celery_app import CPU_QUEUE, GPU_QUEUE, celery_app, loaded_process_resources
+from workers.pipeline import jobs
+from workers.pipeline.config import get_pipeline_settings
+from workers.settings import get_settings
+from workers.store.writer import GraphBusy
+
+# Errors that go away by themselves (server restarting, lock conflicts, a lease held by a duplicate).
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    neo4j.exceptions.ServiceUnavailable,
+    neo4j.exceptions.SessionExpired,
+    neo4j.exceptions.TransientError,
+    neo4j.exceptions.DatabaseUnavailable,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.BusyLoadingError,
+    ConnectionError,
+    GraphBusy,
+)
 
 
 @celery_app.task(name="atlas.ping", acks_late=True)
@@ -30,3 +56,77 @@ def ping(payload: str = "ping", delay_s: float = 0.0) -> dict[str, Any]:
         "resources": loaded_process_resources(),
         "time": time.time(),
     }
+
+
+# -- per-process clients and model cache (created lazily in the pool process, after the fork) -------------
+
+_clients: dict[str, Any] = {}
+
+
+def _process_clients() -> tuple[neo4j.Driver, redis.Redis, Any]:
+    if _clients.get("pid") != os.getpid():
+        from service.db.driver import neo4j_driver
+        from workers.pipeline.compute import ModelCache
+
+        settings = get_settings()
+        _clients.clear()
+        _clients.update(pid=os.getpid(), driver=neo4j_driver(settings, max_transaction_retry_time=20.0),
+                        redis=redis.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5,
+                                                   retry_on_timeout=True),
+                        cache=ModelCache(get_pipeline_settings().cache_size))
+    return _clients["driver"], _clients["redis"], _clients["cache"]
+
+
+def enqueue_prompt(job_id: str, prompt_id: str, round_: int = 0) -> None:
+    compute_prompt.apply_async(args=[prompt_id], task_id=jobs.task_id_for(job_id, prompt_id, round_), queue=GPU_QUEUE)
+
+
+def enqueue_finish_corpus(job_id: str) -> None:
+    finish_corpus.apply_async(args=[job_id], task_id=f"{job_id}/finish", queue=CPU_QUEUE)
+
+
+@celery_app.task(name="atlas.compute_prompt", bind=True, acks_late=True)
+def compute_prompt(self, prompt_id: str) -> str:  # noqa: ANN001 - bound Celery task
+    """Compute and store the graph of one prompt. Returns the prompt's outcome."""
+    from workers.pipeline.compute import run_prompt
+
+    cfg = get_pipeline_settings()
+    settings = get_settings()
+    try:
+        driver, r, cache = _process_clients()
+        return run_prompt(driver, r, cache, cfg, prompt_id, settings.neo4j_database, on_job_finished=enqueue_finish_corpus)
+    except LookupError:
+        return "missing"  # the job was deleted (a submission that failed half-way): nothing to do
+    except SoftTimeLimitExceeded:
+        driver, _, _ = _process_clients()
+        _, finished = jobs.finish_prompt(driver, prompt_id, "failed",
+                                         f"exceeded the soft time limit of {settings.task_soft_time_limit_s}s "
+                                         "(ATLAS_TASK_SOFT_TIME_LIMIT_S)", database=settings.neo4j_database)
+        if finished:
+            enqueue_finish_corpus(jobs.job_id_of(prompt_id))
+        return "failed"
+    except TRANSIENT_ERRORS as exc:
+        if self.request.retries >= cfg.max_retries:
+            try:
+                jobs.finish_prompt(_process_clients()[0], prompt_id, "failed",
+                                   f"gave up after {self.request.retries} retries of transient errors: {exc!r}",
+                                   database=settings.neo4j_database)
+            except TRANSIENT_ERRORS:
+                pass  # still down: the prompt stays 'running' and the reaper picks it up later
+            raise
+        countdown = min(cfg.retry_backoff_max_s, 0.5 * 2 ** self.request.retries)
+        raise self.retry(exc=exc, countdown=countdown, max_retries=cfg.max_retries) from exc
+
+
+@celery_app.task(name="atlas.finish_corpus", bind=True, acks_late=True, max_retries=10)
+def finish_corpus(self, job_id: str) -> dict[str, Any]:  # noqa: ANN001 - bound Celery task
+    """Corpus-done step: summarise the corpus and normalise its aggregates (idempotent)."""
+    from workers.pipeline.corpus import summarise_corpus
+
+    settings = get_settings()
+    driver, _, _ = _process_clients()
+    try:
+        status = jobs.job_status(driver, job_id, settings.neo4j_database, max_failures=0)
+        return summarise_corpus(driver, status["corpus_id"], settings.neo4j_database)
+    except TRANSIENT_ERRORS as exc:
+        raise self.retry(exc=exc, countdown=min(30, 2 ** self.request.retries)) from exc

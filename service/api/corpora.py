@@ -1,0 +1,94 @@
+"""Submit a corpus: a JSON body (``CorpusRequest``) or a JSONL upload (``application/x-ndjson``, one prompt per
+line, the other fields as query parameters). Everything is validated before anything is written; each
+problem is a 4xx naming the field (``detail[].loc``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from service.api.deps import driver_of, pipeline_settings_of, settings_of, tokenizer_for
+from service.schemas.corpora import CorpusAccepted, CorpusRequest
+from workers.pipeline import registry, validation
+from workers.pipeline.submit import SubmissionFailed, submit_corpus
+from workers.pipeline.validation import InvalidCorpus, ValidatedCorpus
+
+router = APIRouter(prefix="/corpora", tags=["corpora"])
+
+JSONL_TYPES = ("application/x-ndjson", "application/jsonl", "application/x-jsonlines", "application/json-lines")
+_SETTINGS_PARAMS = ("prune", "node_threshold", "edge_threshold", "max_features", "batch_size")
+
+
+def _invalid(exc: InvalidCorpus) -> JSONResponse:
+    return JSONResponse({"detail": exc.detail()}, status_code=exc.status)
+
+
+def _request_from_jsonl(text: str, params: dict[str, str]) -> dict[str, Any]:
+    settings: dict[str, Any] = {k: params[k] for k in _SETTINGS_PARAMS if k in params}
+    unknown = set(params) - {"model", "dictionary_set", "name", *_SETTINGS_PARAMS}
+    if unknown:
+        raise InvalidCorpus(("query", sorted(unknown)[0]), f"unknown query parameter(s) {sorted(unknown)}")
+    return {"model": params.get("model"), "dictionary_set": params.get("dictionary_set"),
+            "name": params.get("name", ""), "prompts": validation.parse_jsonl(text), "settings": settings}
+
+
+def validate_request(driver, req: CorpusRequest, tokenizer_of, cfg, database: str | None) -> ValidatedCorpus:  # noqa: ANN001
+    """Registry lookups + prompt checks (plain function; the route runs it in a thread)."""
+    try:
+        model = registry.get_model(driver, req.model, database, field="model")
+        dset = registry.get_dictionary_set(driver, req.dictionary_set, database, field="dictionary_set")
+    except registry.RegistryError as exc:
+        raise InvalidCorpus(("body", exc.field), str(exc)) from None
+    if dset.model_id != model.model_id:
+        raise InvalidCorpus(("body", "dictionary_set"), f"dictionary set {dset.dictionary_set_id!r} is registered for "
+                                                        f"model {dset.model_id!r}, not {model.model_id!r}")
+    items = [p if isinstance(p, str) else p.model_dump() for p in req.prompts]
+    prompts, tokens, dups = validation.validate_prompts(items, tokenizer_of(model), model.n_ctx, cfg)
+    return ValidatedCorpus(model.model_id, dset.dictionary_set_id, req.name, req.settings.model_dump(), prompts,
+                           tokens, dups)
+
+
+@router.post("", response_model=CorpusAccepted, status_code=202,
+             responses={400: {}, 413: {}, 422: {}, 503: {}},
+             openapi_extra={"requestBody": {"content": {
+                 "application/json": {"schema": CorpusRequest.model_json_schema()},
+                 "application/x-ndjson": {"schema": {"type": "string"}}}, "required": True}})
+async def submit(request: Request):  # noqa: ANN201
+    """Validate and queue a corpus: one job, one task per (deduplicated) prompt."""
+    from workers.tasks import enqueue_prompt
+
+    cfg = pipeline_settings_of(request)
+    driver, db = driver_of(request), settings_of(request).neo4j_database
+    try:
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit():
+            validation.check_size(int(declared), cfg)  # refuse before reading a huge body
+        raw = await request.body()
+        validation.check_size(len(raw), cfg)
+        text = validation.decode_utf8(raw)
+        ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+        if ctype in JSONL_TYPES:
+            payload = _request_from_jsonl(text, dict(request.query_params))
+        elif ctype == "application/json":
+            payload = validation.parse_json(text)
+        else:
+            raise InvalidCorpus(("header", "content-type"), f"unsupported content type {ctype!r}: send "
+                                                             "application/json or application/x-ndjson", 415)
+        try:
+            req = CorpusRequest.model_validate(payload)
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False, include_context=False, include_input=False)
+            return JSONResponse({"detail": [{**e, "loc": ["body", *e["loc"]]} for e in errors]}, status_code=422)
+        corpus = await run_in_threadpool(validate_request, driver, req, lambda m: tokenizer_for(request, m), cfg, db)
+    except InvalidCorpus as exc:
+        return _invalid(exc)
+    try:
+        created = await run_in_threadpool(submit_corpus, driver, corpus, enqueue_prompt, db)
+    except SubmissionFailed as exc:
+        return JSONResponse({"detail": str(exc)}, status_code=503)
+    return CorpusAccepted(corpus_id=created.corpus_id, job_id=created.job_id, n_prompts=len(created.prompt_ids),
+                          duplicates=corpus.duplicates, job_url=f"/jobs/{created.job_id}")

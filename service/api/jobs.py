@@ -1,0 +1,35 @@
+"""Job progress and cancellation (state in Neo4j and Redis, never in Celery result objects)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+
+from service.api.deps import driver_of, redis_of, settings_of
+from service.schemas.jobs import JobStatus
+from workers.pipeline import jobs
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+
+@router.get("/{job_id}", response_model=JobStatus, responses={404: {}})
+async def get_job(job_id: str, request: Request) -> JobStatus:
+    """State, done/failed/cancelled/total prompts, throughput (prompts/min), ETA, failures with reasons."""
+    try:
+        status = await run_in_threadpool(jobs.job_status, driver_of(request), job_id, settings_of(request).neo4j_database)
+    except LookupError:
+        raise HTTPException(404, f"no job {job_id!r}") from None
+    return JobStatus(**status)
+
+
+@router.delete("/{job_id}", response_model=JobStatus, status_code=202, responses={404: {}})
+async def cancel_job(job_id: str, request: Request) -> JobStatus:
+    """Cancel: queued prompts are dropped at once, running ones stop at their next stage boundary and
+    remove what they had written. A finished job is returned unchanged."""
+    driver, db = driver_of(request), settings_of(request).neo4j_database
+    try:
+        await run_in_threadpool(jobs.cancel_job, driver, redis_of(request), job_id, db)
+        status = await run_in_threadpool(jobs.job_status, driver, job_id, db)
+    except LookupError:
+        raise HTTPException(404, f"no job {job_id!r}") from None
+    return JobStatus(**status)

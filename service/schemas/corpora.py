@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class CorpusSettings(BaseModel):
+    """How each prompt's graph is computed and stored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prune: bool = Field(True, description="Store the influence-pruned graph (False: every node and edge).")
+    node_threshold: float = Field(0.8, gt=0, le=1, description="Influence pruning: node threshold.")
+    edge_threshold: float = Field(0.98, gt=0, le=1, description="Influence pruning: edge threshold.")
+    max_features: int | None = Field(None, ge=1, description="Keep at most this many feature nodes per graph "
+                                                             "(most influential first).")
+    batch_size: int = Field(32, ge=1, le=1024, description="Targets per backward pass (speed only).")
+
+
+class PromptIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: str
+    targets: list[Any] = Field(default_factory=list, description=(
+        "Engine target strings: 'top', 'logit:TOKEN[@POS]', 'diff:GOOD,BAD[@POS]', 'feat:L2.mlp:p5:f123', or "
+        "objects {'logit': TOKEN}, {'diff': [GOOD, BAD]}, {'feature': 'L2.mlp:p5:f123'}. Default: top logits."))
+
+
+class CorpusRequest(BaseModel):
+    """A JSON corpus. The same corpus may be sent as JSONL (Content-Type application/x-ndjson, one prompt
+    per line) with model, dictionary_set, name and settings fields as query parameters."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="A registered model_id.")
+    dictionary_set: str = Field(description="A registered dictionary_set_id for that model.")
+    name: str = ""
+    prompts: list[str | PromptIn]
+    settings: CorpusSettings = Field(default_factory=CorpusSettings)
+
+
+class Duplicate(BaseModel):
+    index: int = Field(description="Position of the dropped prompt in the submission.")
+    duplicate_of: int = Field(description="Position of the identical prompt that was kept.")
+
+
+class CorpusAccepted(BaseModel):
+    corpus_id: str
+    job_id: str
+    n_prompts: int = Field(description="Prompts queued (after deduplication).")
+    duplicates: list[Duplicate]
+    job_url: str

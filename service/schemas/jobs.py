@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+
+class PromptFailure(BaseModel):
+    prompt_id: str
+    index: int
+    error: str | None
+    attempts: int | None = None
+
+
+class JobStatus(BaseModel):
+    job_id: str
+    corpus_id: str
+    state: str  # submitting, queued, running, complete, complete_with_failures, cancelling, cancelled
+    total: int
+    done: int
+    failed: int
+    cancelled: int
+    running: int
+    queued: int
+    throughput_per_min: float | None
+    eta_s: float | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    model: str
+    dictionary_set: str
+    settings: dict[str, Any]
+    duplicates: list[dict[str, int]]
+    failures: list[PromptFailure]

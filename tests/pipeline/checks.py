@@ -1,0 +1,47 @@
+"""Assertions about what the pipeline stored, shared by the pipeline tests and the demo's self-check."""
+
+from __future__ import annotations
+
+import math
+
+
+def graphs_per_prompt(driver, corpus_id: str) -> dict[str, list[str]]:  # noqa: ANN001
+    rows = driver.execute_query(
+        "MATCH (p:Prompt {corpus_id: $c}) OPTIONAL MATCH (g:Graph {prompt_id: p.prompt_id}) "
+        "RETURN p.prompt_id AS p, collect(g.status) AS s", c=corpus_id).records
+    return {r["p"]: r["s"] for r in rows}
+
+
+def assert_aggregates_match_stored_edges(driver, corpus_id: str) -> int:  # noqa: ANN001
+    """AGG {corpus} edges equal the sums over the stored feature->feature ATTR edges of the corpus's complete
+    graphs: aggregates counted exactly once per graph. Returns the number of aggregate pairs."""
+    stored = driver.execute_query(
+        "MATCH (g:Graph {corpus_id: $c}) WHERE g.status = 'complete' "
+        "MATCH (a:Node {graph_id: g.graph_id})-[r:ATTR]->(b:Node) WHERE a.fkey IS NOT NULL AND b.fkey IS NOT NULL "
+        "RETURN a.fkey AS s, b.fkey AS d, sum(r.w) AS w, sum(abs(r.w)) AS aw, count(r) AS n", c=corpus_id).records
+    agg = driver.execute_query(
+        "MATCH (a:Feature)-[e:AGG {corpus: $c}]->(b:Feature) RETURN a.fkey AS s, b.fkey AS d, e.sum_w AS w, "
+        "e.sum_abs_w AS aw, e.n AS n", c=corpus_id).records
+    want = {(r["s"], r["d"]): (r["w"], r["aw"], r["n"]) for r in stored}
+    got = {(r["s"], r["d"]): (r["w"], r["aw"], r["n"]) for r in agg}
+    assert got.keys() == want.keys(), f"{len(got.keys() ^ want.keys())} aggregate pairs differ"
+    for k, (w, aw, n) in want.items():
+        assert got[k][2] == n, f"{k}: aggregate n {got[k][2]} != {n} stored edges"
+        assert math.isclose(got[k][0], w, rel_tol=1e-6, abs_tol=1e-6) and math.isclose(got[k][1], aw, rel_tol=1e-6, abs_tol=1e-6)
+    return len(want)
+
+
+def assert_each_graph_once(driver, corpus_id: str) -> None:  # noqa: ANN001
+    per = graphs_per_prompt(driver, corpus_id)
+    bad = {p: s for p, s in per.items() if s != ["complete"]}
+    assert not bad, f"prompts without exactly one complete graph: {bad}"
+    dup_nodes = driver.execute_query(
+        "MATCH (n:Node) WHERE n.graph_id IN $g WITH n.uid AS u, count(*) AS c WHERE c > 1 RETURN count(u) AS k",
+        g=[f"g-{p}" for p in per]).records[0]["k"]
+    assert dup_nodes == 0
+    sizes = driver.execute_query(
+        "MATCH (g:Graph {corpus_id: $c}) OPTIONAL MATCH (n:Node {graph_id: g.graph_id}) "
+        "WITH g, count(n) AS nodes OPTIONAL MATCH (:Node {graph_id: g.graph_id})-[r:ATTR]->() "
+        "RETURN g.graph_id AS g, g.n_nodes AS want_n, nodes, g.n_edges AS want_e, count(r) AS edges", c=corpus_id).records
+    for r in sizes:
+        assert (r["nodes"], r["edges"]) == (r["want_n"], r["want_e"]), dict(r)

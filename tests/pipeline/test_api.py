@@ -1,0 +1,155 @@
+"""Registry and corpus submission over the HTTP API (in-process ASGI, real Neo4j and Redis): every bad
+input is a 4xx naming the field and writes nothing; duplicates are dropped and reported; cancel of a
+queued job drops its work."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from workers.pipeline.config import PipelineSettings
+
+PROMPTS = ["the cat sat on the mat", "alice and bob went to the store", "( [ ] )"]
+
+
+def counts(driver) -> dict[str, int]:  # noqa: ANN001
+    rec = driver.execute_query(
+        "CALL () { MATCH (c:Corpus) RETURN count(c) AS corpora } CALL () { MATCH (j:Job) RETURN count(j) AS jobs } "
+        "CALL () { MATCH (p:Prompt) RETURN count(p) AS prompts } RETURN corpora, jobs, prompts").records[0]
+    return dict(rec)
+
+
+def body(model: str, dset: str, prompts: list, **extra) -> dict:
+    return {"model": model, "dictionary_set": dset, "prompts": prompts, **extra}
+
+
+def test_registry_by_path_with_content_hash(client, tiny_model, unique_id, tmp_path):
+    model_dir, dict_dir = tiny_model
+    r = client.post("/registry/models", json={"model_id": f"{unique_id}-m", "path": str(model_dir)})
+    assert r.status_code == 201, r.text
+    m = r.json()
+    assert m["format"] == "hf" and m["n_ctx"] == 64 and len(m["content_hash"]) == 64
+    r = client.post("/registry/dictionary-sets",
+                    json={"dictionary_set_id": f"{unique_id}-d", "path": str(dict_dir), "model_id": f"{unique_id}-m"})
+    assert r.status_code == 201 and r.json()["n_dictionaries"] == 4 and r.json()["format"] == "native"
+    listed = client.get("/registry").json()
+    assert f"{unique_id}-m" in {x["model_id"] for x in listed["models"]}
+    # Same content elsewhere hashes the same; any changed byte changes the hash.
+    copy = tmp_path / "copy"
+    shutil.copytree(model_dir, copy)
+    r2 = client.post("/registry/models", json={"model_id": f"{unique_id}-m2", "path": str(copy)}).json()
+    assert r2["content_hash"] == m["content_hash"]
+    cfg = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**cfg, "note": "changed"}))
+    r3 = client.post("/registry/models", json={"model_id": f"{unique_id}-m2", "path": str(copy)}).json()
+    assert r3["content_hash"] != m["content_hash"]
+    bad = client.post("/registry/models", json={"model_id": f"{unique_id}-x", "path": str(tmp_path / "nope")})
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "path"]
+    bad = client.post("/registry/dictionary-sets",
+                      json={"dictionary_set_id": f"{unique_id}-d2", "path": str(dict_dir), "model_id": "no-such-model"})
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "model_id"]
+
+
+def test_worker_cache_refuses_changed_files(neo4j_driver, tiny_model, unique_id, tmp_path, settings):
+    from workers.pipeline import registry
+    from workers.pipeline.compute import ModelCache
+
+    model_dir, dict_dir = tiny_model
+    copy = tmp_path / "dicts"
+    shutil.copytree(dict_dir, copy)
+    model = registry.register_model(neo4j_driver, f"{unique_id}-m", model_dir, settings.neo4j_database)
+    dset = registry.register_dictionary_set(neo4j_driver, f"{unique_id}-d", copy, model.model_id, settings.neo4j_database)
+    cache = ModelCache()
+    first = cache.get(model, dset)
+    assert cache.get(model, dset) is first and cache.loads == 1  # loaded once, kept
+    weights = next(p for p in copy.rglob("*.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(registry.RegisteredFilesChanged, match="changed since registration"):
+        cache.get(model, dset)
+
+
+@pytest.fixture
+def limits(client):  # noqa: ANN001
+    """Small limits on the app under test, restored afterwards."""
+    client.app.state.pipeline_settings = PipelineSettings(max_prompt_tokens=12, max_upload_bytes=4000)
+    yield client.app.state.pipeline_settings
+    client.app.state.pipeline_settings = None
+
+
+def _bad_requests(model: str, dset: str) -> list[tuple[str, dict, int, list]]:
+    """(what, request kwargs, status, expected loc prefix)."""
+    long_text = " ".join(["the cat"] * 10)  # 21 tokens > the 12 configured
+    ctx_text = " ".join(["the"] * 70)  # 71 tokens > the model's 64 (with a raised configured limit: see test)
+    return [
+        ("empty corpus", {"json": body(model, dset, [])}, 422, ["body", "prompts"]),
+        ("prompt over the configured limit", {"json": body(model, dset, ["the cat", long_text])}, 422,
+         ["body", "prompts", 1, "text"]),
+        ("unknown model", {"json": body("no-such-model", dset, PROMPTS)}, 422, ["body", "model"]),
+        ("unknown dictionary set", {"json": body(model, "no-such-set", PROMPTS)}, 422, ["body", "dictionary_set"]),
+        ("invalid UTF-8", {"content": b'{"model": "' + model.encode() + b'", "prompts": ["caf\xe9"]}',
+                           "headers": {"content-type": "application/json"}}, 400, ["body"]),
+        ("oversize upload", {"json": body(model, dset, ["the cat"] * 600)}, 413, ["body"]),
+        ("empty prompt text", {"json": body(model, dset, ["the cat", "  "])}, 422, ["body", "prompts", 1, "text"]),
+        ("bad target", {"json": body(model, dset, [{"text": "the cat", "targets": ["logit"]}])}, 422,
+         ["body", "prompts", 0, "targets", 0]),
+        ("multi-token target", {"json": body(model, dset, [{"text": "the cat", "targets": ["logit:the cat"]}])}, 422,
+         ["body", "prompts", 0, "targets", 0]),
+        ("unknown setting", {"json": body(model, dset, PROMPTS, settings={"tau": 0.1})}, 422,
+         ["body", "settings", "tau"]),
+        ("malformed JSON", {"content": b'{"model": ', "headers": {"content-type": "application/json"}}, 400, ["body"]),
+        ("malformed JSONL line", {"content": b'"the cat"\n{oops\n', "params": {"model": model, "dictionary_set": dset},
+                                  "headers": {"content-type": "application/x-ndjson"}}, 400, ["body", "line 2"]),
+        ("model context", {"json": body(model, dset, [ctx_text])}, 422, ["body", "prompts", 0, "text"]),
+    ]
+
+
+def test_every_bad_input_is_a_4xx_naming_the_field_and_writes_nothing(client, neo4j_driver, registered, limits):
+    model, dset = registered
+    before = counts(neo4j_driver)
+    for what, kwargs, status, loc in _bad_requests(model, dset):
+        if what == "model context":
+            limits.max_prompt_tokens = 512  # now the model's own context (64) is the binding limit
+        r = client.post("/corpora", **kwargs)
+        assert r.status_code == status, f"{what}: {r.status_code} {r.text}"
+        detail = r.json()["detail"]
+        assert detail[0]["loc"][: len(loc)] == loc, f"{what}: {detail}"
+        assert detail[0]["msg"], what
+        if what == "model context":
+            assert "model's context" in detail[0]["msg"] and "71" in detail[0]["msg"]
+        if what == "prompt over the configured limit":
+            assert "limit is 12" in detail[0]["msg"]
+    assert counts(neo4j_driver) == before
+
+
+def test_duplicates_are_dropped_and_reported_and_cancel_drops_queued_work(client, neo4j_driver, registered):
+    model, dset = registered
+    prompts = ["the cat sat", {"text": "the dog ran", "targets": ["top"]}, "the cat sat",
+               {"text": "the dog ran", "targets": ["top"]}, {"text": "the dog ran", "targets": [{"logit": "the"}]}]
+    r = client.post("/corpora", json=body(model, dset, prompts))
+    assert r.status_code == 202, r.text
+    acc = r.json()
+    assert acc["n_prompts"] == 3
+    assert acc["duplicates"] == [{"index": 2, "duplicate_of": 0}, {"index": 3, "duplicate_of": 1}]
+    status = client.get(acc["job_url"]).json()
+    assert status["total"] == 3 and status["state"] in ("queued", "running")
+    # No worker consumes this job's queue in this test: cancelling drops every queued prompt at once.
+    r = client.delete(acc["job_url"])
+    assert r.status_code == 202
+    final = r.json()
+    assert final["state"] == "cancelled" and final["cancelled"] == 3 and final["done"] == 0
+    assert client.get("/jobs/jnope").status_code == 404
+
+
+def test_jsonl_upload(client, registered):
+    model, dset = registered
+    lines = b'"the cat sat"\n\n{"text": "the dog ran", "targets": ["diff:the,a"]}\n'
+    r = client.post("/corpora", content=lines, headers={"content-type": "application/x-ndjson"},
+                    params={"model": model, "dictionary_set": dset, "max_features": "5"})
+    assert r.status_code == 202, r.text
+    status = client.get(r.json()["job_url"]).json()
+    assert status["total"] == 2 and status["settings"]["max_features"] == 5
+    client.delete(r.json()["job_url"])

@@ -1,0 +1,219 @@
+"""The work of one prompt, as the Celery task runs it: start -> load (cached per process) -> attribute ->
+prune -> write -> finish, checking the job's cancellation flag at every stage boundary (and between write
+batches), with a heartbeat thread refreshing the prompt's liveness in Redis meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import redis as redis_lib
+from neo4j import Driver
+
+from workers.pipeline import jobs, registry
+from workers.pipeline.config import PipelineSettings
+from workers.store.writer import write_graph
+
+log = logging.getLogger(__name__)
+
+
+class PromptCancelled(Exception):
+    """The job was cancelled; the prompt stopped at a stage boundary."""
+
+
+class PermanentFailure(Exception):
+    """The prompt cannot succeed by retrying (bad target, changed files, ...): recorded as failed."""
+
+
+@dataclass
+class Loaded:
+    lin: Any  # workers.engine.linearise.Linearised
+    tokenizer: Any
+    model: registry.RegisteredModel
+    dset: registry.RegisteredDictionarySet
+    fingerprints: tuple
+
+
+class ModelCache:
+    """Models + dictionary sets loaded once per worker process and kept (LRU of ``size`` entries).
+
+    Before every use the files' cheap fingerprint is compared with the one taken when they were hashed;
+    if it changed they are re-hashed, and a hash that differs from the registered one is refused.
+    """
+
+    def __init__(self, size: int = 2) -> None:
+        self.size = size
+        self._items: OrderedDict[tuple[str, str, str, str], Loaded] = OrderedDict()
+        self.loads = 0
+
+    def get(self, model: registry.RegisteredModel, dset: registry.RegisteredDictionarySet) -> Loaded:
+        key = (model.model_id, model.content_hash, dset.dictionary_set_id, dset.content_hash)
+        hit = self._items.get(key)
+        fps = (registry.fingerprint(model.path), registry.fingerprint(dset.path))
+        if hit is not None and hit.fingerprints == fps:
+            self._items.move_to_end(key)
+            return hit
+        registry.verify_unchanged("model", model.model_id, model.path, model.content_hash)
+        registry.verify_unchanged("dictionary set", dset.dictionary_set_id, dset.path, dset.content_hash)
+        if hit is not None:  # touched but identical content
+            hit.fingerprints = fps
+            return hit
+        loaded = self._load(model, dset, fps)
+        self._items[key] = loaded
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+        return loaded
+
+    def _load(self, model: registry.RegisteredModel, dset: registry.RegisteredDictionarySet, fps: tuple) -> Loaded:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        from workers.dictionaries.formats import load_dictionary_set
+        from workers.engine.linearise import Linearised
+
+        t0 = time.perf_counter()
+        if model.format == "gguf":
+            from pathlib import Path
+
+            from workers.models.gguf import load_gguf_model
+
+            hf, tok = load_gguf_model(Path(model.path))
+        else:
+            hf = AutoModelForCausalLM.from_pretrained(model.path, dtype=torch.float32, local_files_only=True).eval()
+            tok = load_tokenizer(model)
+        ds = load_dictionary_set(dset.path, hf)
+        self.loads += 1
+        log.info("loaded %s + %s in %.1fs", model.model_id, dset.dictionary_set_id, time.perf_counter() - t0)
+        return Loaded(Linearised(hf, ds), tok, model, dset, fps)
+
+
+def load_tokenizer(model: registry.RegisteredModel):
+    """The model's tokenizer (HF directory or GGUF file), or None when the directory has none."""
+    from transformers import AutoTokenizer
+
+    if model.format == "gguf":
+        from pathlib import Path
+
+        p = Path(model.path)
+        return AutoTokenizer.from_pretrained(p.parent, gguf_file=p.name, local_files_only=True)
+    try:
+        return AutoTokenizer.from_pretrained(model.path, local_files_only=True)
+    except (OSError, ValueError):
+        return None
+
+
+class Heartbeat:
+    """Refreshes ``heartbeat_key(job)[prompt]`` every ``period_s`` while the prompt runs."""
+
+    def __init__(self, r: redis_lib.Redis, job_id: str, prompt_id: str, period_s: float) -> None:
+        self.r, self.key, self.field, self.period = r, jobs.heartbeat_key(job_id), prompt_id, period_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name=f"heartbeat-{prompt_id}")
+
+    def beat(self) -> None:
+        self.r.hset(self.key, self.field, time.time())
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period):
+            try:
+                self.beat()
+            except redis_lib.RedisError as exc:  # Redis restarting: the next beat will do
+                log.warning("heartbeat for %s failed: %s", self.field, exc)
+
+    def __enter__(self) -> Heartbeat:
+        self.beat()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        try:
+            self.r.hdel(self.key, self.field)
+        except redis_lib.RedisError:
+            pass
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def compute_graph(loaded: Loaded, work: jobs.PromptWork, check: Callable[[str], None]):
+    """(engine Graph, PruneResult or None) for one prompt; ``check(stage)`` between stages."""
+    from workers.engine.attribution import AttributionSettings, attribute
+    from workers.engine.pruning import prune
+
+    st = work.settings
+    settings = AttributionSettings(batch_size=int(st.get("batch_size", 32)))
+    check("attribute")
+    try:
+        g = attribute(loaded.lin, work.tokens, work.targets or None, tokenizer=loaded.tokenizer, settings=settings)
+    except (ValueError, KeyError) as exc:  # bad target for this prompt: retrying cannot help
+        raise PermanentFailure(f"attribution rejected the prompt: {exc}") from exc
+    g.prompt = work.text
+    if loaded.tokenizer is not None and not g.token_strings:
+        g.token_strings = [loaded.tokenizer.decode([t]) for t in work.tokens]
+    check("prune")
+    pr = prune(g, float(st.get("node_threshold", 0.8)), float(st.get("edge_threshold", 0.98))) if st.get("prune", True) else None
+    return g, pr
+
+
+def run_prompt(driver: Driver, r: redis_lib.Redis, cache: ModelCache, cfg: PipelineSettings, prompt_id: str,
+               database: str | None = None, on_start: Callable[[jobs.PromptWork], None] | None = None,
+               on_job_finished: Callable[[str], None] | None = None) -> str:
+    """Compute and store one prompt; returns its outcome ('done', 'cancelled', 'failed', or the final state
+    a duplicate delivery found). Transient Neo4j/Redis errors propagate (the task retries them).
+    ``on_job_finished(job_id)`` runs when this prompt's outcome was the job's last one."""
+    from workers.store.from_engine import graph_to_record
+
+    def finish(job_id: str, outcome: str, error: str | None, seconds: float | None = None) -> str:
+        _, job_done = jobs.finish_prompt(driver, prompt_id, outcome, error, seconds, database)
+        if job_done and on_job_finished is not None:
+            on_job_finished(job_id)
+        return outcome
+
+    decision, work = jobs.start_prompt(driver, prompt_id, worker_name(), database)
+    if decision == "cancel":
+        return finish(jobs.job_id_of(prompt_id), "cancelled", "job cancelled")
+    if work is None:
+        return decision  # already final: a duplicate or redelivered task
+    if on_start is not None:
+        on_start(work)
+    t0 = time.perf_counter()
+
+    def check(stage: str) -> None:
+        if jobs.is_cancelled(r, work.job_id):
+            raise PromptCancelled(f"cancelled before {stage}")
+
+    graph_id = jobs.graph_id_for(prompt_id)
+    try:
+        with Heartbeat(r, work.job_id, prompt_id, cfg.heartbeat_s):
+            check("load")
+            model = registry.get_model(driver, work.model_id, database)
+            dset = registry.get_dictionary_set(driver, work.dictionary_set_id, database)
+            try:
+                loaded = cache.get(model, dset)
+            except registry.RegisteredFilesChanged as exc:
+                raise PermanentFailure(str(exc)) from exc
+            if cfg.fault_delay_s > 0:  # tests: a window in which the worker can be killed mid-prompt
+                time.sleep(cfg.fault_delay_s)
+            g, pr = compute_graph(loaded, work, check)
+            check("write")
+            rec = graph_to_record(
+                g, graph_id=graph_id, prompt_id=prompt_id, corpus_id=work.corpus_id, model=work.model_id,
+                dictionary_set=work.dictionary_set_id, pruned=pr, max_features=work.settings.get("max_features"),
+                settings=work.settings, metrics={"seconds_attribution": g.provenance.get("timings_s", {}).get("total")})
+            write_graph(driver, rec, database=database, should_stop=lambda: jobs.is_cancelled(r, work.job_id))
+    except (PromptCancelled, InterruptedError) as exc:
+        return finish(work.job_id, "cancelled", str(exc), time.perf_counter() - t0)
+    except PermanentFailure as exc:
+        return finish(work.job_id, "failed", str(exc), time.perf_counter() - t0)
+    return finish(work.job_id, "done", None, time.perf_counter() - t0)

@@ -1,0 +1,275 @@
+"""Jobs: one per corpus. State and counters live in Neo4j, the cancellation flag and heartbeats in Redis.
+
+Nodes: ``(:Corpus {corpus_id, model_id, dictionary_set_id, settings})``, ``(:Job {job_id, corpus_id, state,
+total, done, failed, cancelled, ...})``, ``(:Prompt {prompt_id, corpus_id, job_id, index, text, tokens,
+targets, state, attempts, error})``; the prompt's graph is ``(:Graph {graph_id: graph_id_for(prompt_id)})``.
+
+Prompt states: queued -> running -> done | failed | cancelled. Every move into a final state happens in
+one transaction together with the job counter, guarded by the prompt's current state (taken under its
+write lock), so a duplicated or retried task counts once; the transaction that makes
+done + failed + cancelled reach total also sets the job's final state: the database counter is the
+"corpus done" trigger (no chord).
+
+Job states: submitting -> queued -> running -> complete | complete_with_failures; cancelling -> cancelled.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import redis as redis_lib
+from neo4j import Driver, ManagedTransaction
+
+from workers.pipeline.validation import ValidatedCorpus
+
+FINAL_JOB_STATES = ("complete", "complete_with_failures", "cancelled")
+FINAL_PROMPT_STATES = ("done", "failed", "cancelled")
+
+
+def cancel_key(job_id: str) -> str:
+    return f"atlas:job:{job_id}:cancel"
+
+
+def heartbeat_key(job_id: str) -> str:
+    return f"atlas:job:{job_id}:heartbeat"  # hash prompt_id -> unix time of the last beat
+
+
+def ids_for_new_job() -> tuple[str, str]:
+    """(job_id, corpus_id): one job per corpus, sharing the random part."""
+    hexpart = uuid.uuid4().hex[:16]
+    return f"j{hexpart}", f"c{hexpart}"
+
+
+def prompt_id_for(corpus_id: str, index: int) -> str:
+    return f"{corpus_id}-{index}"
+
+
+def job_id_of(prompt_id: str) -> str:
+    """Inverse of the two functions above: the job of a prompt id."""
+    return "j" + prompt_id.split("-", 1)[0][1:]
+
+
+def graph_id_for(prompt_id: str) -> str:
+    return f"g-{prompt_id}"
+
+
+def task_id_for(job_id: str, prompt_id: str, attempt: int = 0) -> str:
+    """Celery task id derived from (job, prompt); the reaper's re-enqueues add their round."""
+    return f"{job_id}/{prompt_id}" + (f"/r{attempt}" if attempt else "")
+
+
+@dataclass(frozen=True)
+class CreatedJob:
+    job_id: str
+    corpus_id: str
+    prompt_ids: list[str]
+
+
+def create_job(driver: Driver, corpus: ValidatedCorpus, database: str | None = None) -> CreatedJob:
+    """One transaction: Corpus, Job (state 'submitting') and all Prompts. Nothing exists if it fails."""
+    job_id, corpus_id = ids_for_new_job()
+    prompt_ids = [prompt_id_for(corpus_id, i) for i in range(len(corpus.prompts))]
+    now = time.time()
+
+    def work(tx: ManagedTransaction) -> None:
+        tx.run(
+            """
+            CREATE (c:Corpus {corpus_id: $corpus_id, name: $name, model_id: $model_id,
+                              dictionary_set_id: $dset, settings: $settings, n_prompts: $n, created_at: $now,
+                              duplicates: $duplicates})
+            CREATE (j:Job {job_id: $job_id, corpus_id: $corpus_id, state: 'submitting', total: $n, done: 0,
+                           failed: 0, cancelled: 0, created_at: $now})
+            CREATE (j)-[:RUNS]->(c)
+            WITH c
+            UNWIND range(0, $n - 1) AS i
+            CREATE (p:Prompt {prompt_id: $pids[i], corpus_id: $corpus_id, job_id: $job_id, index: i,
+                              text: $texts[i], tokens: $tokens[i], targets: $targets[i], state: 'queued',
+                              attempts: 0, reaped: 0})
+            CREATE (p)-[:IN]->(c)
+            """,
+            corpus_id=corpus_id, job_id=job_id, name=corpus.name, model_id=corpus.model_id,
+            dset=corpus.dictionary_set_id, settings=json.dumps(corpus.settings, sort_keys=True),
+            n=len(prompt_ids), now=now, duplicates=json.dumps(corpus.duplicates), pids=prompt_ids,
+            texts=[p.text for p in corpus.prompts], tokens=corpus.tokens,
+            targets=[json.dumps(p.targets) for p in corpus.prompts],
+        ).consume()
+
+    with driver.session(database=database) as s:
+        s.execute_write(work)
+    return CreatedJob(job_id, corpus_id, prompt_ids)
+
+
+def set_job_state(driver: Driver, job_id: str, state: str, only_from: tuple[str, ...], database: str | None = None) -> bool:
+    recs = driver.execute_query(
+        "MATCH (j:Job {job_id: $id}) SET j._lock = true WITH j WHERE j.state IN $from "
+        "SET j.state = $state REMOVE j._lock RETURN count(j) AS c",
+        id=job_id, state=state, **{"from": list(only_from)}, database_=database).records
+    return recs[0]["c"] == 1
+
+
+def delete_job(driver: Driver, job_id: str, database: str | None = None) -> None:
+    """Remove a job that never got queued (its enqueue failed): Job, Corpus and Prompts."""
+    driver.execute_query(
+        "MATCH (j:Job {job_id: $id})-[:RUNS]->(c:Corpus) OPTIONAL MATCH (p:Prompt)-[:IN]->(c) "
+        "DETACH DELETE p, c, j", id=job_id, database_=database)
+
+
+@dataclass(frozen=True)
+class PromptWork:
+    """What a worker needs to compute one prompt."""
+
+    prompt_id: str
+    job_id: str
+    corpus_id: str
+    text: str
+    tokens: list[int]
+    targets: list[str]
+    model_id: str
+    dictionary_set_id: str
+    settings: dict[str, Any]
+    attempts: int
+
+
+_START = """
+MATCH (p:Prompt {prompt_id: $pid})-[:IN]->(c:Corpus)<-[:RUNS]-(j:Job)
+SET p._lock = true
+WITH p, c, j,
+     CASE WHEN p.state IN ['done', 'failed', 'cancelled'] THEN p.state
+          WHEN j.state IN ['cancelling', 'cancelled'] THEN 'cancel'
+          ELSE 'run' END AS decision
+SET p.state = CASE WHEN decision = 'run' THEN 'running' ELSE p.state END,
+    p.attempts = CASE WHEN decision = 'run' THEN p.attempts + 1 ELSE p.attempts END,
+    p.started_at = CASE WHEN decision = 'run' THEN $now ELSE p.started_at END,
+    p.worker = CASE WHEN decision = 'run' THEN $worker ELSE p.worker END,
+    j.state = CASE WHEN decision = 'run' AND j.state IN ['queued', 'submitting'] THEN 'running' ELSE j.state END,
+    j.started_at = coalesce(j.started_at, CASE WHEN decision = 'run' THEN $now END)
+REMOVE p._lock
+RETURN decision, p.text AS text, p.tokens AS tokens, p.targets AS targets, p.attempts AS attempts,
+       c.corpus_id AS corpus_id, c.model_id AS model_id, c.dictionary_set_id AS dset, c.settings AS settings,
+       j.job_id AS job_id
+"""
+
+
+def start_prompt(driver: Driver, prompt_id: str, worker: str, database: str | None = None) -> tuple[str, PromptWork | None]:
+    """Move a prompt to 'running'. Returns (decision, work): 'run' with the work, 'cancel' (the job is being
+    cancelled), or the prompt's final state when it is already finished (a duplicate delivery)."""
+    recs = driver.execute_query(_START, pid=prompt_id, now=time.time(), worker=worker, database_=database).records
+    if not recs:
+        raise LookupError(f"prompt {prompt_id} does not exist (its job was deleted?)")
+    r = recs[0]
+    if r["decision"] != "run":
+        return r["decision"], None
+    return "run", PromptWork(prompt_id, r["job_id"], r["corpus_id"], r["text"], list(r["tokens"]),
+                             json.loads(r["targets"]), r["model_id"], r["dset"], json.loads(r["settings"]),
+                             r["attempts"])
+
+
+_FINISH = """
+MATCH (p:Prompt {prompt_id: $pid})-[:IN]->(:Corpus)<-[:RUNS]-(j:Job)
+SET j._lock = true, p._lock = true
+WITH p, j, NOT p.state IN ['done', 'failed', 'cancelled'] AS counts
+SET p.state = CASE WHEN counts THEN $outcome ELSE p.state END,
+    p.error = CASE WHEN counts THEN $error ELSE p.error END,
+    p.finished_at = CASE WHEN counts THEN $now ELSE p.finished_at END,
+    p.seconds = CASE WHEN counts THEN $seconds ELSE p.seconds END,
+    j.done = j.done + CASE WHEN counts AND $outcome = 'done' THEN 1 ELSE 0 END,
+    j.failed = j.failed + CASE WHEN counts AND $outcome = 'failed' THEN 1 ELSE 0 END,
+    j.cancelled = j.cancelled + CASE WHEN counts AND $outcome = 'cancelled' THEN 1 ELSE 0 END
+WITH p, j, counts, j.done + j.failed + j.cancelled = j.total AND NOT j.state IN $final AS finished
+SET j.state = CASE WHEN NOT finished THEN j.state
+                   WHEN j.cancelled > 0 THEN 'cancelled'
+                   WHEN j.failed > 0 THEN 'complete_with_failures'
+                   ELSE 'complete' END,
+    j.finished_at = CASE WHEN finished THEN $now ELSE j.finished_at END
+REMOVE j._lock, p._lock
+RETURN counts, finished, j.state AS job_state
+"""
+
+
+def finish_prompt(driver: Driver, prompt_id: str, outcome: str, error: str | None = None, seconds: float | None = None,
+                  database: str | None = None) -> tuple[bool, bool]:
+    """Record a prompt's final state once. Returns (counted now, job finished by this call)."""
+    if outcome not in FINAL_PROMPT_STATES:
+        raise ValueError(f"outcome {outcome!r} is not one of {FINAL_PROMPT_STATES}")
+    recs = driver.execute_query(_FINISH, pid=prompt_id, outcome=outcome, error=error, now=time.time(),
+                                seconds=seconds, final=list(FINAL_JOB_STATES), database_=database).records
+    if not recs:
+        raise LookupError(f"prompt {prompt_id} does not exist")
+    return recs[0]["counts"], recs[0]["finished"]
+
+
+def requeue_prompt(driver: Driver, prompt_id: str, database: str | None = None) -> int | None:
+    """Reaper: a 'running' prompt back to 'queued'; returns its new reap round (None if not running)."""
+    recs = driver.execute_query(
+        "MATCH (p:Prompt {prompt_id: $pid}) SET p._lock = true WITH p WHERE p.state = 'running' "
+        "SET p.state = 'queued', p.reaped = p.reaped + 1 REMOVE p._lock RETURN p.reaped AS r",
+        pid=prompt_id, database_=database).records
+    return recs[0]["r"] if recs else None
+
+
+def is_cancelled(r: redis_lib.Redis, job_id: str) -> bool:
+    return bool(r.exists(cancel_key(job_id)))
+
+
+def cancel_job(driver: Driver, r: redis_lib.Redis, job_id: str, database: str | None = None) -> str:
+    """Cancel: flag in Redis (workers check it between stages), job 'cancelling', and every still-queued
+    prompt counted cancelled at once (their tasks, when delivered, find them final and do nothing).
+    Returns the job's state afterwards; a finished job is left as it is."""
+    recs = driver.execute_query("MATCH (j:Job {job_id: $id}) RETURN j.state AS s", id=job_id, database_=database).records
+    if not recs:
+        raise LookupError(job_id)
+    if recs[0]["s"] in FINAL_JOB_STATES:
+        return recs[0]["s"]
+    r.set(cancel_key(job_id), "1", ex=30 * 24 * 3600)
+    set_job_state(driver, job_id, "cancelling", ("submitting", "queued", "running"), database)
+    queued = driver.execute_query("MATCH (p:Prompt {job_id: $id}) WHERE p.state = 'queued' RETURN p.prompt_id AS p",
+                                  id=job_id, database_=database).records
+    for rec in queued:
+        _finish_if_state(driver, rec["p"], "queued", database)
+    # A job whose prompts were all final already (nothing running) ends here.
+    return job_status(driver, job_id, database)["state"]
+
+
+def _finish_if_state(driver: Driver, prompt_id: str, state: str, database: str | None) -> None:
+    # Cancel only prompts still queued (a worker may have started one since the listing).
+    recs = driver.execute_query(
+        "MATCH (p:Prompt {prompt_id: $pid}) SET p._lock = true WITH p WHERE p.state = $state "
+        "SET p.state = 'cancelling' REMOVE p._lock RETURN count(p) AS c",
+        pid=prompt_id, state=state, database_=database).records
+    if recs[0]["c"]:
+        finish_prompt(driver, prompt_id, "cancelled", "cancelled before it started", database=database)
+
+
+def job_status(driver: Driver, job_id: str, database: str | None = None, max_failures: int = 100) -> dict[str, Any]:
+    """State, counters, throughput (prompts/min since the first prompt started), ETA and failures."""
+    recs = driver.execute_query(
+        "MATCH (j:Job {job_id: $id})-[:RUNS]->(c:Corpus) "
+        "OPTIONAL MATCH (p:Prompt {job_id: $id}) WHERE p.state = 'failed' "
+        "WITH j, c, p ORDER BY p.index LIMIT $k "
+        "RETURN j {.*} AS j, c {.*} AS c, collect(p {.prompt_id, .index, .error, .attempts}) AS failures",
+        id=job_id, k=max_failures, database_=database).records
+    if not recs:
+        raise LookupError(job_id)
+    j, c = recs[0]["j"], recs[0]["c"]
+    running = driver.execute_query("MATCH (p:Prompt {job_id: $id}) WHERE p.state = 'running' RETURN count(p) AS n",
+                                   id=job_id, database_=database).records[0]["n"]
+    end = j.get("finished_at") or time.time()
+    started = j.get("started_at")
+    finished_n = j["done"] + j["failed"]
+    per_min = finished_n / ((end - started) / 60) if started and end > started and finished_n else None
+    remaining = j["total"] - finished_n - j["cancelled"]
+    eta = remaining / per_min * 60 if per_min and j["state"] not in FINAL_JOB_STATES else None
+    return {
+        "job_id": job_id, "corpus_id": c["corpus_id"], "state": j["state"], "total": j["total"],
+        "done": j["done"], "failed": j["failed"], "cancelled": j["cancelled"], "running": running,
+        "queued": max(0, remaining - running), "throughput_per_min": per_min,
+        "eta_s": None if eta is None else max(0.0, eta),
+        "created_at": j["created_at"], "started_at": started, "finished_at": j.get("finished_at"),
+        "model": c["model_id"], "dictionary_set": c["dictionary_set_id"], "settings": json.loads(c["settings"]),
+        "duplicates": json.loads(c.get("duplicates") or "[]"),
+        "failures": [f for f in recs[0]["failures"] if f.get("prompt_id")],
+    }
