@@ -177,6 +177,14 @@ def test_invariance_to_batch_size_and_target_order(lin):
     assert torch.equal(A1, g3.dense()[perm3][:, perm3])
 
 
+def test_vmap_and_replicated_backward_agree(lin):
+    tr = lin.trace(PROMPTS[0])
+    tg = _targets(lin, tr)
+    a = build_graph(lin, tr, tg, AttributionSettings(backward="vmap", cone_chunk=3)).dense()
+    b = build_graph(lin, tr, tg, AttributionSettings(backward="replicate", batch_size=7)).dense()
+    assert (a - b).abs().max() < 1e-6 * max(1.0, float(a.abs().max()))
+
+
 def test_grouped_bias_sums_to_total(lin):
     tr = lin.trace(PROMPTS[1])
     tg = _targets(lin, tr)

@@ -14,6 +14,8 @@ the frozen forward with every other leaf set to zero (optionally split into grou
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import re
 import time
 from collections.abc import Callable
@@ -35,6 +37,9 @@ class AttributionSettings:
     bias: Literal["total", "grouped"] = "total"  # one bias leaf, or one per parameter group
     dtype: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast in the backward passes
     feature_rows: bool = True  # compute edges into every active feature (False: targets only)
+    # "vmap": one batch-1 frozen forward per cone group, gradients batched through it (torch vmap);
+    # "replicate": the prompt replicated batch_size times, one target per row (circuit-tracer's way)
+    backward: Literal["vmap", "replicate"] = "vmap"
     fold_bos: bool = True  # no feature nodes at position 0 when it holds the BOS token (circuit-tracer's rule)
 
     def to_dict(self) -> dict:
@@ -318,14 +323,13 @@ def _edges(
         groups[k].sort(key=lambda i: (tensor_site_bound(rows[i].tensor), rows[i].pos, rows[i].node_id))
     done = 0
     autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if settings.dtype == "bf16" else None)
+    vmap = settings.backward == "vmap"
     for _, members in sorted(groups.items()):
         P = max(rows[i].pos for i in members) + 1
         B = min(settings.batch_size, len(members))
-        if autocast is not None:
-            with autocast:
-                run = lin.frozen_forward(trace, P, batch=B, value_only=value_only)
-        else:
-            run = lin.frozen_forward(trace, P, batch=B, value_only=value_only)
+        fwd_batch = 1 if vmap else B
+        with autocast if autocast is not None else contextlib.nullcontext():
+            run = lin.frozen_forward(trace, P, batch=fwd_batch, value_only=value_only)
         leaf_names = [k for k in run.leaves_out]
         leaves = [run.leaves_out[k] for k in leaf_names]
         for start in range(0, len(members), B):
@@ -337,17 +341,21 @@ def _edges(
                 g = grads_out.get(t.tensor)
                 if g is None:
                     ref = run.tensors[t.tensor]
-                    g = grads_out[t.tensor] = torch.zeros_like(ref)
-                g[b, t.pos] = t.vector.to(g.dtype)
+                    # vmap: one batched gradient [nb, 1, P, D] through the batch-1 graph; replicate: row b
+                    # of a B-fold replicated forward carries row b's gradient
+                    shape = (nb, *ref.shape) if vmap else ref.shape
+                    g = grads_out[t.tensor] = torch.zeros(shape, dtype=ref.dtype)
+                if vmap:
+                    g[b, 0, t.pos] = t.vector.to(g.dtype)
+                else:
+                    g[b, t.pos] = t.vector.to(g.dtype)
             names = list(grads_out)
             outs = [run.tensors[k] for k in names]
-            if autocast is not None:
-                with autocast:
-                    grads = torch.autograd.grad(outs, leaves, [grads_out[k] for k in names], retain_graph=True,
-                                                allow_unused=True)
-            else:
+            with autocast if autocast is not None else contextlib.nullcontext():
                 grads = torch.autograd.grad(outs, leaves, [grads_out[k] for k in names], retain_graph=True,
-                                            allow_unused=True)
+                                            allow_unused=True, is_grads_batched=vmap)
+            if vmap:
+                grads = tuple(None if g is None else g[:, 0] for g in grads)
             gmap = {k: (g[:nb].float() if g is not None else None) for k, g in zip(leaf_names, grads, strict=True)}
             row_nodes = torch.tensor([index[rows[i].node_id] for i in chunk])
             row_pos = torch.tensor([rows[i].pos for i in chunk])
@@ -395,7 +403,17 @@ def _edges(
             if progress is not None:
                 progress(done, len(rows))
         del run
+        _release_freed_memory()
     return chunks
+
+
+def _release_freed_memory() -> None:
+    """Give freed heap back to the OS between cone groups (glibc keeps it otherwise, and each group's
+    transient tensors have new sizes, so peak RSS would creep up by fragmentation)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 class CSRWriter:

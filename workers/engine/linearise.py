@@ -191,11 +191,12 @@ def _frozen_attention(
         run.tensors[f"q:L{layer}"] = query.transpose(1, 2).flatten(2)
         run.tensors[f"k:L{layer}"] = key.transpose(1, 2).flatten(2)
         v = _repeat_kv(value, n_rep)  # [B, H, P, hd]
-        B, H, _, hd = v.shape
-        # the pattern is shared by every batch row: one [P, P] @ [P, B·hd] product per head is a far
-        # better GEMM (forward and backward) than B·H small ones
-        out = torch.matmul(pattern, v.permute(1, 2, 0, 3).reshape(H, p, B * hd))  # [H, P, B·hd]
-        return out.reshape(H, p, B, hd).permute(2, 1, 0, 3).contiguous(), None
+        # The pattern is shared by every batch row (and every vmapped gradient): per head, one
+        # [B·hd, P] @ [P, P]ᵀ product (F.linear with the pattern as weight) is a far better GEMM, forward
+        # and backward, than B·H small matmuls; under vmap the batch folds into its rows.
+        vt = v.transpose(0, 1).transpose(-1, -2)  # [H, B, hd, P]
+        heads = [nn.functional.linear(vt[h], pattern[h]) for h in range(vt.shape[0])]  # [B, hd, P] each
+        return torch.stack(heads, dim=1).permute(0, 3, 1, 2).contiguous(), None  # [B, P, H, hd]
     # record / live: eager attention, in the model's own order of operations
     softcap = kwargs.get("softcap")
     scores = torch.matmul(query, _repeat_kv(key, n_rep).transpose(2, 3)) * scaling

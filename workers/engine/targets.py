@@ -133,7 +133,7 @@ def feature(lin: Linearised, trace: Trace, layer: int, site: str, pos: int, inde
     if not 0 <= index < d.cfg.d_dict:
         raise ValueError(f"feature {index} out of range: {d.cfg.name} has {d.cfg.d_dict} features")
     return Target(ids.feat_id(layer, site, p, index), f"in:L{layer}.{site}", p, d.W_enc[index].detach(),
-                  float(d.b_enc[index]), label=f"{d.cfg.name} f{index} p{p}")
+                  float(d.b_enc[index].detach()), label=f"{d.cfg.name} f{index} p{p}")
 
 
 def parse_target(spec: str, lin: Linearised, trace: Trace, tokenizer=None) -> list[Target]:
