@@ -1,0 +1,56 @@
+"""Ground truth on the zoo (workers/zoo): on held-out induction, bracket and IOI examples, the answer's
+source position carries the largest positive share of the target's leaf attributions (IOI: IO − S)
+among positions other than the last, on at least 90% of examples per task.
+
+Builds the zoo on first use (``ensure_zoo``; cached afterwards), hence ``slow``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from workers.engine.evaluation import example_target, position_shares
+
+pytestmark = pytest.mark.slow
+
+N_PER_TASK = 40
+
+
+@pytest.fixture(scope="module")
+def zoo_engine():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from workers.dictionaries.formats import load_dictionary_set
+    from workers.engine.linearise import Linearised
+    from workers.zoo.build import ensure_zoo
+    from workers.zoo.corpus import read_jsonl
+
+    torch.set_num_threads(1)
+    zoo = ensure_zoo(progress=False)
+    assert zoo.dictionaries is not None, "the zoo was built without dictionaries (dictionary training unavailable)"
+    model = AutoModelForCausalLM.from_pretrained(zoo.models["gpt2-4l"], dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(zoo.models["gpt2-4l"])
+    lin = Linearised(model, load_dictionary_set(zoo.dictionaries, model))
+    return lin, tok.get_vocab(), read_jsonl(zoo.heldout)
+
+
+@pytest.mark.parametrize("task", ["induction", "brackets", "ioi"])
+def test_answer_source_position_carries_the_largest_share(zoo_engine, task):
+    lin, vocab, examples = zoo_engine
+    chosen = [e for e in examples if e.task == task][:N_PER_TASK]
+    assert len(chosen) >= 20, f"only {len(chosen)} held-out {task} examples"
+    hits, misses = 0, []
+    for e in chosen:
+        ids_ = torch.tensor([vocab[t] for t in e.prompt_tokens])
+        s_id = vocab[e.s_name] if task == "ioi" and e.s_name else None
+        tgt = example_target(lin, ids_, vocab[e.answer], s_id)
+        res = position_shares(lin, ids_, tgt)
+        # completeness of the grouping itself: shares + bias = the target
+        assert abs(sum(res.shares.values()) + res.bias - res.value) < 1e-3 * max(1.0, abs(res.value))
+        if res.best in e.source_positions:
+            hits += 1
+        else:
+            misses.append((e.prompt, e.source_positions, res.best))
+    rate = hits / len(chosen)
+    assert rate >= 0.9, f"{task}: {rate:.0%} hits; first misses {misses[:3]}"
