@@ -22,7 +22,12 @@ def _tol(x: torch.Tensor | float) -> float:
 
 
 def _targets(lin, tr):
-    return T.top_logits(lin, tr) + [T.logit_diff(lin, tr, 3, 4, pos=-2), T.feature(lin, tr, 2, "mlp", 4, 7)]
+    direction = torch.randn(lin.d_model, generator=torch.Generator().manual_seed(3))
+    return T.top_logits(lin, tr) + [
+        T.logit_diff(lin, tr, 3, 4, pos=-2),
+        T.direction(tr, direction, pos=3, layer=1, name="resid direction"),
+        T.feature(lin, tr, 2, "mlp", 4, 7),
+    ]
 
 
 @pytest.fixture(scope="module")
