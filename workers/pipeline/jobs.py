@@ -249,8 +249,8 @@ def job_status(driver: Driver, job_id: str, database: str | None = None, max_fai
     recs = driver.execute_query(
         "MATCH (j:Job {job_id: $id})-[:RUNS]->(c:Corpus) "
         "OPTIONAL MATCH (p:Prompt {job_id: $id}) WHERE p.state = 'failed' "
-        "WITH j, c, p ORDER BY p.index LIMIT $k "
-        "RETURN j {.*} AS j, c {.*} AS c, collect(p {.prompt_id, .index, .error, .attempts}) AS failures",
+        "WITH j, c, p ORDER BY p.index "
+        "RETURN j {.*} AS j, c {.*} AS c, collect(p {.prompt_id, .index, .error, .attempts})[..$k] AS failures",
         id=job_id, k=max_failures, database_=database).records
     if not recs:
         raise LookupError(job_id)
