@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 import neo4j
 from fastapi import FastAPI
 
-from service.api import health
+from service.api import analyses, circuits, cypher, features, global_circuits, health
 from service.db import Neo4jPasswordMissing, neo4j_driver
 from service.db.migrations import MigrationError, migrate
 from workers.settings import Settings, get_settings
@@ -57,6 +57,8 @@ def create_app(settings: Settings | None = None, *, run_migrations: bool = True)
         lifespan=lifespan,
     )
     app.include_router(health.router)
+    for module in (circuits, features, global_circuits, analyses, cypher):  # the query API (issue #6)
+        app.include_router(module.router)
     return app
 
 

@@ -12,6 +12,10 @@ app = typer.Typer(help="Circuit Atlas: exact feature-level circuits of transform
 services_app = typer.Typer(help="Local Neo4j and Redis started by the project.", no_args_is_help=True)
 app.add_typer(services_app, name="services")
 
+from service.keys_cli import keys_app  # noqa: E402 - sub-app defined in its own module
+
+app.add_typer(keys_app, name="keys")
+
 
 def _echo(message: str) -> None:
     typer.echo(message, err=True)

@@ -70,7 +70,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 
 def make_celery(settings: Settings | None = None) -> Celery:
-    app = Celery("circuit_atlas", include=["workers.tasks"])
+    app = Celery("circuit_atlas", include=["workers.tasks", "workers.analysis_tasks"])
     app.conf.update(celery_config(settings or get_settings()))
     return app
 

@@ -1,0 +1,40 @@
+"""Cross-prompt analyses as jobs: POST queues one (a Celery task on the cpu queue), GET reads its state."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+
+from service.api.deps import driver_of, settings_of
+from service.auth import ApiKey, require_scope
+from service.schemas.analyses import AnalysisOut, AnalysisRequest
+from workers.analysis import jobs
+
+router = APIRouter(prefix="/analyses", tags=["analyses"])
+
+
+def enqueue_analysis(request: Request, body: AnalysisRequest, key: ApiKey) -> AnalysisOut:
+    from workers.celery_app import CPU_QUEUE, celery_app
+
+    driver, db = driver_of(request), settings_of(request).neo4j_database
+    analysis_id = jobs.create_analysis(driver, body.kind, body.params, key.key_id, database=db)
+    try:
+        celery_app.send_task("atlas.run_analysis", args=[analysis_id], queue=CPU_QUEUE, task_id=analysis_id)
+    except Exception as exc:  # noqa: BLE001 - broker down: record why, tell the client
+        jobs.fail_analysis(driver, analysis_id, f"could not enqueue: {exc}", database=db)
+        raise HTTPException(503, f"the job queue (Redis) is unavailable: {exc}") from None
+    return AnalysisOut(**jobs.get_analysis(driver, analysis_id, database=db))
+
+
+@router.post("", response_model=AnalysisOut, status_code=202,
+             responses={401: {"description": "No or invalid API key"}, 403: {"description": "Key lacks 'write'"}})
+def create_analysis(body: AnalysisRequest, request: Request, key: ApiKey = Depends(require_scope("write"))) -> AnalysisOut:
+    """Queue an analysis; poll GET /analyses/{analysis_id} until status is done or failed."""
+    return enqueue_analysis(request, body, key)
+
+
+@router.get("/{analysis_id}", response_model=AnalysisOut, responses={404: {"description": "Unknown analysis"}})
+def get_analysis(analysis_id: str, request: Request) -> AnalysisOut:
+    a = jobs.get_analysis(driver_of(request), analysis_id, database=settings_of(request).neo4j_database)
+    if a is None:
+        raise HTTPException(404, f"no analysis {analysis_id!r}")
+    return AnalysisOut(**a)

@@ -1,0 +1,101 @@
+"""Stored graphs: list them, read a circuit with read-time pruning (JSON or Neuronpedia), strongest paths.
+
+A complete graph never changes, so its reads carry an ETag (graph id + completion time + the query) and
+``Cache-Control: public, max-age=3600``; ``If-None-Match`` gets a 304.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Literal
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import JSONResponse, Response
+
+from service.api.deps import driver_of, settings_of
+from service.query import circuits as q
+from service.query.paths import MAX_HOPS_LIMIT, graph_paths
+from service.schemas.circuits import CircuitOut, GraphPageOut, PathsOut
+
+router = APIRouter(prefix="/graphs", tags=["circuits"])
+
+
+def cached_json(request: Request, payload: object, seed: str) -> Response:
+    """JSON with an ETag derived from ``seed`` (the immutable graph's identity plus the query)."""
+    etag = '"' + hashlib.sha256(seed.encode()).hexdigest()[:32] + '"'
+    headers = {"ETag": etag, "Cache-Control": "public, max-age=3600"}
+    inm = request.headers.get("if-none-match", "")
+    if etag in [t.strip() for t in inm.split(",")] or inm.strip() == "*":
+        return Response(status_code=304, headers=headers)
+    return JSONResponse(payload, headers=headers)
+
+
+def _graph_or_404(request: Request, graph_id: str) -> dict:
+    try:
+        return q.get_graph(driver_of(request), graph_id, database=settings_of(request).neo4j_database)
+    except q.GraphNotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+
+
+@router.get("", response_model=GraphPageOut)
+def list_graphs(request: Request, corpus_id: str | None = None, offset: int = Query(0, ge=0, le=10_000_000),
+                limit: int = Query(50, ge=1, le=1000)) -> GraphPageOut:
+    """Complete graphs (optionally of one corpus), ordered by graph_id."""
+    items = q.list_graphs(driver_of(request), corpus_id, offset, limit + 1, database=settings_of(request).neo4j_database)
+    more = len(items) > limit
+    return GraphPageOut(items=items[:limit], offset=offset, limit=limit, next_offset=offset + limit if more else None)
+
+
+@router.get("/{graph_id}/circuit", response_model=CircuitOut,
+            responses={200: {"description": "The circuit (CircuitOut), or Neuronpedia graph JSON with "
+                                            "format=neuronpedia."}, 304: {"description": "Not modified"},
+                       404: {"description": "Unknown graph or target node"}})
+def get_circuit(
+    request: Request, graph_id: str,
+    node_threshold: float = Query(0.0, ge=0, description="Keep nodes with influence >= this."),
+    edge_threshold: float = Query(0.0, ge=0, description="Keep edges with |w| >= this."),
+    max_nodes: int = Query(500, ge=0, le=100_000, description="Top-k nodes by influence (besides keep_kinds)."),
+    max_edges: int = Query(5000, ge=0, le=1_000_000, description="Top-k edges by |w|."),
+    keep_kinds: list[str] = Query(list(q.DEFAULT_KEEP_KINDS), description="Node kinds always kept."),
+    target: str | None = Query(None, description="A node id: only its upstream cone (local circuit of a "
+                                                 "feature, or end-to-end circuit of a logit/target).",
+                               examples=["feat:L1.mlp:p4:f17"]),
+    format: Literal["json", "neuronpedia"] = "json",
+) -> Response:
+    """A stored graph's circuit, pruned at read time (rules: service/query/circuits.py)."""
+    driver, db = driver_of(request), settings_of(request).neo4j_database
+    pruning = q.Pruning(node_threshold, edge_threshold, max_nodes, max_edges, tuple(keep_kinds), target)
+    graph = _graph_or_404(request, graph_id)
+    seed = json.dumps([graph_id, str(graph.get("completed_at")), format, pruning.__dict__], default=str, sort_keys=True)
+    etag = '"' + hashlib.sha256(seed.encode()).hexdigest()[:32] + '"'
+    if etag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]:
+        return Response(status_code=304, headers={"ETag": etag, "Cache-Control": "public, max-age=3600"})
+    try:
+        c = q.circuit(driver, graph_id, pruning, database=db)
+    except (q.GraphNotFound, q.NodeNotFound) as exc:
+        raise HTTPException(404, str(exc)) from None
+    if format == "neuronpedia":
+        payload: object = q.to_neuronpedia(c)
+    else:
+        payload = CircuitOut(graph=c.graph, nodes=c.nodes, edges=c.edges, pruning={**pruning.__dict__,
+                             "keep_kinds": list(pruning.keep_kinds)}, stats=c.stats).model_dump(mode="json")
+    return cached_json(request, payload, seed)
+
+
+@router.get("/{graph_id}/paths", response_model=PathsOut, responses={404: {"description": "Unknown graph"}})
+def get_paths(
+    request: Request, graph_id: str,
+    source: str = Query(..., examples=["emb:p2"]), target: str = Query(..., examples=["logit:p7:t42"]),
+    max_hops: int = Query(4, ge=1, le=MAX_HOPS_LIMIT), beam: int = Query(64, ge=1, le=4096),
+    k: int = Query(10, ge=1, le=1000), fanout: int = Query(32, ge=1, le=1000),
+    min_abs_w: float = Query(0.0, ge=0),
+) -> Response:
+    """Strongest paths source -> target in one graph (beam search; service/query/paths.py)."""
+    graph = _graph_or_404(request, graph_id)
+    paths = graph_paths(driver_of(request), graph_id, source, target, max_hops=max_hops, beam=beam, k=k,
+                        fanout=fanout, min_abs_w=min_abs_w, database=settings_of(request).neo4j_database)
+    payload = {"source": source, "target": target, "paths": [p.to_dict() for p in paths]}
+    seed = json.dumps([graph_id, str(graph.get("completed_at")), "paths", source, target, max_hops, beam, k, fanout,
+                       min_abs_w])
+    return cached_json(request, payload, seed)

@@ -1,0 +1,40 @@
+"""POST /cypher: user Cypher, read-only and bounded (service/query/user_cypher.py); needs a 'cypher' key."""
+
+from __future__ import annotations
+
+import threading
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+
+from service.api.deps import driver_of, settings_of
+from service.auth import ApiKey, require_scope
+from service.query.user_cypher import CypherRefused, CypherRunner
+from service.schemas.cypher import CypherOut, CypherRefusal, CypherRequest
+
+router = APIRouter(tags=["cypher"])
+_lock = threading.Lock()
+
+
+def runner_of(request: Request) -> CypherRunner:
+    state = request.app.state
+    with _lock:
+        runner = getattr(state, "cypher_runner", None)
+        if runner is None:
+            runner = state.cypher_runner = CypherRunner(driver_of(request), settings_of(request).neo4j_database)
+    return runner
+
+
+@router.post("/cypher", response_model=CypherOut,
+             responses={401: {"description": "No or invalid API key"}, 403: {"description": "Key lacks 'cypher'"},
+                        422: {"model": CypherRefusal, "description": "Refused: names the rule"},
+                        408: {"model": CypherRefusal, "description": "Timed out"},
+                        429: {"model": CypherRefusal, "description": "Concurrency cap"}})
+def run_cypher(body: CypherRequest, request: Request, key: ApiKey = Depends(require_scope("cypher"))):  # noqa: ANN201
+    """Run a read-only query. Refusals answer ``{"rule", "message"}``; results are capped in rows and bytes
+    (``truncated_by`` says which cap cut the stream)."""
+    try:
+        result = runner_of(request).run(body.query, body.parameters, max_rows=body.max_rows)
+    except CypherRefused as exc:
+        return JSONResponse({"rule": exc.rule, "message": exc.message}, status_code=exc.status)
+    return CypherOut(**result.__dict__)

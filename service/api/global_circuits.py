@@ -1,0 +1,62 @@
+"""Global circuits: corpus-aggregated neighbourhoods and paths between features, virtual weights."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+
+from service.api.analyses import enqueue_analysis
+from service.api.deps import driver_of, settings_of
+from service.auth import ApiKey, require_scope
+from service.query import global_circuits as q
+from service.query.paths import MAX_HOPS_LIMIT, feature_paths
+from service.schemas.analyses import AnalysisOut, AnalysisRequest
+from service.schemas.features import BetweenOut, NeighbourPageOut, VirtualWeightOut, VirtualWeightsRequest
+
+router = APIRouter(prefix="/global", tags=["global circuits"])
+
+
+@router.get("/neighbours", response_model=NeighbourPageOut)
+def neighbours(request: Request, fkey: str = Query(..., examples=["zoo-dset/L1.mlp#17"]),
+               corpus_id: str | None = Query(None, description="Omit to sum over every corpus."),
+               direction: Literal["upstream", "downstream"] = "upstream",
+               rank_by: Literal["norm_w", "sum_abs_w", "n"] = "norm_w",
+               offset: int = Query(0, ge=0, le=10_000_000), limit: int = Query(20, ge=1, le=1000)) -> NeighbourPageOut:
+    """The corpus-aggregated features feeding (upstream) or fed by (downstream) a feature; norm_w =
+    sum_w / the source feature's total activation in the corpus."""
+    items = q.aggregate_neighbours(driver_of(request), fkey, corpus_id, direction, rank_by=rank_by, offset=offset,
+                                   limit=limit + 1, database=settings_of(request).neo4j_database)
+    more = len(items) > limit
+    return NeighbourPageOut(fkey=fkey, corpus_id=corpus_id, direction=direction, items=items[:limit], offset=offset,
+                            limit=limit, next_offset=offset + limit if more else None)
+
+
+@router.get("/between", response_model=BetweenOut)
+def between(request: Request, source: str, target: str, corpus_id: str,
+            max_hops: int = Query(3, ge=1, le=MAX_HOPS_LIMIT), beam: int = Query(64, ge=1, le=4096),
+            k: int = Query(10, ge=1, le=1000), fanout: int = Query(32, ge=1, le=1000),
+            min_abs_w: float = Query(0.0, ge=0)) -> BetweenOut:
+    """The direct aggregate edge and the strongest multi-hop paths between two features of a corpus."""
+    driver, db = driver_of(request), settings_of(request).neo4j_database
+    direct = q.aggregate_edge(driver, source, target, corpus_id, database=db)
+    paths = feature_paths(driver, corpus_id, source, target, max_hops=max_hops, beam=beam, k=k, fanout=fanout,
+                          min_abs_w=min_abs_w, database=db)
+    return BetweenOut(source=source, target=target, corpus_id=corpus_id, direct=direct,
+                      paths=[p.to_dict() for p in paths])
+
+
+@router.get("/virtual-weights", response_model=list[VirtualWeightOut])
+def virtual_weights(request: Request, fkey: str, direction: Literal["upstream", "downstream"] = "upstream",
+                    limit: int = Query(20, ge=1, le=1000)) -> list[VirtualWeightOut]:
+    """Stored weight-level neighbours of a feature (compute them with POST /global/virtual-weights)."""
+    return [VirtualWeightOut(**r) for r in q.virtual_weight_neighbours(
+        driver_of(request), fkey, direction, limit=limit, database=settings_of(request).neo4j_database)]
+
+
+@router.post("/virtual-weights", response_model=AnalysisOut, status_code=202,
+             responses={401: {"description": "No or invalid API key"}, 403: {"description": "Key lacks 'write'"}})
+def compute_virtual_weights(body: VirtualWeightsRequest, request: Request,
+                            key: ApiKey = Depends(require_scope("write"))) -> AnalysisOut:
+    """Queue the virtual-weight job of a registered dictionary set (a worker computes and stores VW edges)."""
+    return enqueue_analysis(request, AnalysisRequest(kind="virtual_weights", params=body.model_dump()), key)

@@ -1,0 +1,311 @@
+"""User Cypher for ``POST /cypher``: read-only and bounded, and every refusal names the rule it hit.
+
+Layers, each enough on its own for the cases it covers (the driver docs say not to rely on access mode
+alone, shared/REFERENCE.md):
+
+1. Lexical (comments, strings and backtick names removed first, so they cannot hide or fake a keyword):
+   one statement, no query options / EXPLAIN / PROFILE prefix, no write or admin keywords, no LOAD CSV,
+   SHOW, TERMINATE, USE, CALL ... IN TRANSACTIONS.
+2. ``EXPLAIN`` in a READ session: the planner's ``query_type`` must be ``'r'``; every plan operator must be
+   on :data:`READ_OPERATORS`; procedure calls only from :data:`PROCEDURE_ALLOWLIST`; every
+   variable-length / quantified / shortest-path pattern must have an upper bound <= ``max_hops``.
+3. Execution in a READ-access session with a server-side per-query timeout (``neo4j.Query(timeout=)``),
+   row and byte caps (the stream is cut, and the answer says so), and a per-process concurrency cap.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import neo4j
+from neo4j import Driver
+from neo4j.graph import Node, Path, Relationship
+
+# Read operators of Neo4j 5.26's planner (slotted/pipelined runtimes), without the '@neo4j' suffix.
+READ_OPERATORS: frozenset[str] = frozenset({
+    "ProduceResults", "Argument", "AllNodesScan", "NodeByLabelScan", "UnionNodeByLabelsScan",
+    "IntersectionNodeByLabelsScan", "SubtractionNodeByLabelsScan", "NodeByIdSeek", "NodeByElementIdSeek",
+    "NodeIndexSeek", "NodeUniqueIndexSeek", "NodeIndexSeekByRange", "NodeUniqueIndexSeekByRange", "NodeIndexScan",
+    "NodeIndexContainsScan", "NodeIndexEndsWithScan", "MultiNodeIndexSeek", "AssertingMultiNodeIndexSeek",
+    "DirectedRelationshipByIdSeek", "UndirectedRelationshipByIdSeek", "DirectedRelationshipByElementIdSeek",
+    "UndirectedRelationshipByElementIdSeek", "DirectedRelationshipIndexSeek", "UndirectedRelationshipIndexSeek",
+    "DirectedRelationshipIndexScan", "UndirectedRelationshipIndexScan", "DirectedRelationshipIndexSeekByRange",
+    "UndirectedRelationshipIndexSeekByRange", "DirectedRelationshipIndexContainsScan",
+    "UndirectedRelationshipIndexContainsScan", "DirectedRelationshipIndexEndsWithScan",
+    "UndirectedRelationshipIndexEndsWithScan", "DirectedRelationshipTypeScan", "UndirectedRelationshipTypeScan",
+    "DirectedUnionRelationshipTypesScan", "UndirectedUnionRelationshipTypesScan", "DirectedAllRelationshipsScan",
+    "UndirectedAllRelationshipsScan", "NodeCountFromCountStore", "RelationshipCountFromCountStore",
+    "Expand(All)", "Expand(Into)", "OptionalExpand(All)", "OptionalExpand(Into)", "VarLengthExpand(All)",
+    "VarLengthExpand(Into)", "VarLengthExpand(Pruning)", "VarLengthExpand(Pruning,BFS)", "BFSPruningVarExpand",
+    "ShortestPath", "StatefulShortestPath(All)", "StatefulShortestPath(Into)", "Repeat(Trail)", "Repeat(Walk)",
+    "BidirectionalRepeat(Trail)", "Trail", "ProjectEndpoints", "Filter", "Projection", "Aggregation",
+    "EagerAggregation", "OrderedAggregation", "Distinct", "OrderedDistinct", "Sort", "PartialSort", "Top",
+    "PartialTop", "Top1WithTies", "Limit", "ExhaustiveLimit", "Skip", "Apply", "SemiApply", "AntiSemiApply",
+    "LetSemiApply", "LetAntiSemiApply", "SelectOrSemiApply", "SelectOrAntiSemiApply", "LetSelectOrSemiApply",
+    "LetSelectOrAntiSemiApply", "RollUpApply", "ConditionalApply", "AntiConditionalApply", "CartesianProduct",
+    "NodeHashJoin", "ValueHashJoin", "NodeLeftOuterHashJoin", "NodeRightOuterHashJoin", "Optional", "Anti",
+    "Union", "OrderedUnion", "Unwind", "PartitionedUnwind", "Eager", "CacheProperties", "AssertSameNode",
+    "AssertSameRelationship", "TriadicSelection", "TriadicBuild", "TriadicFilter", "NullifyMetadata",
+    "ProcedureCall",  # further checked against PROCEDURE_ALLOWLIST
+})
+VAR_LENGTH_OPERATORS = ("VarLengthExpand", "BFSPruningVarExpand", "ShortestPath", "StatefulShortestPath", "Repeat",
+                        "BidirectionalRepeat", "Trail")
+PROCEDURE_ALLOWLIST: frozenset[str] = frozenset({
+    "db.labels", "db.relationshipTypes", "db.propertyKeys", "db.schema.visualization", "db.schema.nodeTypeProperties",
+    "db.schema.relTypeProperties",
+})
+
+# Keywords that write or administer; found as bare words (not property keys, labels or map keys).
+_WRITE_WORDS = {"CREATE", "MERGE", "DELETE", "DETACH", "SET", "REMOVE", "DROP", "FOREACH", "ALTER", "GRANT",
+                "DENY", "REVOKE", "RENAME", "START", "STOP", "ENABLE", "DEALLOCATE", "REALLOCATE", "INSERT",
+                "FINISH"}
+_RULE_WORDS = {"LOAD": "no-load-csv", "SHOW": "no-show", "TERMINATE": "no-terminate", "USE": "no-use",
+               "EXPLAIN": "no-explain-profile", "PROFILE": "no-explain-profile", "CYPHER": "no-query-options",
+               "PERIODIC": "no-writes"}
+_TOKEN = re.compile(r"""
+    (?P<lc>//[^\n]*) | (?P<bc>/\*.*?(\*/|\Z)) |
+    (?P<str>'(?:[^'\\]|\\.)*(?:'|\Z) | "(?:[^"\\]|\\.)*(?:"|\Z)) | (?P<bt>`(?:[^`]|``)*(?:`|\Z)) |
+    (?P<word>[^\W\d]\w*) | (?P<semi>;) | (?P<other>.)
+""", re.VERBOSE | re.DOTALL)
+
+
+@dataclass(frozen=True)
+class CypherLimits:
+    timeout_s: float = 5.0
+    max_rows: int = 1_000
+    max_bytes: int = 2_000_000
+    max_hops: int = 6  # upper bound allowed on variable-length patterns
+    max_query_chars: int = 20_000
+    max_param_bytes: int = 100_000
+
+
+class CypherRefused(Exception):
+    """The query broke a rule; ``rule`` names it (shown to the user with ``message``)."""
+
+    def __init__(self, rule: str, message: str, status: int = 422) -> None:
+        super().__init__(f"[{rule}] {message}")
+        self.rule = rule
+        self.message = message
+        self.status = status
+
+
+@dataclass
+class CypherResult:
+    columns: list[str]
+    rows: list[list[Any]]
+    truncated: bool
+    truncated_by: str | None  # "max_rows" | "max_bytes" | None
+    elapsed_ms: float
+    plan_operators: list[str] = field(default_factory=list)
+
+
+def lexical_check(query: str, limits: CypherLimits) -> None:
+    """Rules that need no server; raises CypherRefused."""
+    if not query.strip():
+        raise CypherRefused("non-empty", "the query is empty")
+    if len(query) > limits.max_query_chars:
+        raise CypherRefused("query-size", f"the query has {len(query):,} characters; the limit is "
+                                          f"{limits.max_query_chars:,}")
+    tokens: list[tuple[str, str]] = []
+    for m in _TOKEN.finditer(query):
+        kind = m.lastgroup or "other"
+        if kind in ("lc", "bc"):
+            continue
+        if kind == "other" and m.group().isspace():
+            continue
+        tokens.append((kind, m.group()))
+    significant = [t for t in tokens if t[0] != "semi"]
+    for i, (kind, _text) in enumerate(tokens):
+        if kind == "semi" and any(k != "semi" for k, _ in tokens[i + 1:]):
+            raise CypherRefused("single-statement", "only one statement per request (found ';' between statements)")
+    for i, (kind, text) in enumerate(significant):
+        if kind != "word":
+            continue
+        prev = significant[i - 1][1] if i else ""
+        nxt = significant[i + 1][1] if i + 1 < len(significant) else ""
+        # `n.set`, `:Set` and `{set: 1}` are names, not keywords.
+        if prev in (".", ":", "$") or (nxt == ":" and prev in ("{", ",")):
+            continue
+        word = text.upper()
+        if word in _WRITE_WORDS:
+            raise CypherRefused("no-writes", f"'{text}' writes or administers the database; /cypher is read-only")
+        if word in _RULE_WORDS:
+            rule = _RULE_WORDS[word]
+            raise CypherRefused(rule, {
+                "no-load-csv": "LOAD CSV reads files and URLs from the server; not allowed",
+                "no-show": "SHOW commands (transactions, users, settings, ...) are not allowed",
+                "no-terminate": "TERMINATE is not allowed",
+                "no-use": "USE (choosing another database or graph) is not allowed",
+                "no-explain-profile": "EXPLAIN/PROFILE are added by the server; send the bare query",
+                "no-query-options": "CYPHER query options (runtime, planner, version) are not allowed",
+                "no-writes": "periodic commit writes; /cypher is read-only",
+            }[rule])
+        if word == "TRANSACTIONS" and prev.upper() == "IN":
+            raise CypherRefused("no-writes", "CALL { ... } IN TRANSACTIONS is for batched writes; not allowed")
+
+
+def _walk(plan: dict) -> list[dict]:
+    out = [plan]
+    for child in plan.get("children", []) or []:
+        out.extend(_walk(child))
+    return out
+
+
+def _upper_bounds(details: str) -> list[int | None]:
+    """Upper bounds of every var-length pattern in an operator's Details (None = unbounded)."""
+    bounds: list[int | None] = []
+    for m in re.finditer(r"\*(\d*)(\.\.)?(\d*)\s*\]", details):
+        lo, dots, hi = m.groups()
+        bounds.append(int(hi) if dots and hi else (None if dots or not lo else int(lo)))
+    for m in re.finditer(r"\{\s*(\d*)\s*(,)?\s*(\d*)\s*\}", details):
+        lo, comma, hi = m.groups()
+        if not lo and not hi:
+            continue  # a map literal, not a quantifier
+        bounds.append(int(hi) if comma and hi else (None if comma else int(lo)))
+    return bounds
+
+
+def plan_check(query_type: str | None, plan: dict | None, limits: CypherLimits) -> list[str]:
+    """Rules on the planner's answer to EXPLAIN; returns the operator names. Raises CypherRefused."""
+    if query_type != "r":
+        raise CypherRefused("read-only", f"the planner classifies this query as {query_type!r}; only read "
+                                         "queries ('r') are allowed")
+    if plan is None:
+        raise CypherRefused("plan-required", "the server returned no plan for EXPLAIN; cannot vet the query")
+    names: list[str] = []
+    for op in _walk(plan):
+        name = str(op.get("operatorType", "")).split("@", 1)[0]
+        names.append(name)
+        details = str((op.get("args") or op.get("arguments") or {}).get("Details") or "")
+        if name not in READ_OPERATORS:
+            raise CypherRefused("operator-allowlist", f"plan operator {name!r} is not on the read allowlist")
+        if name == "ProcedureCall":
+            proc = details.split("(", 1)[0].strip()
+            if proc not in PROCEDURE_ALLOWLIST:
+                raise CypherRefused("procedure-allowlist", f"procedure {proc!r} is not allowed; allowed: "
+                                                           f"{', '.join(sorted(PROCEDURE_ALLOWLIST))}")
+        if name.startswith(VAR_LENGTH_OPERATORS):
+            bounds = _upper_bounds(details)
+            if not bounds:
+                raise CypherRefused("bounded-var-length", f"cannot read the length bound of {name} ({details!r}); "
+                                                          f"write it as -[*1..{limits.max_hops}]->")
+            for b in bounds:
+                if b is None or b > limits.max_hops:
+                    raise CypherRefused("bounded-var-length", f"variable-length pattern in {name} has upper bound "
+                                        f"{'none' if b is None else b}; give one <= {limits.max_hops} "
+                                        f"(e.g. -[*1..{limits.max_hops}]->)")
+    return names
+
+
+def _check_params(params: dict[str, Any], limits: CypherLimits) -> None:
+    try:
+        size = len(json.dumps(params))
+    except (TypeError, ValueError) as exc:
+        raise CypherRefused("parameters", f"parameters must be JSON values: {exc}") from None
+    if size > limits.max_param_bytes:
+        raise CypherRefused("parameters", f"parameters are {size:,} bytes of JSON; the limit is "
+                                          f"{limits.max_param_bytes:,}")
+
+
+def to_json(value: Any) -> Any:
+    """A Neo4j value as JSON (nodes, relationships and paths as dicts; temporal values as ISO strings)."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, Node):
+        return {"element_id": value.element_id, "labels": sorted(value.labels),
+                "properties": {k: to_json(v) for k, v in value.items()}}
+    if isinstance(value, Relationship):
+        return {"element_id": value.element_id, "type": value.type,
+                "start": value.start_node.element_id if value.start_node else None,
+                "end": value.end_node.element_id if value.end_node else None,
+                "properties": {k: to_json(v) for k, v in value.items()}}
+    if isinstance(value, Path):
+        return {"nodes": [to_json(n) for n in value.nodes], "relationships": [to_json(r) for r in value.relationships]}
+    if isinstance(value, list | tuple):
+        return [to_json(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): to_json(v) for k, v in value.items()}
+    if isinstance(value, bytes | bytearray):
+        return base64.b64encode(bytes(value)).decode()
+    return str(value)
+
+
+class CypherRunner:
+    """Vets and runs user queries; one per app (it holds the concurrency cap)."""
+
+    def __init__(self, driver: Driver, database: str | None = None, limits: CypherLimits | None = None,
+                 max_concurrent: int = 4) -> None:
+        self.driver = driver
+        self.database = database
+        self.limits = limits or CypherLimits()
+        self.max_concurrent = max_concurrent
+        self._slots = threading.BoundedSemaphore(max_concurrent)
+
+    def explain(self, query: str, params: dict[str, Any]) -> list[str]:
+        """Lexical and plan checks; returns the plan's operator names."""
+        lexical_check(query, self.limits)
+        _check_params(params, self.limits)
+        try:
+            with self.driver.session(database=self.database, default_access_mode=neo4j.READ_ACCESS) as session:
+                summary = session.run(neo4j.Query("EXPLAIN " + query, timeout=self.limits.timeout_s), params).consume()
+        except neo4j.exceptions.CypherSyntaxError as exc:
+            raise CypherRefused("syntax", f"the server could not parse the query: {exc.message}") from None
+        except neo4j.exceptions.ClientError as exc:
+            raise CypherRefused("explain", f"the server refused to plan the query ({exc.code}): {exc.message}") from None
+        return plan_check(summary.query_type, summary.plan, self.limits)
+
+    def run(self, query: str, params: dict[str, Any] | None = None, *, max_rows: int | None = None) -> CypherResult:
+        params = dict(params or {})
+        max_rows = self.limits.max_rows if max_rows is None else min(max_rows, self.limits.max_rows)
+        if not self._slots.acquire(blocking=False):
+            raise CypherRefused("concurrency-cap", f"{self.max_concurrent} user queries are already running; retry "
+                                                   "shortly", status=429)
+        try:
+            t0 = time.perf_counter()
+            operators = self.explain(query, params)
+            rows: list[list[Any]] = []
+            n_bytes = 0
+            truncated_by: str | None = None
+            try:
+                with self.driver.session(database=self.database, default_access_mode=neo4j.READ_ACCESS) as session:
+                    result = session.run(neo4j.Query(query, timeout=self.limits.timeout_s), params)
+                    columns = list(result.keys())
+                    for record in result:
+                        if len(rows) >= max_rows:
+                            truncated_by = "max_rows"
+                            break
+                        row = [to_json(v) for v in record.values()]
+                        n_bytes += len(json.dumps(row))
+                        if n_bytes > self.limits.max_bytes:
+                            truncated_by = "max_bytes"
+                            break
+                        rows.append(row)
+                    # Leaving the session discards the rest of the stream and ends the transaction.
+            except neo4j.exceptions.ClientError as exc:
+                if "TransactionTimedOut" in (exc.code or "") or "Terminated" in (exc.code or ""):
+                    raise CypherRefused("timeout", f"the query ran longer than {self.limits.timeout_s:g} s and was "
+                                                   "stopped", status=408) from None
+                if "AccessMode" in (exc.code or "") or "Forbidden" in (exc.code or ""):
+                    raise CypherRefused("read-only", f"the server refused a write: {exc.message}") from None
+                raise CypherRefused("execution", f"the query failed ({exc.code}): {exc.message}") from None
+            except neo4j.exceptions.TransientError as exc:
+                if "Terminated" in (exc.code or "") or "Timed" in (exc.code or ""):
+                    raise CypherRefused("timeout", f"the query ran longer than {self.limits.timeout_s:g} s and was "
+                                                   "stopped", status=408) from None
+                raise CypherRefused("execution", f"the query failed ({exc.code}): {exc.message}", status=503) from None
+            except neo4j.exceptions.DatabaseError as exc:
+                raise CypherRefused("execution", f"the query failed ({exc.code}): {exc.message}") from None
+            return CypherResult(columns=columns, rows=rows, truncated=truncated_by is not None,
+                                truncated_by=truncated_by, elapsed_ms=(time.perf_counter() - t0) * 1e3,
+                                plan_operators=operators)
+        finally:
+            self._slots.release()

@@ -1,0 +1,32 @@
+"""Request and response of the analysis jobs (workers/analysis/jobs.py)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+AnalysisKind = Literal["recurring_features", "consensus_circuit", "circuit_difference", "cluster_prompts",
+                       "virtual_weights"]
+
+
+class AnalysisRequest(BaseModel):
+    kind: AnalysisKind
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="recurring_features / consensus_circuit / cluster_prompts: graph_ids or corpus_id (+ prompt_ids), "
+                    "min_influence, and min_graphs | min_fraction | threshold; circuit_difference: graph_a, graph_b; "
+                    "virtual_weights: dictionary_set_id, top_k.",
+        examples=[{"corpus_id": "ioi-demo", "min_fraction": 0.8}],
+    )
+
+
+class AnalysisOut(BaseModel):
+    analysis_id: str
+    kind: str
+    status: Literal["queued", "running", "done", "failed"]
+    params: dict[str, Any]
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    created_at: float | None = None
+    finished_at: float | None = None

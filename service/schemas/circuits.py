@@ -1,0 +1,71 @@
+"""Response shapes of the circuit, graph-list and path routes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class NodeOut(BaseModel):
+    node_id: str = Field(examples=["feat:L1.mlp:p4:f17"])
+    kind: str = Field(examples=["feature"])
+    layer: int | None = None
+    pos: int | None = None
+    feature: int | None = None
+    dictionary: str | None = None
+    fkey: str | None = Field(None, examples=["zoo-dset/L1.mlp#17"])
+    activation: float | None = None
+    influence: float | None = None
+    token: str | None = None
+
+
+class EdgeOut(BaseModel):
+    source: str = Field(examples=["emb:p3"])
+    target: str = Field(examples=["feat:L1.mlp:p4:f17"])
+    weight: float = Field(description="Signed direct effect of source on target.", examples=[0.42])
+
+
+class PruningOut(BaseModel):
+    node_threshold: float
+    edge_threshold: float
+    max_nodes: int
+    max_edges: int
+    keep_kinds: list[str]
+    target: str | None
+
+
+class CircuitOut(BaseModel):
+    graph: dict[str, Any] = Field(description="The Graph node: ids, model, target, settings, metrics, provenance.")
+    nodes: list[NodeOut]
+    edges: list[EdgeOut]
+    pruning: PruningOut
+    stats: dict[str, Any]
+
+
+class GraphSummaryOut(BaseModel):
+    graph_id: str
+    corpus_id: str | None
+    prompt_id: str | None
+    model: str | None
+    n_nodes: int | None
+    n_edges: int | None
+
+
+class GraphPageOut(BaseModel):
+    items: list[GraphSummaryOut]
+    offset: int
+    limit: int
+    next_offset: int | None = Field(description="Pass as ?offset= for the next page; null on the last page.")
+
+
+class PathOut(BaseModel):
+    nodes: list[str]
+    weights: list[float]
+    product: float = Field(description="Product of the edge weights along the path (ranked by |product|).")
+
+
+class PathsOut(BaseModel):
+    source: str
+    target: str
+    paths: list[PathOut]

@@ -1,0 +1,104 @@
+"""Response shapes of the feature-page and global-circuit routes."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from service.schemas.circuits import PathOut
+
+
+class ContextToken(BaseModel):
+    pos: int
+    token: str | None
+
+
+class ActivationOut(BaseModel):
+    graph_id: str
+    corpus_id: str | None
+    prompt_id: str | None
+    node_id: str
+    pos: int | None
+    activation: float | None
+    influence: float | None
+    context: list[ContextToken] = Field(description="Prompt tokens around the position (from the graph's "
+                                                    "embedding nodes).")
+
+
+class NeighbourOut(BaseModel):
+    fkey: str = Field(examples=["zoo-dset/L0.mlp#3"])
+    dictionary: str | None
+    index: int | None
+    sum_w: float = Field(description="Σ of signed direct effects over every instance pair in the corpus.")
+    sum_abs_w: float
+    n: int = Field(description="Number of instance-pair edges aggregated.")
+    source_activation_mass: float | None = Field(description="Σ of the source feature's activations over all "
+                                                             "its instances in the corpus (the normaliser).")
+    norm_w: float | None = Field(description="sum_w / source_activation_mass.")
+
+
+class FrequencyOut(BaseModel):
+    corpus_id: str
+    n_instances: int
+    n_graphs: int
+    corpus_graphs: int
+    sum_activation: float
+    graph_fraction: float | None
+
+
+class FeatureInfo(BaseModel):
+    fkey: str
+    dictionary: str | None = None
+    index: int | None = None
+    dictionary_set: str | None = None
+
+
+class FeaturePageOut(BaseModel):
+    feature: FeatureInfo
+    corpus_id: str | None
+    top_activations: list[ActivationOut]
+    upstream: list[NeighbourOut]
+    downstream: list[NeighbourOut]
+    frequency: list[FrequencyOut]
+
+
+class ActivationPageOut(BaseModel):
+    items: list[ActivationOut]
+    offset: int
+    limit: int
+    next_offset: int | None
+
+
+class NeighbourPageOut(BaseModel):
+    fkey: str
+    corpus_id: str | None
+    direction: str
+    items: list[NeighbourOut]
+    offset: int
+    limit: int
+    next_offset: int | None
+
+
+class AggregateEdgeOut(BaseModel):
+    sum_w: float
+    sum_abs_w: float
+    n: int
+    source_activation_mass: float | None
+    norm_w: float | None
+
+
+class BetweenOut(BaseModel):
+    source: str
+    target: str
+    corpus_id: str
+    direct: AggregateEdgeOut | None
+    paths: list[PathOut]
+
+
+class VirtualWeightOut(BaseModel):
+    fkey: str
+    w: float
+
+
+class VirtualWeightsRequest(BaseModel):
+    dictionary_set_id: str = Field(examples=["zoo-dset"])
+    top_k: int = Field(16, ge=1, le=1024, description="Incoming virtual weights kept per transcoder feature.")

@@ -1,0 +1,31 @@
+"""Celery tasks of the query API's jobs: cross-prompt analyses and virtual weights (workers/analysis/).
+
+``atlas.run_analysis(analysis_id)`` (cpu queue) runs one ``(:Analysis)`` node's job and stores its result
+there (``workers.analysis.jobs.run_analysis``; idempotent: a done analysis is not rerun). Transient Neo4j
+errors are retried with backoff; anything else marks the analysis failed with its cause.
+"""
+
+from __future__ import annotations
+
+import neo4j
+
+from workers.analysis import jobs
+from workers.celery_app import CPU_QUEUE, celery_app
+from workers.settings import get_settings
+
+_TRANSIENT = (neo4j.exceptions.ServiceUnavailable, neo4j.exceptions.SessionExpired, neo4j.exceptions.TransientError)
+
+
+@celery_app.task(name="atlas.run_analysis", bind=True, acks_late=True, queue=CPU_QUEUE, max_retries=5)
+def run_analysis(self, analysis_id: str) -> str:  # noqa: ANN001 - celery Task
+    from service.db import neo4j_driver
+
+    settings = get_settings()
+    with neo4j_driver(settings) as driver:
+        try:
+            return jobs.run_analysis(driver, analysis_id, database=settings.neo4j_database)
+        except _TRANSIENT as exc:
+            raise self.retry(exc=exc, countdown=min(60, 2 ** self.request.retries)) from exc
+        except Exception as exc:
+            jobs.fail_analysis(driver, analysis_id, f"{type(exc).__name__}: {exc}", database=settings.neo4j_database)
+            raise
