@@ -94,7 +94,9 @@ def compute_prompt(self, prompt_id: str) -> str:  # noqa: ANN001 - bound Celery 
     settings = get_settings()
     try:
         driver, r, cache = _process_clients()
-        return run_prompt(driver, r, cache, cfg, prompt_id, settings.neo4j_database, on_job_finished=enqueue_finish_corpus)
+        # The task id is the writer token: a retry or redelivery of this task takes over its own graph lease.
+        return run_prompt(driver, r, cache, cfg, prompt_id, settings.neo4j_database,
+                          on_job_finished=enqueue_finish_corpus, writer_token=self.request.id)
     except LookupError:
         return "missing"  # the job was deleted (a submission that failed half-way): nothing to do
     except SoftTimeLimitExceeded:

@@ -129,12 +129,16 @@ def test_retry_after_a_crash_mid_write_leaves_one_graph(neo4j_driver, unique_id,
     assert_aggregates_equal(aggregates(neo4j_driver, unique_id), expected_aggregates(rec))
 
 
-def test_a_live_lease_keeps_a_second_writer_out(neo4j_driver, unique_id):
+def test_a_live_lease_keeps_other_writers_out_but_not_the_same_writer_retrying(neo4j_driver, unique_id):
     rec = random_record(f"{unique_id}-g", unique_id, unique_id, seed=4)
     with pytest.raises(Crash):
-        write_graph(neo4j_driver, rec, should_stop=lambda: (_ for _ in ()).throw(Crash()), lease_s=60.0)
+        write_graph(neo4j_driver, rec, should_stop=lambda: (_ for _ in ()).throw(Crash()), lease_s=60.0,
+                    token="task-a")
     with pytest.raises(GraphBusy):
-        write_graph(neo4j_driver, rec)
+        write_graph(neo4j_driver, rec, token="task-b")
+    assert write_graph(neo4j_driver, rec, token="task-a").written  # the same task, redelivered
+    assert_one_complete_copy(neo4j_driver, rec)
+    assert_aggregates_equal(aggregates(neo4j_driver, unique_id), expected_aggregates(rec))
 
 
 def test_cancelled_write_leaves_nothing(neo4j_driver, unique_id, monkeypatch):

@@ -168,7 +168,7 @@ def compute_graph(loaded: Loaded, work: jobs.PromptWork, check: Callable[[str], 
 
 def run_prompt(driver: Driver, r: redis_lib.Redis, cache: ModelCache, cfg: PipelineSettings, prompt_id: str,
                database: str | None = None, on_start: Callable[[jobs.PromptWork], None] | None = None,
-               on_job_finished: Callable[[str], None] | None = None) -> str:
+               on_job_finished: Callable[[str], None] | None = None, writer_token: str | None = None) -> str:
     """Compute and store one prompt; returns its outcome ('done', 'cancelled', 'failed', or the final state
     a duplicate delivery found). Transient Neo4j/Redis errors propagate (the task retries them).
     ``on_job_finished(job_id)`` runs when this prompt's outcome was the job's last one."""
@@ -211,7 +211,8 @@ def run_prompt(driver: Driver, r: redis_lib.Redis, cache: ModelCache, cfg: Pipel
                 g, graph_id=graph_id, prompt_id=prompt_id, corpus_id=work.corpus_id, model=work.model_id,
                 dictionary_set=work.dictionary_set_id, pruned=pr, max_features=work.settings.get("max_features"),
                 settings=work.settings, metrics={"seconds_attribution": g.provenance.get("timings_s", {}).get("total")})
-            write_graph(driver, rec, database=database, should_stop=lambda: jobs.is_cancelled(r, work.job_id))
+            write_graph(driver, rec, database=database, should_stop=lambda: jobs.is_cancelled(r, work.job_id),
+                        token=writer_token)
     except (PromptCancelled, InterruptedError) as exc:
         return finish(work.job_id, "cancelled", str(exc), time.perf_counter() - t0)
     except PermanentFailure as exc:

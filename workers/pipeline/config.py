@@ -22,7 +22,7 @@ class PipelineSettings(BaseSettings):
     reaper_interval_s: float = 10.0
     # Celery retries of a prompt after transient Neo4j/Redis errors (exponential backoff, capped).
     max_retries: int = 10
-    retry_backoff_max_s: float = 30.0
+    retry_backoff_max_s: float = 10.0
     # Fault-injection for tests only: each worker sleeps this long in the attribution stage, so that a
     # test can kill it mid-prompt. Never set in production.
     fault_delay_s: float = 0.0

@@ -247,11 +247,16 @@ def write_graph(
     database: str | None = None,
     lease_s: float = DEFAULT_LEASE_S,
     should_stop=None,
+    token: str | None = None,
 ) -> WriteResult:
     """Write one graph exactly once. ``should_stop()`` is checked between batches (job cancellation);
-    when it returns True the partial write is removed and ``InterruptedError`` is raised."""
+    when it returns True the partial write is removed and ``InterruptedError`` is raised.
+
+    ``token`` identifies the writer (default: random). A retry or redelivery of the same logical writer
+    (the same Celery task id) passes the same token and takes over its own lease at once instead of
+    waiting for it to expire."""
     t0 = time.perf_counter()
-    token = uuid.uuid4().hex
+    token = token or uuid.uuid4().hex
     node_ids = {n.node_id for n in rec.nodes}
     if len(node_ids) != len(rec.nodes):
         raise ValueError(f"graph {rec.graph_id}: node ids are not unique")
