@@ -79,6 +79,25 @@ def make_llama(n_layer: int = 3, d: int = 64, vocab: int = 97, seed: int = 0) ->
     return m
 
 
+def make_gemma3(n_layer: int = 3, d: int = 64, vocab: int = 97, seed: int = 0):
+    """Gemma 3 features the engine must handle: (1 + w) RMSNorms, QK-norm, post-norms, scaled embeddings,
+    sliding-window layers, a final logit softcap. A larger init keeps the random model well conditioned
+    (at 0.02 its MLP outputs are tiny and post-norm scales of ~400 amplify float rounding)."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(seed)
+    cfg = Gemma3TextConfig(vocab_size=vocab, hidden_size=d, intermediate_size=2 * d, num_hidden_layers=n_layer,
+                           num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=128,
+                           sliding_window=4, layer_types=["sliding_attention"] * (n_layer - 1) + ["full_attention"],
+                           final_logit_softcapping=30.0, query_pre_attn_scalar=16, initializer_range=0.3)
+    m = Gemma3ForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if "norm" in name:
+                p.add_(0.3 * torch.randn_like(p))
+    return m
+
+
 def make_dicts(model, n_layer: int, d: int, d_dict: int = 128, sites=("attn", "mlp"), seed: int = 1,
                skip: bool = True, activation: str = "relu") -> DictionarySet:
     gen = torch.Generator().manual_seed(seed)
@@ -97,10 +116,13 @@ PROMPTS = [
 ]
 
 
-@pytest.fixture(scope="module", params=["gpt2", "llama"])
+MAKERS = {"gpt2": make_gpt2, "llama": make_llama, "gemma3": make_gemma3}
+
+
+@pytest.fixture(scope="module", params=list(MAKERS))
 def lin(request) -> Linearised:
     n_layer, d = 3, 64
-    model = make_gpt2(n_layer, d) if request.param == "gpt2" else make_llama(n_layer, d)
+    model = MAKERS[request.param](n_layer, d)
     dicts = make_dicts(model, n_layer, d)
     lin = Linearised(model, dicts)
     calibrate(lin, PROMPTS[0])
