@@ -130,8 +130,8 @@ def lexical_check(query: str, limits: CypherLimits) -> None:
             continue
         prev = significant[i - 1][1] if i else ""
         nxt = significant[i + 1][1] if i + 1 < len(significant) else ""
-        # `n.set`, `:Set` and `{set: 1}` are names, not keywords.
-        if prev in (".", ":", "$") or (nxt == ":" and prev in ("{", ",")):
+        # `n.set`, `:Set`, `{set: 1}` and `AS set` are names, not keywords (the plan check still applies).
+        if prev in (".", ":", "$") or prev.upper() == "AS" or (nxt == ":" and prev in ("{", ",")):
             continue
         word = text.upper()
         if word in _WRITE_WORDS:

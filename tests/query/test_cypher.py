@@ -1,0 +1,223 @@
+"""POST /cypher: a hostile-query corpus against the real server. None may change the database (counts and
+a checksum of every node and relationship before/after) or outlive its timeout; each refusal names its rule.
+Each guard layer (lexical, EXPLAIN plan, READ access mode) is also tested on its own."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+
+import neo4j
+import pytest
+
+from service.query.user_cypher import CypherLimits, CypherRefused, CypherRunner, lexical_check, plan_check
+
+LIMITS = CypherLimits(timeout_s=2.0, max_rows=50, max_bytes=20_000, max_hops=4)
+SLACK_S = 3.0  # a refused/timed-out query must answer within timeout + this
+
+# (query, rule it must hit); None = any refusal (e.g. a syntax error on a mangled keyword)
+HOSTILE: list[tuple[str, str | None]] = [
+    ("CREATE (n:Pwned) RETURN n", "no-writes"),
+    ("create (n:Pwned)", "no-writes"),
+    ("CrEaTe (:Pwned)", "no-writes"),
+    ("MATCH (n) SET n.pwned = 1", "no-writes"),
+    ("MATCH (n) DETACH DELETE n", "no-writes"),
+    ("MATCH (n) WITH n LIMIT 1 DELETE n", "no-writes"),
+    ("MERGE (n:Pwned {x: 1})", "no-writes"),
+    ("MATCH (n:Feature) REMOVE n.fkey", "no-writes"),
+    ("FOREACH (x IN [1] | CREATE (:Pwned))", "no-writes"),
+    ("UNWIND [1, 2] AS x CREATE (:Pwned {x: x})", "no-writes"),
+    ("/* harmless */ CREATE (:Pwned)", "no-writes"),
+    ("MATCH (n) RETURN n // comment\n; CREATE (:Pwned)", "single-statement"),
+    ("RETURN 1; CREATE (:Pwned)", "single-statement"),
+    ("MATCH (n) WITH n LIMIT 1 CALL (n) { SET n.x = 1 } RETURN 1", "no-writes"),
+    ("CALL () { CALL () { CREATE (:Pwned) } } RETURN 1", "no-writes"),
+    ("MATCH (n) CALL (n) { DELETE n } IN TRANSACTIONS RETURN 1", "no-writes"),
+    ("CREATE INDEX pwned FOR (n:Pwned) ON (n.x)", "no-writes"),
+    ("CREATE CONSTRAINT pwned FOR (n:Pwned) REQUIRE n.x IS UNIQUE", "no-writes"),
+    ("DROP CONSTRAINT node_uid_unique", "no-writes"),
+    ("DROP INDEX node_fkey", "no-writes"),
+    ("CALL db.createLabel('Pwned')", "read-only"),
+    ("CALL db.createProperty('pwned')", "read-only"),
+    ("CALL db.createRelationshipType('PWNED')", "read-only"),
+    ("CALL db.info()", "procedure-allowlist"),
+    ("CALL db.stats.retrieve('GRAPH COUNTS')", "procedure-allowlist"),
+    ("CALL db.clearQueryCaches()", None),
+    ("CALL dbms.setConfigValue('db.logs.query.enabled', 'OFF')", None),
+    ("CALL dbms.components()", None),
+    ("CALL dbms.listConfig()", None),
+    ("CALL db.awaitIndexes(1)", None),
+    ("CALL apoc.cypher.runWrite('CREATE (:Pwned)', {})", None),
+    ("call DB.LABELS()", None),
+    ("LOAD CSV FROM 'file:///etc/passwd' AS line RETURN line", "no-load-csv"),
+    ("load csv from 'https://example.com/x.csv' as l return l", "no-load-csv"),
+    ("SHOW TRANSACTIONS", "no-show"),
+    ("SHOW USERS", "no-show"),
+    ("show settings yield name return name", "no-show"),
+    ("TERMINATE TRANSACTIONS 'neo4j-transaction-1'", "no-terminate"),
+    ("USE system SHOW USERS", "no-use"),
+    ("USE neo4j MATCH (n) RETURN n LIMIT 1", "no-use"),
+    ("CYPHER runtime=interpreted CREATE (:Pwned)", "no-query-options"),
+    ("EXPLAIN CREATE (:Pwned)", "no-explain-profile"),
+    ("PROFILE MATCH (n) RETURN n", "no-explain-profile"),
+    ("\uff23\uff32\uff25\uff21\uff34\uff25 (:Pwned)", None),  # fullwidth CREATE
+    ("CRE\u200bATE (:Pwned)", None),  # zero-width space inside the keyword
+    ("CREATE\u00a0(:Pwned)", "no-writes"),  # no-break space after it
+    ("MATCH (n) RETURN n /* \u2028 */ ; CREATE (:Pwned)", "single-statement"),
+    ("CREATE (:`Pwned`)", "no-writes"),
+    ("CREATE (:Pwned {name: '\u0000'})", "no-writes"),
+    ("MATCH (a)-[*]->(b) RETURN count(*)", "bounded-var-length"),
+    ("MATCH (a)-[*2..]->(b) RETURN count(*)", "bounded-var-length"),
+    ("MATCH (a)-[*1..20]->(b) RETURN count(*)", "bounded-var-length"),
+    ("MATCH p = shortestPath((a)-[*]-(b)) RETURN p", "bounded-var-length"),
+    ("MATCH (a) ((x)-->(y))+ (b) RETURN count(*)", "bounded-var-length"),
+    ("MATCH (a) ((x)-->(y) WHERE x.layer > 0){1,} (b) RETURN count(*)", "bounded-var-length"),
+    ("MATCH p = ANY SHORTEST (a)-->+(b) RETURN p", "bounded-var-length"),
+    ("", "non-empty"),
+    ("RETURN 1 " + "+ 1 " * 6000, "query-size"),
+    ("MATCH (n RETURN n", "syntax"),
+]
+
+# Huge but read-only: must be stopped by the timeout or capped, never outlive the timeout.
+EXPENSIVE = [
+    "MATCH (a), (b), (c), (d) RETURN count(*)",
+    "UNWIND range(1, 1000000000) AS x WITH x WHERE x % 7 = 100 RETURN count(x)",
+    "MATCH (a)-[*1..4]-(b) RETURN count(*)",
+]
+
+
+def fingerprint(driver, db: str) -> tuple:  # noqa: ANN001
+    """Counts plus a sha256 over every node's and relationship's id, labels/type and properties."""
+    h = hashlib.sha256()
+    with driver.session(database=db) as s:
+        for r in s.run("MATCH (n) RETURN elementId(n) AS id, labels(n) AS l, properties(n) AS p ORDER BY id"):
+            h.update(json.dumps([r["id"], sorted(r["l"]), r["p"]], sort_keys=True, default=str).encode())
+        for r in s.run("MATCH ()-[e]->() RETURN elementId(e) AS id, type(e) AS t, properties(e) AS p ORDER BY id"):
+            h.update(json.dumps([r["id"], r["t"], r["p"]], sort_keys=True, default=str).encode())
+        n = s.run("MATCH (n) RETURN count(n) AS c").single()["c"]
+        m = s.run("MATCH ()-[e]->() RETURN count(e) AS c").single()["c"]
+        schema = sorted(r["name"] for r in s.run("SHOW INDEXES YIELD name RETURN name"))
+        schema += sorted(r["name"] for r in s.run("SHOW CONSTRAINTS YIELD name RETURN name"))
+    return n, m, h.hexdigest(), tuple(schema)
+
+
+@pytest.fixture
+def runner(neo4j_driver, settings):  # noqa: ANN001, ANN201
+    return CypherRunner(neo4j_driver, settings.neo4j_database, LIMITS, max_concurrent=2)
+
+
+def test_hostile_corpus_is_refused_names_the_rule_and_changes_nothing(runner, neo4j_driver, settings):
+    before = fingerprint(neo4j_driver, settings.neo4j_database)
+    wrong = []
+    for query, rule in HOSTILE:
+        t0 = time.perf_counter()
+        try:
+            result = runner.run(query)
+        except CypherRefused as exc:
+            assert exc.message, query
+            if rule is not None and exc.rule != rule:
+                wrong.append((query, rule, exc.rule, exc.message))
+        else:
+            wrong.append((query, rule, "ran", result.rows[:3]))
+        assert time.perf_counter() - t0 < LIMITS.timeout_s + SLACK_S, query
+    assert wrong == [], "\n".join(map(repr, wrong))
+    assert fingerprint(neo4j_driver, settings.neo4j_database) == before
+
+
+def test_expensive_reads_are_stopped_by_the_timeout(runner, neo4j_driver, settings, store):
+    from tests.query.graphs import make_records
+    from workers.store.records import NodeRow
+
+    # Enough nodes that a 4-way cartesian product cannot finish in 2 s.
+    nodes = [NodeRow(f"feat:L0.mlp:p0:f{i}", "feature", 0, 0, feature=i, dictionary="L0.mlp", activation=1.0)
+             for i in range(300)]
+    store(make_records([(nodes, [(nodes[i].node_id, nodes[i + 1].node_id) for i in range(299)], [0.5] * 299)]))
+    before = fingerprint(neo4j_driver, settings.neo4j_database)
+    outcomes = []
+    for query in EXPENSIVE:
+        t0 = time.perf_counter()
+        try:
+            result = runner.run(query)
+            assert result.rows, query  # finished in time: fine, it is a read
+            outcomes.append("finished")
+        except CypherRefused as exc:
+            assert exc.rule == "timeout", (query, exc)
+            assert exc.status == 408
+            outcomes.append("timeout")
+        assert time.perf_counter() - t0 < LIMITS.timeout_s + SLACK_S, query
+    assert outcomes[:2] == ["timeout", "timeout"]  # these two cannot finish in 2 s on any machine
+    assert fingerprint(neo4j_driver, settings.neo4j_database) == before
+
+
+def test_benign_reads_run_with_parameters_and_caps(runner):
+    assert runner.run("RETURN 'CREATE (:Pwned)' AS s, $x AS x", {"x": "x'}) CREATE (:Pwned) //"}).rows == \
+        [["CREATE (:Pwned)", "x'}) CREATE (:Pwned) //"]]
+    assert runner.run("MATCH (n) RETURN n.set AS set LIMIT 1").columns == ["set"]
+    assert runner.run("// a comment that says DELETE\nRETURN 1 AS one").rows == [[1]]
+    labels = runner.run("CALL db.labels() YIELD label RETURN label")
+    assert "ProcedureCall" in labels.plan_operators
+    bounded = runner.run("MATCH (a)-[*1..2]->(b) RETURN count(*) AS c")
+    assert "VarLengthExpand(All)" in bounded.plan_operators
+    rows = runner.run("UNWIND range(1, 1000) AS x RETURN x")
+    assert (len(rows.rows), rows.truncated_by) == (LIMITS.max_rows, "max_rows")
+    assert [r[0] for r in rows.rows] == list(range(1, LIMITS.max_rows + 1))
+    fewer = runner.run("UNWIND range(1, 1000) AS x RETURN x", max_rows=3)
+    assert (len(fewer.rows), fewer.truncated) == (3, True)
+    big = runner.run("UNWIND range(1, 100) AS x RETURN reduce(s = '', i IN range(1, 100) | s + 'xxxxxxxxxx') AS s")
+    assert big.truncated_by == "max_bytes" and sum(len(json.dumps(r)) for r in big.rows) <= LIMITS.max_bytes
+    whole = runner.run("UNWIND range(1, 3) AS x RETURN x")
+    assert whole.truncated is False and whole.rows == [[1], [2], [3]]
+
+
+def test_each_layer_holds_on_its_own(neo4j_driver, settings):
+    db = settings.neo4j_database
+    # 1. the plan check alone refuses writes, admin procedures and unbounded expansions the lexer never saw
+    with neo4j_driver.session(database=db, default_access_mode=neo4j.READ_ACCESS) as s:
+        def explain(q: str):  # noqa: ANN202
+            summary = s.run("EXPLAIN " + q).consume()
+            return summary.query_type, summary.plan
+        for q, rule in [("CREATE (n:Pwned)", "read-only"), ("MATCH (n) SET n.x = 1", "read-only"),
+                        ("CALL db.clearQueryCaches()", None), ("CALL dbms.components()", "read-only"),
+                        ("LOAD CSV FROM 'file:///etc/passwd' AS l RETURN l", "operator-allowlist"),
+                        ("SHOW TRANSACTIONS", "operator-allowlist"),
+                        ("CALL db.awaitIndexes(1)", None),
+                        ("MATCH (a)-[*]->(b) RETURN a", "bounded-var-length")]:
+            with pytest.raises(CypherRefused) as info:
+                plan_check(*explain(q), LIMITS)
+            if rule:
+                assert info.value.rule == rule, q
+        assert "Limit" in plan_check(*explain("MATCH (a:Feature)-[r]->(b) RETURN a LIMIT 1"), LIMITS)
+    # 2. the READ access mode alone refuses a write that reached the server
+    with neo4j_driver.session(database=db, default_access_mode=neo4j.READ_ACCESS) as s:
+        with pytest.raises(neo4j.exceptions.ClientError, match="(?i)write|access"):
+            s.run("CREATE (:Pwned)").consume()
+    assert neo4j_driver.execute_query("MATCH (n:Pwned) RETURN count(n) AS c", database_=db).records[0]["c"] == 0
+    # 3. the lexer alone, with keywords hidden in strings and comments not counted
+    lexical_check("RETURN 'DELETE' /* SET */ AS x // MERGE", LIMITS)
+    with pytest.raises(CypherRefused, match="no-writes"):
+        lexical_check("RETURN 1 AS x UNION MATCH (n) DETACH DELETE n RETURN 1 AS x", LIMITS)
+
+
+def test_concurrency_cap(neo4j_driver, settings):
+    runner = CypherRunner(neo4j_driver, settings.neo4j_database, CypherLimits(timeout_s=1.5), max_concurrent=1)
+    started = threading.Event()
+    errors: list[Exception] = []
+
+    def slow() -> None:
+        started.set()
+        try:
+            runner.run("UNWIND range(1, 1000000000) AS x WITH x WHERE x % 7 = 100 RETURN count(x)")
+        except CypherRefused as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=slow)
+    t.start()
+    started.wait()
+    time.sleep(0.3)
+    with pytest.raises(CypherRefused) as info:
+        runner.run("RETURN 1")
+    assert (info.value.rule, info.value.status) == ("concurrency-cap", 429)
+    t.join(10)
+    assert runner.run("RETURN 1 AS one").rows == [[1]]  # the slot was given back
