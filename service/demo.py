@@ -1,7 +1,9 @@
-"""`atlas demo`: the main job, as far as it exists, as a list of named steps.
+"""`atlas demo`: the main job end to end, as a list of named steps.
 
-Each step is a function of a shared :class:`DemoContext` that returns a one-line summary. Later work
-(zoo, dictionaries, attribution, pipeline) adds its steps to ``DEMO_STEPS``.
+Each step is a function of a shared :class:`DemoContext` that returns a one-line summary: services up,
+schema migrated, a worker round trip, health, the zoo ready (built on first use), then the corpus pipeline
+over real HTTP (a uvicorn the demo starts): register the zoo's model and dictionaries, submit a corpus of
+the three task families, workers compute and store the graphs, and a circuit is printed from Neo4j.
 """
 
 from __future__ import annotations
@@ -104,11 +106,180 @@ def step_health(ctx: DemoContext) -> str:
     return f"Neo4j {health.neo4j.version} {health.neo4j.edition}, Redis {health.redis.version}"
 
 
+# -- the corpus pipeline ----------------------------------------------------------------------------------
+
+DEMO_PROMPTS_PER_TASK = 3
+
+
+def demo_prompts(examples: list, per_task: int = DEMO_PROMPTS_PER_TASK) -> list[dict[str, Any]]:
+    """Prompts of the three task families with their natural targets: the answer's logit (brackets,
+    induction) and the IO - S logit difference (IOI)."""
+    out: list[dict[str, Any]] = []
+    for task in ("brackets", "induction", "ioi"):
+        for ex in [e for e in examples if e.task == task][:per_task]:
+            target = f"diff:{ex.answer},{ex.s_name}" if task == "ioi" and ex.s_name else f"logit:{ex.answer}"
+            out.append({"text": ex.prompt, "targets": [target]})
+    return out
+
+
+def step_zoo(ctx: DemoContext) -> str:
+    from workers.zoo.build import DICTIONARY_MODEL, ensure_zoo
+    from workers.zoo.corpus import read_jsonl
+
+    paths = ensure_zoo(ctx.settings)
+    if paths.dictionaries is None:
+        raise DemoError(f"the zoo at {paths.root} has no dictionary set for {DICTIONARY_MODEL} (dictionary training "
+                        "was not available when it was built); rebuild it with `python -m workers.zoo.cli build --force`")
+    ctx.results["model_dir"] = paths.models[DICTIONARY_MODEL]
+    ctx.results["dictionaries_dir"] = paths.dictionaries
+    ctx.results["model_id"] = f"zoo-{DICTIONARY_MODEL}"
+    ctx.results["examples"] = read_jsonl(paths.heldout)
+    return f"{DICTIONARY_MODEL} at {paths.models[DICTIONARY_MODEL]}, dictionaries at {paths.dictionaries}"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_api_process(settings: Settings, port: int) -> subprocess.Popen[bytes]:
+    argv = [sys.executable, "-m", "uvicorn", "service.app:app", "--host", "127.0.0.1", "--port", str(port),
+            "--log-level", "warning"]
+    return subprocess.Popen(argv, env={**os.environ, "ATLAS_REDIS_URL": settings.redis_url}, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def _wait_http(client: Any, path: str, timeout_s: float) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if client.get(path).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise DemoError(f"the API did not answer 200 on {path} within {timeout_s:.0f}s")
+        time.sleep(0.5)
+
+
+def step_corpus(ctx: DemoContext) -> str:
+    """Over real HTTP: register, submit, watch the job to the end (uvicorn + one worker, both stopped after)."""
+    import httpx
+
+    port = _free_port()
+    api = start_api_process(ctx.settings, port)
+    worker = start_worker_process(ctx.settings, queues="gpu,cpu")
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as http:
+            _wait_http(http, "/readyz", 120)
+            model_id, dset_id = ctx.results["model_id"], ctx.results["model_id"] + "-dicts"
+            for path, payload in (
+                ("/registry/models", {"model_id": model_id, "path": str(ctx.results["model_dir"])}),
+                ("/registry/dictionary-sets", {"dictionary_set_id": dset_id, "model_id": model_id,
+                                               "path": str(ctx.results["dictionaries_dir"])}),
+            ):
+                r = http.post(path, json=payload)
+                if r.status_code != 201:
+                    raise DemoError(f"POST {path} answered {r.status_code}: {r.text}")
+            prompts = ctx.results.get("prompts") or demo_prompts(ctx.results["examples"])
+            r = http.post("/corpora", json={"model": model_id, "dictionary_set": dset_id, "name": "demo",
+                                            "prompts": prompts, "settings": {"max_features": 40}})
+            if r.status_code != 202:
+                raise DemoError(f"POST /corpora answered {r.status_code}: {r.text}")
+            accepted = r.json()
+            ctx.results["corpus"] = accepted
+            last = ""
+            deadline = time.monotonic() + ctx.results.get("job_timeout_s", 900)
+            while True:
+                job = http.get(accepted["job_url"]).json()
+                line = (f"    job {job['job_id']}: {job['state']}, {job['done']}/{job['total']} done, {job['failed']} "
+                        f"failed" + (f", {job['throughput_per_min']:.1f} prompts/min" if job["throughput_per_min"] else "")
+                        + (f", ETA {job['eta_s']:.0f}s" if job["eta_s"] is not None else ""))
+                if line != last:
+                    ctx.echo(line)
+                    last = line
+                if job["state"] in ("complete", "complete_with_failures", "cancelled"):
+                    break
+                if time.monotonic() > deadline:
+                    raise DemoError(f"the job did not finish in time: {job}")
+                time.sleep(1.0)
+            ctx.results["job"] = job
+    finally:
+        stop_worker_process(worker)
+        if api.poll() is None:
+            os.kill(api.pid, signal.SIGTERM)
+            try:
+                api.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(api.pid, signal.SIGKILL)
+                api.wait()
+    if job["state"] != "complete":
+        raise DemoError(f"the corpus ended {job['state']}: failures {job['failures']}")
+    return f"{job['done']} graphs stored for corpus {accepted['corpus_id']} at {job['throughput_per_min']:.1f} prompts/min"
+
+
+def read_circuit(driver: Any, corpus_id: str, database: str | None, top: int = 8) -> dict[str, Any]:
+    """The IOI graph of the corpus (else the first): prompt, target, strongest edges into the target and the
+    most influential features; plus the corpus's strongest feature -> feature aggregates."""
+    recs = driver.execute_query(
+        "MATCH (p:Prompt {corpus_id: $c}) WITH p ORDER BY p.index "
+        "MATCH (g:Graph {prompt_id: p.prompt_id}) WHERE g.status = 'complete' "
+        "RETURN p.text AS text, p.targets AS targets, g.graph_id AS g, g.metrics AS metrics ORDER BY "
+        "CASE WHEN p.targets CONTAINS 'diff:' THEN 0 ELSE 1 END, p.index LIMIT 1", c=corpus_id, database_=database).records
+    if not recs:
+        raise DemoError(f"no complete graph in corpus {corpus_id}")
+    r = recs[0]
+    into_target = driver.execute_query(
+        "MATCH (s:Node {graph_id: $g})-[e:ATTR]->(t:Node {graph_id: $g}) WHERE t.kind IN ['target', 'logit'] "
+        "RETURN s.node_id AS source, s.token AS token, t.node_id AS target, e.w AS w ORDER BY abs(e.w) DESC LIMIT $k",
+        g=r["g"], k=top, database_=database).records
+    features = driver.execute_query(
+        "MATCH (n:Feat {graph_id: $g}) RETURN n.node_id AS node, n.fkey AS fkey, n.activation AS a, n.influence AS i "
+        "ORDER BY n.influence DESC LIMIT $k", g=r["g"], k=top, database_=database).records
+    agg = driver.execute_query(
+        "MATCH (a:Feature)-[e:AGG {corpus: $c}]->(b:Feature) RETURN a.fkey AS source, b.fkey AS target, e.sum_w AS sum_w, "
+        "e.n AS n ORDER BY e.sum_abs_w DESC LIMIT $k", c=corpus_id, k=top, database_=database).records
+    return {"prompt": r["text"], "targets": r["targets"], "graph_id": r["g"], "metrics": r["metrics"],
+            "into_target": [dict(x) for x in into_target], "features": [dict(x) for x in features],
+            "aggregates": [dict(x) for x in agg]}
+
+
+def step_circuit(ctx: DemoContext) -> str:
+    import json
+
+    from service.db import neo4j_driver
+
+    with neo4j_driver(ctx.settings) as driver:
+        c = read_circuit(driver, ctx.results["corpus"]["corpus_id"], ctx.settings.neo4j_database)
+    ctx.results["circuit"] = c
+    metrics = json.loads(c["metrics"])
+    ctx.echo(f"    prompt: {c['prompt']!r}  targets {c['targets']}  (graph {c['graph_id']}; replacement "
+             f"{metrics.get('replacement_pruned', float('nan')):.2f}, completeness {metrics.get('completeness_pruned', float('nan')):.2f})")
+    ctx.echo("    strongest direct effects on the target:")
+    for e in c["into_target"]:
+        ctx.echo(f"      {e['w']:+.3f}  {e['source']}{'  ' + repr(e['token']) if e['token'] else ''} -> {e['target']}")
+    ctx.echo("    most influential features:")
+    for f in c["features"]:
+        ctx.echo(f"      influence {f['i']:.3f}  activation {f['a']:.3f}  {f['node']}")
+    ctx.echo("    corpus aggregates (feature -> feature, summed over the corpus):")
+    for a in c["aggregates"]:
+        ctx.echo(f"      sum_w {a['sum_w']:+.3f} over {a['n']} edges  {a['source']} -> {a['target']}")
+    return f"circuit of {c['graph_id']}: {len(c['into_target'])} edges into the target, {len(c['features'])} features shown"
+
+
 DEMO_STEPS: list[DemoStep] = [
     DemoStep("services", step_services),
     DemoStep("migrate", step_migrate),
     DemoStep("worker round trip", step_ping_worker),
     DemoStep("health", step_health),
+    DemoStep("zoo ready", step_zoo),
+    DemoStep("corpus over REST", step_corpus),
+    DemoStep("circuit from Neo4j", step_circuit),
 ]
 
 
