@@ -127,6 +127,33 @@ def worker_command(
     ])
 
 
+@app.command("reaper")
+def reaper_command(
+    stale_after_s: float | None = typer.Option(None, help="Re-enqueue running prompts whose heartbeat is older "
+                                                          "than this (default ATLAS_PIPELINE_STALE_AFTER_S)."),
+    interval_s: float | None = typer.Option(None, help="Seconds between passes (default ATLAS_PIPELINE_REAPER_INTERVAL_S)."),
+    once: bool = typer.Option(False, "--once", help="One pass, print what was re-enqueued, exit."),
+) -> None:
+    """Re-enqueue prompts whose worker died without Celery noticing (stale heartbeat). Run one per deployment."""
+    import redis
+
+    from service.db import neo4j_driver
+    from workers.pipeline.config import get_pipeline_settings
+    from workers.pipeline.reaper import reap_once, run_reaper
+    from workers.tasks import enqueue_prompt
+
+    settings, cfg = _settings(), get_pipeline_settings()
+    stale = stale_after_s if stale_after_s is not None else cfg.stale_after_s
+    with neo4j_driver(settings) as driver:
+        r = redis.Redis.from_url(settings.redis_url)
+        if once:
+            reaped = reap_once(driver, r, enqueue_prompt, stale, settings.neo4j_database)
+            typer.echo(f"re-enqueued {len(reaped)} prompt(s)" + (f": {', '.join(reaped)}" if reaped else ""))
+            return
+        _echo(f"reaper: every {interval_s or cfg.reaper_interval_s:.0f}s, stale after {stale:.0f}s (Ctrl-C stops)")
+        run_reaper(driver, r, enqueue_prompt, stale, interval_s or cfg.reaper_interval_s, settings.neo4j_database)
+
+
 @app.command("demo")
 def demo_command() -> None:
     """Start the services if needed, migrate, and run the main job end to end (as far as it exists)."""
