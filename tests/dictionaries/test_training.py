@@ -13,7 +13,13 @@ from workers.dictionaries.activations import collect_activations
 from workers.dictionaries.formats import load_dictionary_set
 from workers.dictionaries.metrics import cross_entropy, reconstruction_stats, splice_ce, spliced
 from workers.dictionaries.modules import Dictionary, DictionaryConfig, DictionarySet
-from workers.dictionaries.training import TrainConfig, check_quality_bar, train_dictionaries, train_dictionary
+from workers.dictionaries.training import (
+    TrainConfig,
+    check_quality_bar,
+    prune_never_firing,
+    train_dictionaries,
+    train_dictionary,
+)
 from workers.models.sites import site_module
 
 torch.set_num_threads(1)
@@ -164,3 +170,15 @@ def test_train_dictionaries_writes_a_loadable_set_with_reports(tmp_path: Path):
     assert set(saved["cross_entropy"]["sites"]) == {"L0.attn", "L0.mlp", "L1.mlp"}
     fails = check_quality_bar(saved, min_ev=2.0)  # an impossible bar fails, naming every dictionary
     assert len([f for f in fails if "explained variance" in f]) == 3
+
+
+def test_pruning_never_firing_features_keeps_the_function_on_the_data():
+    X = sparse_ground_truth(4000, seed=3)
+    cfg = DictionaryConfig(kind="sae", site="attn", layer=0, d_in=D, d_out=D, d_dict=96, activation="topk", k=4)
+    d, _ = train_dictionary(cfg, X, X, TrainConfig(d_dict=96, k=4, steps=60, batch_size=256), progress=False)
+    with torch.no_grad():  # make sure some features never fire: push their encoder bias far down
+        d.b_enc[:10] = -1e6
+    pruned, n = prune_never_firing(d, X)
+    assert n >= 10 and pruned.cfg.d_dict == 96 - n and pruned.cfg.extra["pruned_never_firing"] == n
+    assert torch.allclose(pruned(X), d(X), atol=1e-4)
+    assert reconstruction_stats(pruned, X, X).dead_fraction == 0.0
