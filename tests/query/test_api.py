@@ -1,0 +1,191 @@
+"""The query API over HTTP (real ASGI stack, real Neo4j/Redis, a real Celery worker for jobs): API keys and
+401/403, cache headers, pagination, Neuronpedia export, analysis jobs."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from service.auth import create_key, revoke_key, verify_key
+from tests.query.graphs import make_records
+from workers.store.records import NodeRow
+
+
+@pytest.fixture(scope="module")
+def client(settings, neo4j_driver) -> Iterator[object]:  # noqa: ANN001
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+@pytest.fixture
+def keys(neo4j_driver, settings):  # noqa: ANN001, ANN201
+    db = settings.neo4j_database
+    made = {name: create_key(neo4j_driver, f"test-{name}", scopes, database=db)
+            for name, scopes in {"cypher": ("cypher",), "write": ("write",), "admin": ("admin",)}.items()}
+    yield {name: plain for name, (_, plain) in made.items()}
+    neo4j_driver.execute_query("MATCH (k:ApiKey) WHERE k.key_id IN $ids DETACH DELETE k",
+                               ids=[k.key_id for k, _ in made.values()], database_=db)
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def small_graph() -> list:
+    nodes = [NodeRow("emb:p0", "embedding", 0, 0, activation=1.0, token="the"),
+             NodeRow("emb:p1", "embedding", 0, 1, activation=1.0, token="cat"),
+             NodeRow("feat:L0.mlp:p1:f3", "feature", 0, 1, feature=3, dictionary="L0.mlp", activation=2.0, influence=0.5),
+             NodeRow("feat:L1.mlp:p1:f1", "feature", 1, 1, feature=1, dictionary="L1.mlp", activation=1.0, influence=0.25),
+             NodeRow("logit:p1:t7", "logit", 2, 1, activation=1.0)]
+    edges = [("emb:p1", "feat:L0.mlp:p1:f3"), ("feat:L0.mlp:p1:f3", "feat:L1.mlp:p1:f1"),
+             ("feat:L1.mlp:p1:f1", "logit:p1:t7"), ("emb:p0", "logit:p1:t7")]
+    return [(nodes, edges, [1.0, 0.5, 2.0, -0.25])]
+
+
+def test_keys_are_hashed_at_rest_and_revocable(neo4j_driver, settings):
+    db = settings.neo4j_database
+    key, plain = create_key(neo4j_driver, "hash-check", ("cypher",), database=db)
+    stored = neo4j_driver.execute_query("MATCH (k:ApiKey {key_id: $id}) RETURN properties(k) AS p", id=key.key_id,
+                                        database_=db).records[0]["p"]
+    secret = plain.split("_", 2)[2]
+    assert all(secret not in str(v) for v in stored.values()) and len(stored["secret_sha256"]) == 64
+    assert verify_key(neo4j_driver, plain, database=db) == key
+    assert verify_key(neo4j_driver, plain[:-1] + ("A" if plain[-1] != "A" else "B"), database=db) is None
+    assert revoke_key(neo4j_driver, key.key_id, database=db)
+    assert verify_key(neo4j_driver, plain, database=db) is None
+    with pytest.raises(ValueError, match="unknown scopes"):
+        create_key(neo4j_driver, "x", ("root",), database=db)
+
+
+def test_cypher_and_write_endpoints_need_the_right_key(client, keys):
+    body = {"query": "RETURN 1 AS one"}
+    r = client.post("/cypher", json=body)
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer" and "API key" in r.json()["detail"]
+    assert client.post("/cypher", json=body, headers=bearer("ca_0123456789abcdef_" + "x" * 43)).status_code == 401
+    assert client.post("/cypher", json=body, headers=bearer("not-a-key")).status_code == 401
+    r = client.post("/cypher", json=body, headers=bearer(keys["write"]))
+    assert r.status_code == 403 and "'cypher' scope" in r.json()["detail"]
+    r = client.post("/cypher", json=body, headers={"X-API-Key": keys["cypher"]})
+    assert r.status_code == 200 and r.json()["rows"] == [[1]]
+    assert client.post("/cypher", json=body, headers=bearer(keys["admin"])).status_code == 200
+    r = client.post("/cypher", json={"query": "MATCH (n) DETACH DELETE n"}, headers=bearer(keys["cypher"]))
+    assert r.status_code == 422 and r.json()["rule"] == "no-writes"
+    analysis = {"kind": "recurring_features", "params": {"corpus_id": "nothing"}}
+    assert client.post("/analyses", json=analysis).status_code == 401
+    assert client.post("/analyses", json=analysis, headers=bearer(keys["cypher"])).status_code == 403
+    assert client.post("/global/virtual-weights", json={"dictionary_set_id": "d"}).status_code == 401
+
+
+def test_corpus_ownership(neo4j_driver, settings, keys):
+    from fastapi import HTTPException
+
+    from service.auth import authorize_corpus
+
+    db = settings.neo4j_database
+    owner = verify_key(neo4j_driver, keys["write"], database=db)
+    other, other_plain = create_key(neo4j_driver, "other", ("write",), database=db)
+    admin = verify_key(neo4j_driver, keys["admin"], database=db)
+    cid = f"own-{owner.key_id}"
+    neo4j_driver.execute_query("CREATE (:Corpus {corpus_id: $c, owner_key_id: $k})", c=cid, k=owner.key_id,
+                               database_=db)
+    try:
+        authorize_corpus(neo4j_driver, owner, cid, database=db)
+        authorize_corpus(neo4j_driver, admin, cid, database=db)
+        with pytest.raises(HTTPException) as info:
+            authorize_corpus(neo4j_driver, other, cid, database=db)
+        assert info.value.status_code == 403
+        with pytest.raises(HTTPException) as info:
+            authorize_corpus(neo4j_driver, owner, "no-such-corpus", database=db)
+        assert info.value.status_code == 404
+    finally:
+        neo4j_driver.execute_query("MATCH (c:Corpus {corpus_id: $c}) DELETE c", c=cid, database_=db)
+        revoke_key(neo4j_driver, other.key_id, database=db)
+
+
+def test_circuit_reads_are_cacheable_and_exportable(client, store):
+    (rec,) = store(make_records(small_graph()))
+    url = f"/graphs/{rec.graph_id}/circuit"
+    r = client.get(url, params={"edge_threshold": 0.5})
+    assert r.status_code == 200
+    body = r.json()
+    assert [(e["source"], e["target"], e["weight"]) for e in body["edges"]] == [
+        ("feat:L1.mlp:p1:f1", "logit:p1:t7", 2.0), ("emb:p1", "feat:L0.mlp:p1:f3", 1.0),
+        ("feat:L0.mlp:p1:f3", "feat:L1.mlp:p1:f1", 0.5)]
+    etag = r.headers["etag"]
+    assert "max-age" in r.headers["cache-control"]
+    assert client.get(url, params={"edge_threshold": 0.5}, headers={"If-None-Match": etag}).status_code == 304
+    assert client.get(url, params={"edge_threshold": 0.25}, headers={"If-None-Match": etag}).status_code == 200
+    local = client.get(url, params={"target": "feat:L1.mlp:p1:f1"}).json()
+    assert {n["node_id"] for n in local["nodes"]} == {"emb:p1", "feat:L0.mlp:p1:f3", "feat:L1.mlp:p1:f1"}
+    npj = client.get(url, params={"format": "neuronpedia"}).json()
+    assert npj["metadata"]["schema_version"] == 1 and npj["metadata"]["prompt_tokens"] == ["the", "cat"]
+    by_id = {n["node_id"]: n for n in npj["nodes"]}
+    assert by_id["emb:p0"]["layer"] == "E" and by_id["logit:p1:t7"]["layer"] == "2"
+    assert by_id["feat:L0.mlp:p1:f3"]["feature_type"] == "cross layer transcoder"
+    assert len(npj["links"]) == 4
+    assert client.get("/graphs/nope/circuit").status_code == 404
+    assert client.get(url, params={"target": "feat:L7.mlp:p0:f0"}).status_code == 404
+    paths = client.get(f"/graphs/{rec.graph_id}/paths", params={"source": "emb:p1", "target": "logit:p1:t7"}).json()
+    assert paths["paths"] == [{"nodes": ["emb:p1", "feat:L0.mlp:p1:f3", "feat:L1.mlp:p1:f1", "logit:p1:t7"],
+                               "weights": [1.0, 0.5, 2.0], "product": 1.0}]
+
+
+def test_pagination_and_feature_routes(client, store):
+    recs = store(make_records(small_graph() * 3))
+    corpus = recs[0].corpus_id
+    seen, offset = [], 0
+    while offset is not None:
+        page = client.get("/graphs", params={"corpus_id": corpus, "limit": 2, "offset": offset}).json()
+        seen += [g["graph_id"] for g in page["items"]]
+        offset = page["next_offset"]
+    assert seen == sorted(r.graph_id for r in recs)
+    fkey = f"{recs[0].dictionary_set}/L0.mlp#3"
+    page = client.get(f"/features/{fkey.replace('#', '%23')}", params={"corpus_id": corpus}).json()
+    assert [a["activation"] for a in page["top_activations"]] == [2.0, 2.0, 2.0]
+    assert page["top_activations"][0]["context"] == [{"pos": 0, "token": "the"}, {"pos": 1, "token": "cat"}]
+    (down,) = page["downstream"]
+    # three graphs, each: w = 0.5 from an instance with activation 2.0 -> norm_w = 1.5 / 6.0
+    assert (down["fkey"], down["sum_w"], down["source_activation_mass"], down["norm_w"]) == \
+        (f"{recs[0].dictionary_set}/L1.mlp#1", 1.5, 6.0, 0.25)
+    assert page["frequency"][0]["graph_fraction"] == 1.0
+    acts = client.get(f"/features/{fkey.replace('#', '%23')}/activations", params={"limit": 2}).json()
+    assert len(acts["items"]) == 2 and acts["next_offset"] == 2
+    assert client.get("/features/none%23x").status_code == 404
+    nb = client.get("/global/neighbours", params={"fkey": down["fkey"], "corpus_id": corpus}).json()
+    assert [i["fkey"] for i in nb["items"]] == [fkey]
+    between = client.get("/global/between", params={"source": fkey, "target": down["fkey"], "corpus_id": corpus}).json()
+    assert between["direct"]["norm_w"] == 0.25 and between["paths"][0]["product"] == 0.25
+
+
+def test_analysis_job_runs_on_a_real_worker(client, store, keys, settings):
+    from tests.pipeline.conftest import start_worker, stop_worker
+
+    recs = store(make_records(small_graph() * 2))
+    r = client.post("/analyses", json={"kind": "recurring_features", "params": {"corpus_id": recs[0].corpus_id}},
+                    headers=bearer(keys["write"]))
+    assert r.status_code == 202 and r.json()["status"] == "queued"
+    analysis_id = r.json()["analysis_id"]
+    bad = client.post("/analyses", json={"kind": "circuit_difference", "params": {"graph_a": recs[0].graph_id}},
+                      headers=bearer(keys["write"])).json()["analysis_id"]
+    worker = start_worker(f"q-{analysis_id}", queues="cpu")
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            done = client.get(f"/analyses/{analysis_id}").json()
+            failed = client.get(f"/analyses/{bad}").json()
+            if done["status"] in ("done", "failed") and failed["status"] in ("done", "failed"):
+                break
+            time.sleep(0.5)
+    finally:
+        stop_worker(worker)
+    assert done["status"] == "done", done
+    assert [(f["fkey"].split("/")[1], f["n_graphs"]) for f in done["result"]["features"]] == [("L0.mlp#3", 2),
+                                                                                            ("L1.mlp#1", 2)]
+    assert failed["status"] == "failed" and "graph_b" in failed["error"]
+    assert client.get("/analyses/an-nope").status_code == 404
