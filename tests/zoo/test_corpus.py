@@ -9,6 +9,7 @@ import pytest
 
 from workers.zoo import vocab as V
 from workers.zoo.corpus import (
+    MAX_BRACKET_DEPTH,
     TASKS,
     CorpusSpec,
     Example,
@@ -71,7 +72,7 @@ def test_brackets_source_is_the_matching_open_bracket() -> None:
         depth = 0
         for t in full:
             depth += 1 if t in V.OPEN_BRACKETS else -1
-            assert 0 <= depth <= 4
+            assert 0 <= depth <= MAX_BRACKET_DEPTH
         assert depth == 0
 
 

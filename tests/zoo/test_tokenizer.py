@@ -18,7 +18,11 @@ def saved_tokenizer(tmp_path_factory):  # noqa: ANN201
 
 
 def test_special_token_ids(saved_tokenizer) -> None:
-    assert (saved_tokenizer.pad_token_id, saved_tokenizer.bos_token_id, saved_tokenizer.eos_token_id) == (0, 1, 2)
+    assert (saved_tokenizer.pad_token_id, saved_tokenizer.bos_token_id, saved_tokenizer.eos_token_id) == (
+        0,
+        1,
+        2,
+    )
     assert saved_tokenizer.unk_token == V.UNK
     assert len(saved_tokenizer) == len(V.all_words()) < 400
 

@@ -1,7 +1,7 @@
 """``atlas zoo``: build the model zoo and show what it holds.
 
-    atlas zoo build [--force] [--no-progress]   build (or reuse) the zoo for this checkout
-    atlas zoo info                              where it is, its models, accuracies and dictionaries
+atlas zoo build [--force] [--no-progress]   build (or reuse) the zoo for this checkout
+atlas zoo info                              where it is, its models, accuracies and dictionaries
 """
 
 from __future__ import annotations
@@ -57,7 +57,9 @@ def _print_report(paths: ZooPaths) -> None:
 
 @app.command()
 def build(
-    force: bool = typer.Option(False, "--force", help="Rebuild even if a finished build for this hash exists."),
+    force: bool = typer.Option(
+        False, "--force", help="Rebuild even if a finished build for this hash exists."
+    ),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars or per-stage log lines."),
 ) -> None:
     """Build the zoo (corpus, tokenizer, gpt2-2l, gpt2-4l, llama-2l, gpt2-4l dictionaries), or reuse it."""
@@ -73,7 +75,11 @@ def info() -> None:
     root = settings.zoo_dir / key
     console.print(f"zoo directory: {settings.zoo_dir}")
     console.print(f"build key of this checkout: {key}")
-    others = sorted(p.name for p in settings.zoo_dir.glob("*") if p.is_dir() and p.name != key) if settings.zoo_dir.exists() else []
+    others = (
+        sorted(p.name for p in settings.zoo_dir.glob("*") if p.is_dir() and p.name != key)
+        if settings.zoo_dir.exists()
+        else []
+    )
     if others:
         console.print(f"other builds present: {', '.join(others)}")
     if not (root / "COMPLETE").is_file():

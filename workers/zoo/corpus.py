@@ -63,7 +63,7 @@ def _example(task: Task, words: Sequence[str], answer: str, sources: Sequence[in
 
 
 # --------------------------------------------------------------------------------------------- brackets
-MAX_BRACKET_DEPTH = 4
+MAX_BRACKET_DEPTH = 3
 
 
 def bracket_example(rng: random.Random) -> Example:
@@ -74,7 +74,7 @@ def bracket_example(rng: random.Random) -> Example:
     model that tracks the stack puts the matching close on top. The source position is the matching
     open bracket.
     """
-    length = 2 * rng.randint(2, 12)
+    length = 2 * rng.randint(2, 9)
     seq: list[str] = []
     stack: list[tuple[str, int]] = []  # (open bracket, index in seq)
     match: list[int | None] = []  # for each closing bracket, index of its open
@@ -94,7 +94,9 @@ def bracket_example(rng: random.Random) -> Example:
     cut = rng.choice(closes)
     open_idx = match[cut]
     assert open_idx is not None
-    depth = sum(1 for t in seq[:cut] if t in V.OPEN_BRACKETS) - sum(1 for t in seq[:cut] if t in V.CLOSE_BRACKETS)
+    depth = sum(1 for t in seq[:cut] if t in V.OPEN_BRACKETS) - sum(
+        1 for t in seq[:cut] if t in V.CLOSE_BRACKETS
+    )
     return _example(
         "brackets",
         seq[:cut],
@@ -107,19 +109,26 @@ def bracket_example(rng: random.Random) -> Example:
 
 # -------------------------------------------------------------------------------------------- induction
 def induction_example(rng: random.Random, symbols: Sequence[str]) -> Example:
-    """``s1 … sn  f1 … fm  s_i … s_j`` → ``s_{j+1}``: a run of distinct symbols, a few fresh ones, then
-    a copy of a chunk of the run. The last prompt token A = s_j occurs once before, followed by
+    """``s1 … sn  [f1 f2]  s_i … s_j`` → ``s_{j+1}``: a run of random symbols, up to two more, then a
+    copy of a stretch of the run. The last prompt token A = s_j occurs exactly once before, followed by
     B = s_{j+1}: the answer, whose earlier position is the source.
+
+    Symbols are drawn with replacement: a run of distinct symbols would teach "never repeat a token",
+    which fights the copying an induction head does. The copied stretch is long on average because
+    every copied token after the first is itself an induction target, and dense signal is what gets a
+    tiny model past the plateau before induction heads form.
     """
-    n = rng.randint(5, 24)
-    n_fresh = rng.randint(0, 4)
-    drawn = rng.sample(list(symbols), n + n_fresh)
-    run, fresh = drawn[:n], drawn[n:]
-    j = rng.randrange(0, n - 1)  # A = run[j], B = run[j + 1]
-    chunk_len = rng.randint(1, j + 1)
-    chunk = run[j - chunk_len + 1 : j + 1]
-    words = [*run, *fresh, *chunk]
-    return _example("induction", words, run[j + 1], [j + 2], template=f"chunk{chunk_len}")
+    while True:
+        n = rng.randint(4, 20)
+        head = [rng.choice(symbols) for _ in range(n + rng.randint(0, 2))]
+        run = head[:n]
+        unique = [j for j in range(n - 1) if head.count(run[j]) == 1]  # A must be unambiguous
+        if unique:
+            break
+    j = rng.choice(unique)  # A = run[j], B = run[j + 1]
+    i = rng.randint(max(0, j - 2 * (n // 3)), j)  # copy starts at run[i]: usually a long stretch
+    words = [*head, *run[i : j + 1]]
+    return _example("induction", words, run[j + 1], [j + 2], template=f"copy{j + 1 - i}")
 
 
 # -------------------------------------------------------------------------------------------------- IOI
@@ -196,7 +205,7 @@ class CorpusSpec:
     train_seed: int = 0
     heldout_seed: int = 1_000_003
     mix: dict[str, float] = field(
-        default_factory=lambda: {"brackets": 0.20, "induction": 0.35, "ioi": 0.35, "filler": 0.10}
+        default_factory=lambda: {"brackets": 0.22, "induction": 0.40, "ioi": 0.30, "filler": 0.08}
     )
 
     def to_dict(self) -> dict:

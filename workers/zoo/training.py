@@ -103,7 +103,7 @@ def _sinusoids(n_pos: int, d: int, scale: float = 0.1) -> torch.Tensor:
 @dataclass
 class EncodedExample:
     ids: list[int]  # full training sequence (BOS … answer … EOS)
-    answer_index: int  # index in ids of the answer token (predicted from position answer_index - 1)
+    answer_index: int | None  # index in ids of a scored task's answer (predicted from answer_index - 1)
 
 
 def encode_examples(examples: Sequence[Example], tokenizer) -> list[EncodedExample]:
@@ -113,15 +113,17 @@ def encode_examples(examples: Sequence[Example], tokenizer) -> list[EncodedExamp
         ids = token_ids(vocab, ex.training_tokens())
         if len(ids) > CONTEXT_LENGTH:
             raise ValueError(f"example of {len(ids)} tokens exceeds the context length {CONTEXT_LENGTH}")
-        out.append(EncodedExample(ids, len(ex.prompt_tokens)))
+        scored = ex.task in SCORED_TASKS  # filler's "answer" is just its full stop: no extra weight
+        out.append(EncodedExample(ids, len(ex.prompt_tokens) if scored else None))
     return out
 
 
 def batches(encoded: Sequence[EncodedExample], batch_size: int, seed: int) -> Iterator[list[EncodedExample]]:
-    """Endless shuffled batches, grouped by length so little compute goes to padding."""
+    """Endless shuffled batches, grouped by length in small windows: little compute goes to padding, yet
+    each batch still mixes tasks (task lengths differ, and single-task batches make training jumpy)."""
     rng = random.Random(seed)
     order = list(range(len(encoded)))
-    group = batch_size * 32
+    group = batch_size * 4
     while True:
         rng.shuffle(order)
         for g in range(0, len(order) - group + 1, group):
@@ -132,7 +134,9 @@ def batches(encoded: Sequence[EncodedExample], batch_size: int, seed: int) -> It
                 yield [encoded[i] for i in b]
 
 
-def collate(batch: Sequence[EncodedExample], answer_weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def collate(
+    batch: Sequence[EncodedExample], answer_weight: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-padded ``input_ids`` [batch, seq], next-token ``targets`` [batch, seq] (-100 = ignore) and
     per-token loss ``weights`` [batch, seq]. Right padding needs no attention mask: causal attention
     never lets a real token see the padding after it."""
@@ -145,7 +149,8 @@ def collate(batch: Sequence[EncodedExample], answer_weight: float) -> tuple[torc
         ids[r, :n] = torch.tensor(e.ids)
         targets[r, : n - 1] = ids[r, 1:n]
         weights[r, : n - 1] = 1.0
-        weights[r, e.answer_index - 1] = answer_weight
+        if e.answer_index is not None:
+            weights[r, e.answer_index - 1] = answer_weight
     return ids, targets, weights
 
 
@@ -190,7 +195,9 @@ def train_model(
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         logits = model(input_ids=ids).logits
-        per_tok = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none", ignore_index=-100)
+        per_tok = F.cross_entropy(
+            logits.flatten(0, 1), targets.flatten(), reduction="none", ignore_index=-100
+        )
         w = weights.flatten()
         loss = (per_tok * w).sum() / w.sum()
         opt.zero_grad(set_to_none=True)
@@ -209,12 +216,14 @@ def evaluate(model: PreTrainedModel, examples: Sequence[Example], tokenizer, bat
     """Per-task answer accuracy (argmax of the logits at the last prompt position == answer) and, for
     IOI, the mean logit difference IO − S.
 
-    Returns ``{"accuracy": {task: float}, "n": {task: int}, "ioi_logit_diff": float}``.
+    Returns ``{"accuracy": {task: float}, "answer_nll": {task: float}, "n": {task: int},
+    "min_scored_accuracy": float, "ioi_logit_diff": float}``.
     """
     model.eval()
     vocab = tokenizer.get_vocab()
     correct = {t: 0 for t in TASKS}
     count = {t: 0 for t in TASKS}
+    nll = {t: 0.0 for t in TASKS}
     logit_diffs: list[float] = []
     for i in range(0, len(examples), batch_size):
         chunk = examples[i : i + batch_size]
@@ -226,14 +235,17 @@ def evaluate(model: PreTrainedModel, examples: Sequence[Example], tokenizer, bat
         logits = model(input_ids=ids).logits  # [batch, seq, vocab]
         last = logits[torch.arange(len(seqs)), torch.tensor([len(s) - 1 for s in seqs])]  # [batch, vocab]
         pred = last.argmax(-1)
+        logp = last.log_softmax(-1)
         for r, ex in enumerate(chunk):
             count[ex.task] += 1
+            nll[ex.task] -= logp[r, vocab[ex.answer]].item()
             correct[ex.task] += int(pred[r].item() == vocab[ex.answer])
             if ex.s_name is not None:
                 logit_diffs.append((last[r, vocab[ex.answer]] - last[r, vocab[ex.s_name]]).item())
     acc = {t: correct[t] / count[t] for t in TASKS if count[t]}
     return {
         "accuracy": acc,
+        "answer_nll": {t: nll[t] / count[t] for t in TASKS if count[t]},
         "n": {t: count[t] for t in TASKS if count[t]},
         "min_scored_accuracy": min((acc[t] for t in SCORED_TASKS if t in acc), default=float("nan")),
         "ioi_logit_diff": sum(logit_diffs) / len(logit_diffs) if logit_diffs else float("nan"),

@@ -46,7 +46,16 @@ TRANSITIVE_VERBS: tuple[str, ...] = (
     "sees", "likes", "finds", "takes", "holds", "follows", "paints", "reads", "builds", "opens",
     "wants", "carries",
 )  # fmt: skip
-INTRANSITIVE_VERBS: tuple[str, ...] = ("sleeps", "runs", "sings", "waits", "laughs", "falls", "swims", "works")
+INTRANSITIVE_VERBS: tuple[str, ...] = (
+    "sleeps",
+    "runs",
+    "sings",
+    "waits",
+    "laughs",
+    "falls",
+    "swims",
+    "works",
+)
 PREPOSITIONS: tuple[str, ...] = ("near", "under", "behind", "with", "at", "in", "on")
 CONJUNCTIONS: tuple[str, ...] = ("and", "but", "because", "while")
 ADVERBS: tuple[str, ...] = ("today", "again", "slowly", "often", "now", "later")
@@ -58,7 +67,7 @@ TEMPLATE_WORDS: tuple[str, ...] = (
     "fun", "got", "passed", "brought", "wanted", "so", "sent", "said", "was",
 )  # fmt: skip
 
-N_SYMBOLS = 96
+N_SYMBOLS = 64
 SYMBOL_SEED = 1729
 
 
