@@ -80,12 +80,15 @@ CALL () {
 RETURN n {.node_id, .kind, .layer, .pos, .feature, .dictionary, .fkey, .activation, .influence, .token} AS n
 """
 
-# Edges among the kept nodes: expand from each kept source, keep targets whose uid is in the kept set
-# (Neo4j turns `IN $list` on a parameter into a hash lookup).
-_EDGES = """
-UNWIND $uids AS uid
-MATCH (a:Node {uid: uid})-[r:ATTR]->(b:Node)
-WHERE b.uid IN $uids AND abs(r.w) >= $edge_threshold
+# Edges among the kept nodes. Membership is a per-node predicate, not a list lookup: a node is kept when its
+# kind is always kept, or it is the target, or it ranks within the top-k, i.e. its (influence desc, node_id
+# asc) key is at or before the cut-off node's key. One scan of the graph's nodes and their out-edges.
+_KEPT = """(x.kind IN $keep_kinds OR x.uid = $target_uid OR ($has_cut AND coalesce(x.influence, 0.0) >= $node_threshold
+  AND (coalesce(x.influence, 0.0) > $cut_influence
+       OR (coalesce(x.influence, 0.0) = $cut_influence AND x.node_id <= $cut_node_id))))"""
+_EDGES = f"""
+MATCH (a:Node {{graph_id: $graph_id}})-[r:ATTR]->(b:Node)
+WHERE abs(r.w) >= $edge_threshold AND {_KEPT.replace("x.", "a.")} AND {_KEPT.replace("x.", "b.")}
 WITH a.node_id AS source, b.node_id AS target, r.w AS weight
 ORDER BY abs(weight) DESC, source ASC, target ASC
 LIMIT $max_edges
@@ -150,10 +153,16 @@ def circuit(driver: Driver, graph_id: str, pruning: Pruning | None = None, *, da
         if not rec:
             raise NodeNotFound(f"graph {graph_id!r} has no node {pruning.target!r}")
         nodes[pruning.target] = rec[0]["n"]
-    uids = [f"{graph_id}|{nid}" for nid in nodes]
+    ranked = [n for n in nodes.values() if n["kind"] not in pruning.keep_kinds and n["node_id"] != pruning.target]
+    # The last ranked node kept (the target is kept by its uid whatever its rank).
+    cut = max(ranked, key=lambda n: (-(n["influence"] or 0.0), n["node_id"])) if ranked else None
     records, _, _ = driver.execute_query(
-        _EDGES, uids=uids, edge_threshold=float(pruning.edge_threshold), max_edges=int(pruning.max_edges),
-        database_=database, routing_="r",
+        _EDGES, graph_id=graph_id, keep_kinds=list(pruning.keep_kinds),
+        target_uid=f"{graph_id}|{pruning.target}" if pruning.target else None, has_cut=cut is not None,
+        node_threshold=float(pruning.node_threshold),
+        cut_influence=float(cut["influence"] or 0.0) if cut else 0.0, cut_node_id=cut["node_id"] if cut else "",
+        edge_threshold=float(pruning.edge_threshold), max_edges=int(pruning.max_edges), database_=database,
+        routing_="r",
     )
     edges = [{"source": r["source"], "target": r["target"], "weight": r["weight"]} for r in records]
     if pruning.target is not None:
