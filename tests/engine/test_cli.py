@@ -1,0 +1,35 @@
+"""The ``attribute`` CLI command end to end on a saved model directory and dictionary set."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+from typer.testing import CliRunner
+
+from tests.engine.conftest import PROMPTS, calibrate, make_dicts, make_gpt2
+from workers.dictionaries.formats import save_dictionary_set
+from workers.engine.cli import attribute
+from workers.engine.graph import Graph
+from workers.engine.linearise import Linearised
+
+
+def test_cli_attribute_prints_summary_and_writes_outputs(tmp_path):
+    model = make_gpt2(2, 64)
+    dicts = make_dicts(model, 2, 64, sites=("mlp",))
+    calibrate(Linearised(model, dicts), PROMPTS[0])
+    model.save_pretrained(tmp_path / "model")
+    save_dictionary_set(dicts, tmp_path / "dicts")
+    app = typer.Typer()
+    app.command()(attribute)
+    ids = ",".join(str(i) for i in PROMPTS[0].tolist())
+    res = CliRunner().invoke(app, ["--model", str(tmp_path / "model"), "--dictionaries", str(tmp_path / "dicts"),
+                                   ids, "--ids", "-t", "top", "-t", "diff:3,4", "--out", str(tmp_path / "g"),
+                                   "--neuronpedia", str(tmp_path / "np.json")])
+    assert res.exit_code == 0, res.output
+    assert "replacement_unpruned" in res.output and "target:diff" in res.output
+    g = Graph.load(tmp_path / "g")
+    assert g.provenance["model_hash"] and g.provenance["dictionary_hash"]
+    assert g.influence is not None
+    np_json = json.loads((tmp_path / "np.json").read_text())
+    assert np_json["metadata"]["schema_version"] == 1 and np_json["nodes"] and np_json["links"]
