@@ -69,6 +69,11 @@ def _process_clients() -> tuple[neo4j.Driver, redis.Redis, Any]:
         from workers.pipeline.compute import ModelCache
 
         settings = get_settings()
+        threads = get_pipeline_settings().torch_threads
+        if threads > 0:
+            import torch
+
+            torch.set_num_threads(threads)
         _clients.clear()
         _clients.update(pid=os.getpid(), driver=neo4j_driver(settings, max_transaction_retry_time=20.0),
                         redis=redis.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5,

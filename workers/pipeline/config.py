@@ -28,6 +28,10 @@ class PipelineSettings(BaseSettings):
     fault_delay_s: float = 0.0
     # Models and dictionary sets kept loaded per worker process (least recently used one is dropped).
     cache_size: int = 2
+    # CPU threads torch uses in each worker process (0: torch's default, one per core). One thread per
+    # process and one process per core is fastest on CPU: several processes' OpenMP pools spin against
+    # each other otherwise (measured 10x slower per prompt on a loaded 2-core machine).
+    torch_threads: int = 1
 
 
 @lru_cache(maxsize=1)

@@ -1,0 +1,106 @@
+"""Neo4j ingest rate of the graph writer (workers/store/writer.py) in edges/s, for graphs of 10k..1M edges.
+
+    python bench/ingest.py [--edges 10000 100000 1000000] [--repeat 1]
+
+Synthetic graphs shaped like attribution graphs: ~1 node per 25 edges, 85% of nodes features drawn from a
+pool of 4,096 dictionary features (so feature pairs repeat and the corpus aggregates see real merging),
+edges between random node pairs. Reports the whole write_graph call (claim, clear, nodes, Feature MERGE,
+edges, and the final aggregate transaction) and the edge phase alone. Uses the configured Neo4j
+(ATLAS_NEO4J_URI...); writes into a throw-away corpus id and deletes the graphs afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import sys
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from service.db import neo4j_driver  # noqa: E402
+from workers.settings import get_settings  # noqa: E402
+from workers.store import writer  # noqa: E402
+from workers.store.records import GraphRecord, NodeRow  # noqa: E402
+
+
+def synthetic_graph(n_edges: int, seed: int, corpus_id: str) -> GraphRecord:
+    rng = random.Random(seed)
+    n_nodes = max(50, n_edges // 25)
+    n_pos = 64
+    nodes: list[NodeRow] = []
+    seen: set[str] = set()
+    while len(nodes) < n_nodes:
+        r = rng.random()
+        p = rng.randrange(n_pos)
+        if r < 0.85:
+            layer, f = rng.randrange(8), rng.randrange(512)
+            nid = f"feat:L{layer}.mlp:p{p}:f{f}"
+            row = NodeRow(nid, "feature", layer, p, feature=f, dictionary=f"L{layer}.mlp", activation=rng.random(),
+                          influence=rng.random())
+        elif r < 0.95:
+            layer = rng.randrange(8)
+            nid = f"err:L{layer}.mlp:p{p}"
+            row = NodeRow(nid, "error", layer, p, activation=1.0)
+        else:
+            nid = f"emb:p{p}"
+            row = NodeRow(nid, "embedding", -1, p, activation=1.0, token=f"t{p}")
+        if nid not in seen:
+            seen.add(nid)
+            nodes.append(row)
+    ids = [n.node_id for n in nodes]
+    src = [ids[rng.randrange(n_nodes)] for _ in range(n_edges)]
+    dst = [ids[rng.randrange(n_nodes)] for _ in range(n_edges)]
+    w = [rng.uniform(-1, 1) for _ in range(n_edges)]
+    return GraphRecord(f"bench-{corpus_id}-{n_edges}-{seed}", f"p{seed}", corpus_id, "bench", "bench", nodes, src, dst, w)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--edges", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    args = ap.parse_args()
+    settings = get_settings()
+    corpus_id = f"bench{uuid.uuid4().hex[:8]}"
+    results = []
+    phase: dict[str, float] = {}
+    orig_edges = writer._create_edges
+
+    def timed_edges(*a, **k):  # noqa: ANN002, ANN003, ANN202 - wraps the edge batches to time the edge phase
+        t = time.perf_counter()
+        try:
+            return orig_edges(*a, **k)
+        finally:
+            phase["edges"] = phase.get("edges", 0.0) + time.perf_counter() - t
+
+    writer._create_edges = timed_edges
+    with neo4j_driver(settings) as driver:
+        for n in args.edges:
+            for rep in range(args.repeat):
+                rec = synthetic_graph(n, rep, corpus_id)
+                phase.clear()
+                res = writer.write_graph(driver, rec, database=settings.neo4j_database)
+                row = {"edges": n, "nodes": len(rec.nodes), "seconds": round(res.seconds, 2),
+                       "edges_per_s": round(n / res.seconds), "edge_phase_edges_per_s": round(n / phase["edges"])}
+                results.append(row)
+                print(json.dumps(row), flush=True)
+        for row_rec in {r["edges"] for r in results}:
+            for rep in range(args.repeat):
+                writer.delete_graph(driver, f"bench-{corpus_id}-{row_rec}-{rep}", database=settings.neo4j_database)
+        driver.execute_query("MATCH ()-[e:AGG {corpus: $c}]->() DELETE e", c=corpus_id, database_=settings.neo4j_database)
+        driver.execute_query("MATCH ()-[e:OCCURS {corpus: $c}]->() DELETE e", c=corpus_id, database_=settings.neo4j_database)
+    env = {"cpus": os.cpu_count(), "python": platform.python_version(), "neo4j_heap": settings.neo4j_heap,
+           "neo4j_pagecache": settings.neo4j_pagecache}
+    print(json.dumps({"environment": env}))
+    if args.json:
+        args.json.write_text(json.dumps({"results": results, "environment": env}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
