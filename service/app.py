@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from service.api import analyses, circuits, cypher, features, global_circuits, health
 from service.db import Neo4jPasswordMissing, neo4j_driver
 from service.db.migrations import MigrationError, migrate
+from service.ui import router as ui_router
 from workers.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ def create_app(settings: Settings | None = None, *, run_migrations: bool = True)
     app.include_router(health.router)
     for module in (circuits, features, global_circuits, analyses, cypher):  # the query API (issue #6)
         app.include_router(module.router)
+    app.include_router(ui_router)  # the circuit viewer at /ui (issue #7)
     return app
 
 
