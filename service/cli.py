@@ -16,6 +16,12 @@ from service.keys_cli import keys_app  # noqa: E402 - sub-app defined in its own
 
 app.add_typer(keys_app, name="keys")
 
+from workers.engine.cli import attribute as attribute_command  # noqa: E402
+from workers.zoo.cli import app as zoo_app  # noqa: E402
+
+app.add_typer(zoo_app, name="zoo")
+app.command("attribute", help="Compute one attribution graph and print its circuit.")(attribute_command)
+
 
 def _echo(message: str) -> None:
     typer.echo(message, err=True)
