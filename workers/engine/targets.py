@@ -8,6 +8,7 @@ input, and feature pre-activations at any position (local circuits).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +38,7 @@ class Target:
         return tensor_site_bound(self.tensor)
 
 
+@functools.lru_cache(maxsize=4096)
 def tensor_site_bound(tensor: str) -> tuple[int, int]:
     """Sites (layer, 0=attn / 1=mlp) strictly before the returned pair are upstream of ``tensor``."""
     if tensor == "final":
