@@ -21,7 +21,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from neo4j import Driver, ManagedTransaction
 
@@ -46,6 +46,8 @@ class WriteResult:
     n_nodes: int
     n_edges: int
     seconds: float
+    # Seconds per phase (each including its commits): clear, nodes, features, edges, aggregates.
+    phases: dict[str, float] = field(default_factory=dict)
 
 
 def _chunks(n: int, size: int) -> Iterator[slice]:
@@ -283,6 +285,8 @@ def write_graph(
             if not session.execute_write(_renew, rec.graph_id, token, lease_s):
                 raise GraphBusy(f"graph {rec.graph_id}: lease lost to another writer")
 
+        phases: dict[str, float] = defaultdict(float)
+        t = time.perf_counter()
         while session.execute_write(_clear_batch, rec.graph_id):
             pass
         session.execute_write(
@@ -291,6 +295,8 @@ def write_graph(
             ).consume()
         )
 
+        phases["clear"] += time.perf_counter() - t
+        t = time.perf_counter()
         by_label: dict[str, list] = defaultdict(list)
         for n in rec.nodes:
             by_label[KIND_LABELS[n.kind]].append(n)
@@ -301,11 +307,15 @@ def write_graph(
                 eids = session.execute_write(_create_nodes, label, _node_columns(rec, nodes[sl]))
                 element_id.update(zip((n.node_id for n in nodes[sl]), eids, strict=True))
 
+        phases["nodes"] += time.perf_counter() - t
+        t = time.perf_counter()
         feats = sorted({(n.fkey(rec.dictionary_set), n.dictionary, n.feature) for n in rec.nodes if n.kind == "feature"})
         for sl in _chunks(len(feats), NODE_BATCH):
             part = feats[sl]
             session.execute_write(_merge_features, [f[0] for f in part], [f[1] for f in part], [f[2] for f in part])
 
+        phases["features"] += time.perf_counter() - t
+        t = time.perf_counter()
         src = [element_id[s] for s in rec.edge_src]
         dst = [element_id[d] for d in rec.edge_dst]
         w = [float(x) for x in rec.edge_w]
@@ -314,6 +324,8 @@ def write_graph(
             session.execute_write(_create_edges, src[sl], dst[sl], w[sl])
 
         check_stop()
+        phases["edges"] += time.perf_counter() - t
+        t = time.perf_counter()
         params = {
             "graph_id": rec.graph_id,
             "token": token,
@@ -325,7 +337,8 @@ def write_graph(
         if not session.execute_write(_finish, params):
             # Lost the lease (we were too slow and another writer took over): that writer completes it.
             raise GraphBusy(f"graph {rec.graph_id}: lease lost before completion")
-    return WriteResult(rec.graph_id, True, len(rec.nodes), len(w), time.perf_counter() - t0)
+        phases["aggregates"] += time.perf_counter() - t
+    return WriteResult(rec.graph_id, True, len(rec.nodes), len(w), time.perf_counter() - t0, dict(phases))
 
 
 def delete_graph(driver: Driver, graph_id: str, *, database: str | None = None) -> None:
