@@ -204,6 +204,20 @@ def plan_check(query_type: str | None, plan: dict | None, limits: CypherLimits) 
     return names
 
 
+def _out_of_range_int(value: Any) -> int | None:
+    """An integer Neo4j cannot hold (it has 64-bit integers), anywhere inside a parameter value."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if not -(2 ** 63) <= value < 2 ** 63 else None
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    for v in items:
+        bad = _out_of_range_int(v)
+        if bad is not None:
+            return bad
+    return None
+
+
 def _check_params(params: dict[str, Any], limits: CypherLimits) -> None:
     try:
         size = len(json.dumps(params))
@@ -212,6 +226,9 @@ def _check_params(params: dict[str, Any], limits: CypherLimits) -> None:
     if size > limits.max_param_bytes:
         raise CypherRefused("parameters", f"parameters are {size:,} bytes of JSON; the limit is "
                                           f"{limits.max_param_bytes:,}")
+    bad = _out_of_range_int(params)
+    if bad is not None:
+        raise CypherRefused("parameters", f"integer parameter {bad} is outside Neo4j's 64-bit range")
 
 
 def to_json(value: Any) -> Any:

@@ -124,7 +124,7 @@ def test_virtual_weights_match_explicit_dot_products_and_are_stored(neo4j_driver
             for (ls, ss), src in dset:
                 if ls < lt or (ls == lt and ss == "attn"):
                     for s in range(src.cfg.d_dict):
-                        cands.append((f"{unique_id}/L{ls}.{ss}#{s}", float(src.W_dec[s] @ reader)))
+                        cands.append((f"{unique_id}/L{ls}.{ss}#{s}", float(src.W_dec[s].detach() @ reader.detach())))
             cands.sort(key=lambda c: -abs(c[1]))
             want += [(c[0], f"{unique_id}/L{lt}.mlp#{t}", c[1]) for c in cands[:k]]
     want.sort(key=lambda v: (v[1], -abs(v[2]), v[0]))

@@ -221,3 +221,11 @@ def test_concurrency_cap(neo4j_driver, settings):
     assert (info.value.rule, info.value.status) == ("concurrency-cap", 429)
     t.join(10)
     assert runner.run("RETURN 1 AS one").rows == [[1]]  # the slot was given back
+
+
+def test_parameters_neo4j_cannot_hold_are_refused(runner):
+    for params in ({"x": 2 ** 63}, {"x": [1, {"y": -(2 ** 63) - 1}]}):
+        with pytest.raises(CypherRefused) as info:
+            runner.run("RETURN $x AS x", params)
+        assert info.value.rule == "parameters" and "64-bit" in info.value.message
+    assert runner.run("RETURN $x AS x", {"x": 2 ** 63 - 1}).rows == [[2 ** 63 - 1]]
