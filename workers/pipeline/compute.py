@@ -180,9 +180,13 @@ def run_prompt(driver: Driver, r: redis_lib.Redis, cache: ModelCache, cfg: Pipel
             on_job_finished(job_id)
         return outcome
 
-    decision, work = jobs.start_prompt(driver, prompt_id, worker_name(), database)
+    decision, work = jobs.start_prompt(driver, prompt_id, worker_name(), database, cfg.max_attempts)
     if decision == "cancel":
         return finish(jobs.job_id_of(prompt_id), "cancelled", "job cancelled")
+    if decision == "exhausted":
+        return finish(jobs.job_id_of(prompt_id), "failed",
+                      f"started {cfg.max_attempts} times without finishing (worker killed, hard time limit or out of "
+                      "memory each time); ATLAS_PIPELINE_MAX_ATTEMPTS")
     if work is None:
         return decision  # already final: a duplicate or redelivered task
     if on_start is not None:

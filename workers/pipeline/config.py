@@ -20,6 +20,8 @@ class PipelineSettings(BaseSettings):
     heartbeat_s: float = 2.0
     stale_after_s: float = 30.0
     reaper_interval_s: float = 10.0
+    # Deliveries of a prompt that may start and die (SIGKILL, hard time limit, OOM) before it is failed.
+    max_attempts: int = 3
     # Celery retries of a prompt after transient Neo4j/Redis errors (exponential backoff, capped).
     max_retries: int = 10
     retry_backoff_max_s: float = 10.0

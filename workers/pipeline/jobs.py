@@ -140,6 +140,7 @@ SET p._lock = true
 WITH p, c, j,
      CASE WHEN p.state IN ['done', 'failed', 'cancelled'] THEN p.state
           WHEN j.state IN ['cancelling', 'cancelled'] THEN 'cancel'
+          WHEN p.attempts >= $max_attempts THEN 'exhausted'
           ELSE 'run' END AS decision
 SET p.state = CASE WHEN decision = 'run' THEN 'running' ELSE p.state END,
     p.attempts = CASE WHEN decision = 'run' THEN p.attempts + 1 ELSE p.attempts END,
@@ -154,10 +155,14 @@ RETURN decision, p.text AS text, p.tokens AS tokens, p.targets AS targets, p.att
 """
 
 
-def start_prompt(driver: Driver, prompt_id: str, worker: str, database: str | None = None) -> tuple[str, PromptWork | None]:
+def start_prompt(driver: Driver, prompt_id: str, worker: str, database: str | None = None,
+                 max_attempts: int = 3) -> tuple[str, PromptWork | None]:
     """Move a prompt to 'running'. Returns (decision, work): 'run' with the work, 'cancel' (the job is being
-    cancelled), or the prompt's final state when it is already finished (a duplicate delivery)."""
-    recs = driver.execute_query(_START, pid=prompt_id, now=time.time(), worker=worker, database_=database).records
+    cancelled), 'exhausted' (it was started ``max_attempts`` times already: each attempt died, e.g. killed
+    by the hard time limit or out of memory), or the prompt's final state when it is already finished
+    (a duplicate delivery)."""
+    recs = driver.execute_query(_START, pid=prompt_id, now=time.time(), worker=worker, max_attempts=max_attempts,
+                                database_=database).records
     if not recs:
         raise LookupError(f"prompt {prompt_id} does not exist (its job was deleted?)")
     r = recs[0]
