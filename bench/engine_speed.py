@@ -91,7 +91,7 @@ def main() -> None:
     ap.add_argument("--bench", type=Path, default=get_settings().cache_dir / "bench" / "gpt2-4l-d128")
     ap.add_argument("--lengths", type=int, nargs="+", default=[16, 64, 256])
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--cone-chunk", type=int, default=32)
+    ap.add_argument("--cone-chunk", type=int, default=16)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--bf16", action="store_true")

@@ -33,7 +33,7 @@ from workers.engine.targets import Target, tensor_site_bound
 @dataclass
 class AttributionSettings:
     batch_size: int = 32  # targets per backward pass
-    cone_chunk: int = 32  # positions per causal-cone group (1 = a forward per position)
+    cone_chunk: int = 16  # positions per causal-cone group (1 = a forward per position)
     bias: Literal["total", "grouped"] = "total"  # one bias leaf, or one per parameter group
     dtype: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast in the backward passes
     feature_rows: bool = True  # compute edges into every active feature (False: targets only)
