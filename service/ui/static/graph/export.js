@@ -3,7 +3,7 @@
 // supernodes and clicked node in qParams, as Neuronpedia's own viewer stores them).
 
 import { getJSON, withQuery } from "../api.js";
-import { COLORS, edgeStyle, shapeOf } from "./render.js";
+import { COLORS, DENSE_EDGES, edgeStyle, shapeOf } from "./render.js";
 
 const esc = (s) => String(s).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
 
@@ -27,7 +27,7 @@ export function sceneToSVG(scene, title = "") {
   }
   out.push('<g class="edges" stroke-linecap="round">');
   for (let k = 0; k < scene.w.length; k++) {
-    const st = edgeStyle(scene.w[k], scene.maxAbs ?? 0);
+    const st = edgeStyle(scene.w[k], scene.maxAbs ?? 0, scene.w.length > DENSE_EDGES);
     const [r, g, b] = st.neg ? COLORS.neg : COLORS.pos;
     const a = scene.src[k];
     const d = scene.dst[k];

@@ -19,6 +19,12 @@ export const COLORS = {
   supernode: "#8e44ad",
 };
 const WIDTH_BINS = 6;
+// Above this many drawn items, zoom and pan move the last full picture with a CSS transform (the compositor
+// does it for free) and the full redraw waits until the pointer rests: rastering 50k antialiased lines in
+// software takes 0.5-2 s on this machine, far too slow per frame.
+const BITMAP_INTERACTION_ABOVE = 4000;
+const SETTLE_MS = 160;
+export const DENSE_EDGES = 5000;
 const MARGIN = { left: 70, right: 20, top: 20, bottom: 46 };
 
 /** Shape drawn for a node kind (also used by the SVG export, so both pictures agree). */
@@ -29,10 +35,12 @@ export function shapeOf(kind) {
 }
 
 /** Bucket of an edge for drawing: [sign 0/1][width bin], width and opacity growing with |w| / max|w|. */
-export function edgeStyle(w, maxAbs) {
+export function edgeStyle(w, maxAbs, dense = false) {
   const f = maxAbs > 0 ? Math.min(1, Math.abs(w) / maxAbs) : 0;
   const bin = Math.min(WIDTH_BINS - 1, Math.floor(Math.sqrt(f) * WIDTH_BINS));
   const t = (bin + 1) / WIDTH_BINS;
+  // Dense graphs: thinner, fainter lines (a wall of thick strokes hides structure and is slow to raster).
+  if (dense) return { bin, neg: w < 0, width: 0.35 + 1.8 * t * t, alpha: 0.08 + 0.5 * t * t };
   return { bin, neg: w < 0, width: 0.4 + 4.2 * t * t, alpha: 0.18 + 0.6 * t };
 }
 
@@ -65,6 +73,7 @@ export class GraphCanvas {
     let maxAbs = 0;
     for (let k = 0; k < scene.w.length; k++) maxAbs = Math.max(maxAbs, Math.abs(scene.w[k]));
     scene.maxAbs = maxAbs;
+    scene.dense = scene.w.length > DENSE_EDGES;
     this._buildGrid();
     this.hovered = -1;
     this.resize(false);
@@ -104,6 +113,23 @@ export class GraphCanvas {
   sy(y) { return y * this.zoom + this.panY; }
   radius() { return Math.max(2, Math.min(9, 4 * Math.sqrt(this.zoom))); }
 
+  /** After a zoom or pan: redraw now (small graphs) or move the last picture and redraw once settled. */
+  _viewChanged() {
+    const s = this.scene;
+    if (!s || s.nodes.length + s.w.length <= BITMAP_INTERACTION_ABOVE || !this.drawn) {
+      this.requestDraw();
+      return;
+    }
+    const k = this.zoom / this.drawn.zoom;
+    const tx = this.panX - this.drawn.panX * k;
+    const ty = this.panY - this.drawn.panY * k;
+    this.base.style.transformOrigin = "0 0";
+    this.base.style.transform = `translate(${tx}px, ${ty}px) scale(${k})`;
+    this.drawOverlay();
+    clearTimeout(this._settle);
+    this._settle = setTimeout(() => this.requestDraw(), SETTLE_MS);
+  }
+
   requestDraw() {
     if (this._pending) return;
     this._pending = true;
@@ -120,7 +146,10 @@ export class GraphCanvas {
     const ctx = this.base.getContext("2d");
     ctx.setTransform(this.dpr, 0, 0, this.dpr, 0, 0);
     ctx.clearRect(0, 0, this.cssW, this.cssH);
+    this.base.style.transform = "";
+    clearTimeout(this._settle);
     if (!s) return this.rendered;
+    this.drawn = { zoom: this.zoom, panX: this.panX, panY: this.panY };
     const { x, y } = s.layout;
     this._drawGuides(ctx);
 
@@ -129,7 +158,7 @@ export class GraphCanvas {
     for (let k = 0; k < 2 * WIDTH_BINS; k++) buckets.push([]);
     const styles = new Array(2 * WIDTH_BINS);
     for (let k = 0; k < s.w.length; k++) {
-      const st = edgeStyle(s.w[k], s.maxAbs);
+      const st = edgeStyle(s.w[k], s.maxAbs, s.dense);
       const b = (st.neg ? WIDTH_BINS : 0) + st.bin;
       buckets[b].push(k);
       styles[b] = st;
@@ -258,7 +287,7 @@ export class GraphCanvas {
         if (s.src[k] !== h.selected && s.dst[k] !== h.selected) continue;
         const [cr, cg, cb] = s.w[k] < 0 ? COLORS.neg : COLORS.pos;
         ctx.strokeStyle = `rgba(${cr},${cg},${cb},0.95)`;
-        ctx.lineWidth = edgeStyle(s.w[k], s.maxAbs).width + 1;
+        ctx.lineWidth = edgeStyle(s.w[k], s.maxAbs, s.dense).width + 1;
         ctx.beginPath();
         ctx.moveTo(this.sx(x[s.src[k]]), this.sy(y[s.src[k]]));
         ctx.lineTo(this.sx(x[s.dst[k]]), this.sy(y[s.dst[k]]));
@@ -321,6 +350,13 @@ export class GraphCanvas {
     return { x: this.sx(this.scene.layout.x[i]), y: this.sy(this.scene.layout.y[i]) };
   }
 
+  panBy(dx, dy) {
+    this.panX += dx;
+    this.panY += dy;
+    this.userMoved = true;
+    this._viewChanged();
+  }
+
   zoomAt(px, py, factor) {
     const z = Math.max(1e-3, Math.min(40, this.zoom * factor));
     const f = z / this.zoom;
@@ -328,7 +364,7 @@ export class GraphCanvas {
     this.panY = py - (py - this.panY) * f;
     this.zoom = z;
     this.userMoved = true;
-    this.requestDraw();
+    this._viewChanged();
   }
 
   _bind() {
@@ -360,7 +396,7 @@ export class GraphCanvas {
           this.panX = drag.panX + dx;
           this.panY = drag.panY + dy;
           this.userMoved = true;
-          this.requestDraw();
+          this._viewChanged();
           return;
         }
       }
