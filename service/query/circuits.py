@@ -96,6 +96,51 @@ RETURN source, target, weight
 """
 
 
+# Local circuits: instead of shipping every kept edge, find the max_edges-th edge's sort key (one row), then
+# walk the upstream cone of the target on the server, one hop per query, over edges at or before that key.
+_EDGE_CUT = f"""
+MATCH (a:Node {{graph_id: $graph_id}})-[r:ATTR]->(b:Node)
+WHERE abs(r.w) >= $edge_threshold AND {_KEPT.replace("x.", "a.")} AND {_KEPT.replace("x.", "b.")}
+WITH a.node_id AS source, b.node_id AS target, r.w AS weight
+ORDER BY abs(weight) DESC, source ASC, target ASC
+SKIP $max_edges - 1 LIMIT 1
+RETURN source, target, abs(weight) AS abs_w
+"""
+_IN_EDGES = f"""
+UNWIND $frontier AS uid
+MATCH (a:Node)-[r:ATTR]->(b:Node {{uid: uid}})
+WHERE abs(r.w) >= $edge_threshold AND {_KEPT.replace("x.", "a.")}
+  AND (NOT $has_edge_cut OR abs(r.w) > $cut_abs_w OR (abs(r.w) = $cut_abs_w
+       AND (a.node_id < $cut_source OR (a.node_id = $cut_source AND b.node_id <= $cut_target))))
+RETURN a.node_id AS source, b.node_id AS target, r.w AS weight
+"""
+
+
+def _cone_edges(driver: Driver, graph_id: str, target: str, params: dict, database: str | None,
+                graph_edges: int | None) -> list[dict]:
+    """Kept edges (top max_edges by the circuit's edge order) with both ends in the target's upstream cone."""
+    if params["max_edges"] == 0:
+        return []
+    cut: list = []
+    if graph_edges is None or graph_edges > params["max_edges"]:  # otherwise no edge can be cut by rank
+        cut, _, _ = driver.execute_query(_EDGE_CUT, **params, database_=database, routing_="r")
+    cut_params = {"has_edge_cut": bool(cut), "cut_abs_w": cut[0]["abs_w"] if cut else 0.0,
+                  "cut_source": cut[0]["source"] if cut else "", "cut_target": cut[0]["target"] if cut else ""}
+    seen, frontier, edges = {target}, [target], []
+    while frontier:
+        rows, _, _ = driver.execute_query(_IN_EDGES, **params, **cut_params,
+                                          frontier=[f"{graph_id}|{n}" for n in frontier], database_=database,
+                                          routing_="r")
+        frontier = []
+        for r in rows:
+            edges.append({"source": r["source"], "target": r["target"], "weight": r["weight"]})
+            if r["source"] not in seen:
+                seen.add(r["source"])
+                frontier.append(r["source"])
+    edges.sort(key=lambda e: (-abs(e["weight"]), e["source"], e["target"]))
+    return edges
+
+
 def _decode_graph(props: dict) -> dict:
     out = dict(props)
     for key in ("target", "settings", "metrics", "provenance"):
@@ -134,41 +179,72 @@ def upstream_cone(edges: list[dict], target: str) -> set[str]:
     return seen
 
 
+_NODE_PROPS = "n {.node_id, .kind, .layer, .pos, .feature, .dictionary, .fkey, .activation, .influence, .token}"
+
+# The max_nodes-th ranked node (influence desc, node_id asc) among the candidates: the top-k cut-off.
+_NODE_CUT = """
+MATCH (n:Node {graph_id: $graph_id})
+WHERE NOT n.kind IN $keep_kinds AND coalesce(n.influence, 0.0) >= $node_threshold
+WITH n ORDER BY coalesce(n.influence, 0.0) DESC, n.node_id ASC SKIP $max_nodes - 1 LIMIT 1
+RETURN coalesce(n.influence, 0.0) AS influence, n.node_id AS node_id
+"""
+_NODES_BY_UID = f"UNWIND $uids AS uid MATCH (n:Node {{uid: uid}}) RETURN {_NODE_PROPS} AS n"
+_NO_RANK_LIMIT = -1.0e308  # every candidate's influence is above it: all pass the rank test
+
+
+def _rank_cut(driver: Driver, pruning: Pruning, graph: dict, params: dict, database: str | None) -> tuple[bool, float, str]:
+    """(has_cut, cut_influence, cut_node_id) for the _KEPT predicate, without fetching the nodes."""
+    if pruning.max_nodes == 0:
+        return False, 0.0, ""
+    n_nodes = graph.get("n_nodes")
+    if n_nodes is not None and n_nodes <= pruning.max_nodes:
+        return True, _NO_RANK_LIMIT, ""
+    rows, _, _ = driver.execute_query(_NODE_CUT, **params, max_nodes=int(pruning.max_nodes), database_=database,
+                                      routing_="r")
+    if not rows:  # fewer candidates than max_nodes
+        return True, _NO_RANK_LIMIT, ""
+    return True, float(rows[0]["influence"]), rows[0]["node_id"]
+
+
 def circuit(driver: Driver, graph_id: str, pruning: Pruning | None = None, *, database: str | None = None) -> Circuit:
-    """The circuit of one complete graph under ``pruning`` (module docstring for the exact rule)."""
+    """The circuit of one complete graph under ``pruning`` (module docstring for the exact rule).
+
+    Without a target: the kept nodes, then the top edges among them. With a target: only the rank cut-offs
+    are computed on the server, the upstream cone is walked hop by hop, and only the cone's nodes and edges
+    travel to the client (a local circuit is usually a small part of its graph).
+    """
     pruning = pruning or Pruning()
     graph = get_graph(driver, graph_id, database=database)
-    records, _, _ = driver.execute_query(
-        _NODES, graph_id=graph_id, keep_kinds=list(pruning.keep_kinds), node_threshold=float(pruning.node_threshold),
-        max_nodes=int(pruning.max_nodes), database_=database, routing_="r",
-    )
-    nodes = {r["n"]["node_id"]: r["n"] for r in records}
-    if pruning.target is not None and pruning.target not in nodes:
-        # The target is kept whatever its influence: it is what the reader asked to explain.
-        rec, _, _ = driver.execute_query(
-            "MATCH (n:Node {uid: $uid}) RETURN n {.node_id, .kind, .layer, .pos, .feature, .dictionary, .fkey, "
-            ".activation, .influence, .token} AS n", uid=f"{graph_id}|{pruning.target}", database_=database,
+    params = {
+        "graph_id": graph_id, "keep_kinds": list(pruning.keep_kinds),
+        "target_uid": f"{graph_id}|{pruning.target}" if pruning.target else None,
+        "node_threshold": float(pruning.node_threshold), "edge_threshold": float(pruning.edge_threshold),
+        "max_edges": int(pruning.max_edges),
+    }
+    if pruning.target is None:
+        records, _, _ = driver.execute_query(
+            _NODES, graph_id=graph_id, keep_kinds=list(pruning.keep_kinds),
+            node_threshold=float(pruning.node_threshold), max_nodes=int(pruning.max_nodes), database_=database,
             routing_="r",
         )
-        if not rec:
-            raise NodeNotFound(f"graph {graph_id!r} has no node {pruning.target!r}")
-        nodes[pruning.target] = rec[0]["n"]
-    ranked = [n for n in nodes.values() if n["kind"] not in pruning.keep_kinds and n["node_id"] != pruning.target]
-    # The last ranked node kept (the target is kept by its uid whatever its rank).
-    cut = max(ranked, key=lambda n: (-(n["influence"] or 0.0), n["node_id"])) if ranked else None
-    records, _, _ = driver.execute_query(
-        _EDGES, graph_id=graph_id, keep_kinds=list(pruning.keep_kinds),
-        target_uid=f"{graph_id}|{pruning.target}" if pruning.target else None, has_cut=cut is not None,
-        node_threshold=float(pruning.node_threshold),
-        cut_influence=float(cut["influence"] or 0.0) if cut else 0.0, cut_node_id=cut["node_id"] if cut else "",
-        edge_threshold=float(pruning.edge_threshold), max_edges=int(pruning.max_edges), database_=database,
-        routing_="r",
-    )
-    edges = [{"source": r["source"], "target": r["target"], "weight": r["weight"]} for r in records]
-    if pruning.target is not None:
+        nodes = {r["n"]["node_id"]: r["n"] for r in records}
+        ranked = [n for n in nodes.values() if n["kind"] not in pruning.keep_kinds]
+        # The last ranked node kept.
+        cut = max(ranked, key=lambda n: (-(n["influence"] or 0.0), n["node_id"])) if ranked else None
+        params.update(has_cut=cut is not None, cut_influence=float(cut["influence"] or 0.0) if cut else 0.0,
+                      cut_node_id=cut["node_id"] if cut else "")
+        records, _, _ = driver.execute_query(_EDGES, **params, database_=database, routing_="r")
+        edges = [{"source": r["source"], "target": r["target"], "weight": r["weight"]} for r in records]
+    else:
+        has_cut, cut_influence, cut_node_id = _rank_cut(driver, pruning, graph, params, database)
+        params.update(has_cut=has_cut, cut_influence=cut_influence, cut_node_id=cut_node_id)
+        edges = _cone_edges(driver, graph_id, pruning.target, params, database, graph.get("n_edges"))
         cone = upstream_cone(edges, pruning.target)
-        nodes = {k: v for k, v in nodes.items() if k in cone}
-        edges = [e for e in edges if e["source"] in cone and e["target"] in cone]
+        records, _, _ = driver.execute_query(_NODES_BY_UID, uids=[f"{graph_id}|{n}" for n in sorted(cone)],
+                                             database_=database, routing_="r")
+        nodes = {r["n"]["node_id"]: r["n"] for r in records}
+        if pruning.target not in nodes:
+            raise NodeNotFound(f"graph {graph_id!r} has no node {pruning.target!r}")
     ordered = [nodes[k] for k in sorted(nodes)]
     return Circuit(graph=graph, nodes=ordered, edges=edges, pruning=pruning,
                    stats={"n_nodes": len(ordered), "n_edges": len(edges),
