@@ -60,7 +60,7 @@ def svg_ids(browser) -> tuple[list[str], int]:  # noqa: ANN001
     """)
 
 
-def click_node(browser, node_id: str) -> None:  # noqa: ANN001
+def click_node(browser, node_id: str, shift: bool = False) -> None:  # noqa: ANN001
     """A real mouse click on the node's position on the canvas."""
     # Let pending layout work (a panel opening refits the view) finish: two animation frames.
     browser.execute_async_script("const done = arguments[0]; requestAnimationFrame(() => requestAnimationFrame(done));")
@@ -70,7 +70,9 @@ def click_node(browser, node_id: str) -> None:  # noqa: ANN001
     rect = overlay.rect
     dx = pos["x"] - (rect["x"] + rect["width"] / 2)
     dy = pos["y"] - (rect["y"] + rect["height"] / 2)
-    ActionChains(browser).move_to_element_with_offset(overlay, round(dx), round(dy)).click().perform()
+    chain = ActionChains(browser).move_to_element_with_offset(overlay, round(dx), round(dy))
+    chain = chain.key_down(Keys.SHIFT).click().key_up(Keys.SHIFT) if shift else chain.click()
+    chain.perform()
 
 
 def open_graph(browser, api_url: str, graph_id: str, max_nodes: int) -> dict:  # noqa: ANN001
@@ -183,10 +185,11 @@ def test_pins_supernodes_and_neuronpedia_export(browser, api_url, api, stored_gr
     browser.find_element(By.CSS_SELECTOR, "#node-panel button.pin").click()
     wait_js(browser, f"return document.getElementById('pinned-list').textContent.includes({json.dumps(a)})")
 
-    for node_id in (a, b):  # open each node's panel and choose it for the supernode
-        click_node(browser, node_id)
-        wait_js(browser, f"return document.querySelector('#node-panel .node-id').textContent === {json.dumps(node_id)}")
-        browser.find_element(By.CSS_SELECTOR, "#node-panel button.choose").click()
+    # Choose the members: `a` with its panel's button, `b` with a shift-click on the canvas.
+    click_node(browser, a)
+    wait_js(browser, f"return document.querySelector('#node-panel .node-id').textContent === {json.dumps(a)}")
+    browser.find_element(By.CSS_SELECTOR, "#node-panel button.choose").click()
+    click_node(browser, b, shift=True)
     wait_js(browser, "return document.getElementById('chosen-count').textContent === '2'",
             what=f"two chosen nodes, not {browser.execute_script('return [...window.atlas.graph.chosen]')}")
     browser.find_element(By.ID, "group-name").send_keys("pair")
