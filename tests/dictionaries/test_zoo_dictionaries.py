@@ -43,19 +43,20 @@ def test_saved_zoo_dictionaries_reproduce_the_report(zoo):
     ds = load_dictionary_set(zoo.dictionaries, model=model)
     assert sorted(k for k, _ in ds) == [(i, s) for i in range(4) for s in ("attn", "mlp")]
     assert ds.content_hash() == report["content_hash"]
-    # fresh text from the held-out corpus: the set still reconstructs and keeps the loss
+    # The bar again, on the zoo's held-out corpus (disjoint from the training text; every third example,
+    # so all four tasks are in): the saved files, not just the training run, meet it.
     from workers.zoo.corpus import read_jsonl
     from workers.zoo.tokenizer import token_ids
 
     vocab = AutoTokenizer.from_pretrained(str(zoo.tokenizer)).get_vocab()
     by_len: dict[int, list[list[int]]] = {}
-    for ex in read_jsonl(zoo.heldout)[:600]:
+    for ex in read_jsonl(zoo.heldout)[::3]:
         ids = token_ids(vocab, ex.training_tokens())
         by_len.setdefault(len(ids), []).append(ids)
     batches = [torch.tensor(rows) for rows in by_len.values()]
     acts = collect_activations(model, batches, [k for k, _ in ds])
     for key, d in ds:
         stats = reconstruction_stats(d, *acts[key])
-        assert stats.explained_variance >= 0.85, (d.cfg.name, stats)
+        assert stats.explained_variance >= 0.90 and stats.dead_fraction < 0.10, (d.cfg.name, stats)
     ce = splice_ce(model, ds, batches, per_site=False)
-    assert ce["all"]["relative_increase"] <= 0.15, ce
+    assert ce["all"]["relative_increase"] <= 0.10, ce
