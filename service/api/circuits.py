@@ -10,13 +10,16 @@ import hashlib
 import json
 from typing import Literal
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response
 
+from service.api.analyses import enqueue_analysis
 from service.api.deps import driver_of, settings_of
+from service.auth import ApiKey, require_scope
 from service.query import circuits as q
 from service.query.paths import MAX_HOPS_LIMIT, graph_paths
-from service.schemas.circuits import CircuitOut, GraphPageOut, PathsOut
+from service.schemas.analyses import AnalysisOut, AnalysisRequest
+from service.schemas.circuits import CircuitOut, GraphPageOut, LocalCircuitRequest, PathsOut
 
 router = APIRouter(prefix="/graphs", tags=["circuits"])
 
@@ -99,3 +102,15 @@ def get_paths(
     seed = json.dumps([graph_id, str(graph.get("completed_at")), "paths", source, target, max_hops, beam, k, fanout,
                        min_abs_w])
     return cached_json(request, payload, seed)
+
+
+@router.post("/{graph_id}/local-circuits", response_model=AnalysisOut, status_code=202,
+             responses={401: {"description": "No or invalid API key"}, 403: {"description": "Key lacks 'write'"},
+                        404: {"description": "Unknown graph"}})
+def request_local_circuit(graph_id: str, body: LocalCircuitRequest, request: Request,
+                          key: ApiKey = Depends(require_scope("write"))) -> AnalysisOut:
+    """Queue a worker to compute a new local circuit of one feature node of this graph's prompt; when the job
+    is done its result names the new graph (``<graph_id>~<node_id>``), readable with GET .../circuit."""
+    _graph_or_404(request, graph_id)
+    params = {"graph_id": graph_id, "node_id": body.node_id, "prune": body.prune}
+    return enqueue_analysis(request, AnalysisRequest(kind="local_circuit", params=params), key)

@@ -69,3 +69,9 @@ class PathsOut(BaseModel):
     source: str
     target: str
     paths: list[PathOut]
+
+
+class LocalCircuitRequest(BaseModel):
+    node_id: str = Field(pattern=r"^feat:", examples=["feat:L1.mlp:p4:f17"],
+                         description="A feature node id of the graph (it need not be active).")
+    prune: bool = Field(False, description="Apply influence pruning before storing (default: keep everything).")

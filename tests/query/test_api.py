@@ -80,6 +80,11 @@ def test_cypher_and_write_endpoints_need_the_right_key(client, keys):
     assert client.post("/analyses", json=analysis).status_code == 401
     assert client.post("/analyses", json=analysis, headers=bearer(keys["cypher"])).status_code == 403
     assert client.post("/global/virtual-weights", json={"dictionary_set_id": "d"}).status_code == 401
+    local = {"node_id": "feat:L0.mlp:p0:f1"}
+    assert client.post("/graphs/nope/local-circuits", json=local).status_code == 401
+    assert client.post("/graphs/nope/local-circuits", json=local, headers=bearer(keys["write"])).status_code == 404
+    assert client.post("/graphs/nope/local-circuits", json={"node_id": "emb:p0"},
+                       headers=bearer(keys["write"])).status_code == 422
 
 
 def test_corpus_ownership(neo4j_driver, settings, keys):

@@ -45,12 +45,19 @@ def _virtual_weights(driver: Driver, p: dict, db: str | None) -> dict:
     return compute_and_store_for_registered(driver, p["dictionary_set_id"], top_k=p.get("top_k", 16), database=db)
 
 
+def _local_circuit(driver: Driver, p: dict, db: str | None) -> dict:
+    from workers.analysis.local_circuits import compute_local_circuit
+
+    return compute_local_circuit(driver, p["graph_id"], p["node_id"], prune=bool(p.get("prune", False)), database=db)
+
+
 ANALYSES: dict[str, Callable[[Driver, dict, str | None], dict]] = {
     "recurring_features": _recurring,
     "consensus_circuit": _consensus,
     "circuit_difference": _difference,
     "cluster_prompts": _cluster,
     "virtual_weights": _virtual_weights,
+    "local_circuit": _local_circuit,
 }
 
 
