@@ -247,3 +247,54 @@ def test_corpus_views(browser, api_url, api, stored_graph, artifacts_dir) -> Non
     text = wait_js(browser, "const b = document.getElementById('feature-box'); return b && !b.textContent.startsWith('loading') && b.innerText")
     assert rec.graph_id in text, text
     browser.save_screenshot(str(artifacts_dir / "feature_page.png"))
+
+
+def test_job_progress_page(browser, api_url, api, neo4j_driver, settings, artifacts_dir) -> None:  # noqa: ANN001
+    """A job moved through the pipeline's own state functions: the page shows the API's counts and failures."""
+    from workers.pipeline import jobs
+    from workers.pipeline.validation import PromptSpec, ValidatedCorpus
+
+    db = settings.neo4j_database
+    corpus = ValidatedCorpus("ui-model", "ui-dset", "ui job test", {}, [PromptSpec(f"prompt {i}") for i in range(4)],
+                             [[1, 2, 3]] * 4, [])
+    created = jobs.create_job(neo4j_driver, corpus, db)
+    try:
+        assert jobs.set_job_state(neo4j_driver, created.job_id, "queued", ("submitting",), db)
+        for pid, outcome in zip(created.prompt_ids[:3], ("done", "done", "failed"), strict=True):
+            decision, _ = jobs.start_prompt(neo4j_driver, pid, "ui-test-worker", db)
+            assert decision == "run"
+            jobs.finish_prompt(neo4j_driver, pid, outcome, error="boom: out of memory" if outcome == "failed" else None,
+                               seconds=0.5, database=db)
+        status = api.get(f"/jobs/{created.job_id}").json()
+        assert (status["done"], status["failed"], status["queued"]) == (2, 1, 1)
+
+        browser.get(f"{api_url}/ui/#/job/{quote(created.job_id)}")
+        text = wait_js(browser, "const b = document.getElementById('job-box'); return b && b.querySelector('.job-state') && b.innerText")
+        assert status["state"] in text
+        assert "2 done, 1 failed, 0 cancelled, 0 running, 1 queued of 4" in text
+        assert "boom: out of memory" in text
+        width = browser.execute_script("return document.querySelector('#job-box .bar').style.width")
+        assert float(width.rstrip("%")) == 75.0
+        assert browser.find_elements(By.ID, "cancel-job"), "a running job offers Cancel"
+        browser.save_screenshot(str(artifacts_dir / "job_progress.png"))
+    finally:
+        jobs.delete_job(neo4j_driver, created.job_id, db)
+
+
+def test_global_circuit_page(browser, api_url, api, stored_graph, artifacts_dir) -> None:  # noqa: ANN001
+    """The global circuit around a feature lists exactly the API's corpus-aggregated neighbours, in its order."""
+    rec = stored_graph
+    feat = max((n for n in rec.nodes if n.kind == "feature" and n.layer == 1), key=lambda n: n.influence or 0)
+    fkey = feat.fkey(rec.dictionary_set)
+    expected = {d: [n["fkey"] for n in api.get("/global/neighbours", params={
+        "fkey": fkey, "corpus_id": rec.corpus_id, "direction": d, "limit": 15}).json()["items"]]
+        for d in ("upstream", "downstream")}
+    assert expected["upstream"] and expected["downstream"], "the test graph should give this feature both sides"
+    browser.get(f"{api_url}/ui/#/global?fkey={quote(fkey, safe='')}&corpus_id={quote(rec.corpus_id)}")
+    shown = wait_js(browser, """const b = document.getElementById('global-box');
+        if (!b || !b.querySelector('svg.star')) return null;
+        const col = (k) => [...b.querySelectorAll('.cols > div')[k].querySelectorAll('td:first-child a')].map(a => a.textContent);
+        return {upstream: col(0), downstream: col(1), circles: b.querySelectorAll('svg.star circle').length};""")
+    assert shown["upstream"] == expected["upstream"] and shown["downstream"] == expected["downstream"]
+    assert shown["circles"] == 1 + len(expected["upstream"]) + len(expected["downstream"])
+    browser.save_screenshot(str(artifacts_dir / "global_circuit.png"))

@@ -184,7 +184,7 @@ function starSVG(fkey, up, down) {
       <circle cx="${x}" cy="${y}" r="4" fill="#5b6fb3"/><text x="${anchor === "end" ? x - 8 : x + 8}" y="${y}" font-size="11" text-anchor="${anchor}" dominant-baseline="middle">${esc(n.fkey)}</text>`;
   }).join("");
   return `<svg class="star" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}">${side(up, 230, "end")}${side(down, W - 230, "start")}
-    <circle cx="${cx}" cy="${cy}" r="8" fill="#8e44ad"/><text x="${cx}" y="${cy - 14}" text-anchor="middle" font-size="12" font-weight="bold">${esc(fkey)}</text></svg>`;
+    <circle cx="${cx}" cy="${cy}" r="8" fill="#8e44ad"/><text x="${cx}" y="${cy - 14}" text-anchor="middle" font-size="12" font-weight="bold" stroke="white" stroke-width="4" paint-order="stroke">${esc(fkey)}</text></svg>`;
 }
 
 export async function globalPage(root, params) {
