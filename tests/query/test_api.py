@@ -194,3 +194,22 @@ def test_analysis_job_runs_on_a_real_worker(client, store, keys, settings):
                                                                                             ("L1.mlp#1", 2)]
     assert failed["status"] == "failed" and "graph_b" in failed["error"]
     assert client.get("/analyses/an-nope").status_code == 404
+
+
+def test_keys_cli_creates_lists_and_revokes(neo4j_driver, settings):
+    from typer.testing import CliRunner
+
+    from service.cli import app
+
+    runner = CliRunner()
+    made = runner.invoke(app, ["keys", "create", "cli-test", "--scope", "cypher"])
+    assert made.exit_code == 0, made.output
+    plain = made.stdout.strip().splitlines()[0]
+    key = verify_key(neo4j_driver, plain, database=settings.neo4j_database)
+    assert key is not None and key.scopes == ("cypher",)
+    listed = runner.invoke(app, ["keys", "list"])
+    assert key.key_id in listed.stdout and plain.split("_", 2)[2] not in listed.stdout
+    assert runner.invoke(app, ["keys", "revoke", key.key_id]).exit_code == 0
+    assert verify_key(neo4j_driver, plain, database=settings.neo4j_database) is None
+    bad = runner.invoke(app, ["keys", "create", "x", "--scope", "root"])
+    assert bad.exit_code == 1 and "unknown scopes" in bad.output
