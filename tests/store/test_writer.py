@@ -193,3 +193,39 @@ def test_feature_keys_and_validation():
     bad = GraphRecord("g", "p", "c", "d", "m", rec.nodes, ["emb:p0"], ["nope"], [1.0])
     with pytest.raises(ValueError, match="edge endpoints are not nodes"):
         write_graph(None, bad)  # type: ignore[arg-type]  # rejected before any database call
+
+
+def test_crash_between_aggregate_chunks_resumes_without_double_counting(neo4j_driver, unique_id, monkeypatch):
+    monkeypatch.setattr(writer, "AGG_BATCH", 40)  # several chunk transactions
+    rec = random_record(f"{unique_id}-g", unique_id, unique_id, seed=6, n_feat=60, n_edges=800)
+    assert len(writer.contribution_chunks(corpus_contribution(rec), 40)) >= 3
+    real = writer._apply_chunk
+    calls = {"n": 0}
+
+    def crash_on_third(tx, params):  # noqa: ANN001, ANN202
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise Crash
+        return real(tx, params)
+
+    monkeypatch.setattr(writer, "_apply_chunk", crash_on_third)
+    with pytest.raises(Crash):
+        write_graph(neo4j_driver, rec, token="task-a")
+    monkeypatch.setattr(writer, "_apply_chunk", real)
+    applied = neo4j_driver.execute_query("MATCH (g:Graph {graph_id: $g}) RETURN g.agg_applied AS a, g.status AS s",
+                                         g=rec.graph_id).records[0]
+    assert (applied["a"], applied["s"]) == (2, "writing")
+    # A cancellation now is ignored: the graph is finished, aggregates never stay half-applied.
+    assert write_graph(neo4j_driver, rec, token="task-a", should_stop=lambda: True).written
+    assert_one_complete_copy(neo4j_driver, rec)
+    assert_aggregates_equal(aggregates(neo4j_driver, unique_id), expected_aggregates(rec))
+    # A different graph under the same id after partial aggregates is refused, not double counted.
+    other = random_record(f"{unique_id}-h", unique_id, unique_id, seed=7, n_feat=60, n_edges=800)
+    monkeypatch.setattr(writer, "_apply_chunk", crash_on_third)
+    calls["n"] = 0
+    with pytest.raises(Crash):
+        write_graph(neo4j_driver, other, token="task-b")
+    monkeypatch.setattr(writer, "_apply_chunk", real)
+    changed = random_record(f"{unique_id}-h", unique_id, unique_id, seed=8, n_feat=60, n_edges=800)
+    with pytest.raises(RuntimeError, match="different graph"):
+        write_graph(neo4j_driver, changed, token="task-b")

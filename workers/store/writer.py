@@ -7,15 +7,18 @@ Protocol for one graph, safe under retries, duplicated tasks and crashes at any 
    (the caller retries later); an expired lease is taken over.
 2. ``clear``: delete whatever an earlier, interrupted attempt left (nodes of this graph_id), in batches.
 3. nodes, then edges, in UNWIND batches with CREATE (columnar parameters).
-4. ``finish``: ONE transaction that, only if this writer still holds the lease and the graph is not yet
-   complete, applies the graph's contribution to the corpus aggregates (AGG, OCCURS) and flips the status
-   to ``complete``. Aggregates are therefore counted exactly once per graph.
+4. aggregates: the graph's contribution to the corpus aggregates (AGG, OCCURS) in chunk transactions,
+   each applied exactly once (a counter on the Graph node, advanced in the chunk's own transaction,
+   survives crashes and takeovers; see ``_AGG_CHUNK``).
+5. ``finish``: flips the status to ``complete`` if this writer still holds the lease and every chunk is
+   applied. Aggregates are therefore counted exactly once per graph.
 
 Readers only see graphs whose status is ``complete``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import uuid
@@ -30,6 +33,7 @@ from workers.store.records import KIND_LABELS, GraphRecord, node_uid
 NODE_BATCH = 20_000
 EDGE_BATCH = 20_000
 DELETE_BATCH = 20_000
+AGG_BATCH = 20_000  # aggregate pairs per chunk transaction
 # A writer renews its lease at every batch, so the lease only has to outlive one batch; a crashed
 # writer's graph is taken over this long after its last batch.
 DEFAULT_LEASE_S = 60.0
@@ -143,11 +147,19 @@ def _merge_features(tx: ManagedTransaction, fkeys: list[str], dictionaries: list
     )
 
 
-_FINISH = """
+# Aggregates are applied in chunks (a 1M-edge graph has ~800k feature pairs: one transaction that size
+# exceeds Neo4j's transaction memory), each chunk exactly once: a chunk transaction applies chunk k only
+# if the Graph's counter agg_applied equals k, and advances it in the same transaction. The counter
+# survives a crash and a takeover (claim and clear never reset it), so a new writer resumes at the next
+# chunk; the contribution's hash is recorded with the first chunk and a writer whose graph differs is
+# refused (the engine is deterministic; a different graph would double count).
+_AGG_CHUNK = """
 MATCH (g:Graph {graph_id: $graph_id})
-WHERE g.status = 'writing' AND g.writer = $token
-SET g.status = 'complete', g.completed_at = datetime(), g.n_nodes = $n_nodes, g.n_edges = $n_edges,
-    g.writer = null, g.lease_until = null
+SET g._lock = true
+WITH g
+WHERE g.status = 'writing' AND g.writer = $token AND coalesce(g.agg_applied, 0) = $chunk
+  AND coalesce(g.agg_hash, $agg_hash) = $agg_hash
+SET g.agg_applied = $chunk + 1, g.agg_hash = $agg_hash, g.agg_chunks = $n_chunks
 WITH g
 CALL (g) {
   UNWIND range(0, size($occ_fkey) - 1) AS i
@@ -165,12 +177,45 @@ CALL (g) {
   ON CREATE SET e.sum_w = 0.0, e.sum_abs_w = 0.0, e.n = 0
   SET e.sum_w = e.sum_w + $agg_w[i], e.sum_abs_w = e.sum_abs_w + $agg_abs_w[i], e.n = e.n + $agg_n[i]
 }
+REMOVE g._lock
+RETURN count(g) AS applied
+"""
+
+_GRAPH_STATE = """
+MATCH (g:Graph {graph_id: $graph_id})
+RETURN g.status AS status, g.writer AS writer, coalesce(g.agg_applied, 0) AS applied, g.agg_hash AS hash
+"""
+
+_FINISH = """
+MATCH (g:Graph {graph_id: $graph_id})
+WHERE g.status = 'writing' AND g.writer = $token AND coalesce(g.agg_applied, 0) = $n_chunks
+SET g.status = 'complete', g.completed_at = datetime(), g.n_nodes = $n_nodes, g.n_edges = $n_edges,
+    g.writer = null, g.lease_until = null
 RETURN count(g) AS finished
 """
 
 
+def _aggregates_started(session, graph_id: str) -> bool:  # noqa: ANN001 - neo4j Session
+    state = session.execute_read(lambda tx: tx.run(_GRAPH_STATE, graph_id=graph_id).single())
+    return state is not None and state["applied"] > 0
+
+
+def _apply_chunk(tx: ManagedTransaction, params: dict) -> bool:
+    return tx.run(_AGG_CHUNK, **params).single(strict=True)["applied"] == 1
+
+
 def _finish(tx: ManagedTransaction, params: dict) -> bool:
     return tx.run(_FINISH, **params).single(strict=True)["finished"] == 1
+
+
+def contribution_chunks(contrib: dict[str, list], size: int) -> list[dict[str, list]]:
+    """Split the contribution into chunks of at most ``size`` aggregate pairs (+ occurrence rows)."""
+    n_agg, n_occ = len(contrib["agg_src"]), len(contrib["occ_fkey"])
+    n_chunks = max(1, -(-max(n_agg, n_occ) // size))
+    agg_keys = ("agg_src", "agg_dst", "agg_w", "agg_abs_w", "agg_n")
+    occ_keys = ("occ_fkey", "occ_n", "occ_act")
+    return [{**{k: contrib[k][i * size:(i + 1) * size] for k in agg_keys},
+             **{k: contrib[k][i * size:(i + 1) * size] for k in occ_keys}} for i in range(n_chunks)]
 
 
 # -- the public entry point ----------------------------------------------------------------------------
@@ -274,7 +319,8 @@ def write_graph(
             raise GraphBusy(f"graph {rec.graph_id} is being written by another worker")
 
         def check_stop() -> None:
-            if should_stop is not None and should_stop():
+            if should_stop is not None and should_stop() and not _aggregates_started(session, rec.graph_id):
+                # (Once an earlier attempt applied aggregate chunks the graph must be finished, not dropped.)
                 while session.execute_write(_clear_batch, rec.graph_id):
                     pass
                 # The Graph node goes too: a cancelled graph leaves nothing behind (it was never complete).
@@ -326,15 +372,28 @@ def write_graph(
         check_stop()
         phases["edges"] += time.perf_counter() - t
         t = time.perf_counter()
-        params = {
-            "graph_id": rec.graph_id,
-            "token": token,
-            "corpus_id": rec.corpus_id,
-            "n_nodes": len(rec.nodes),
-            "n_edges": len(w),
-            **corpus_contribution(rec),
-        }
-        if not session.execute_write(_finish, params):
+        # From here on the graph is finished, not cancelled: aggregates must not stay half-applied.
+        contrib = corpus_contribution(rec)
+        agg_hash = hashlib.sha256(json.dumps(contrib, sort_keys=True).encode()).hexdigest()
+        chunks = contribution_chunks(contrib, AGG_BATCH)
+        base = {"graph_id": rec.graph_id, "token": token, "corpus_id": rec.corpus_id, "agg_hash": agg_hash,
+                "n_chunks": len(chunks)}
+        for k, chunk in enumerate(chunks):
+            if session.execute_write(_renew, rec.graph_id, token, lease_s) is False:
+                raise GraphBusy(f"graph {rec.graph_id}: lease lost to another writer")
+            if session.execute_write(_apply_chunk, {**base, **chunk, "chunk": k}):
+                continue
+            state = session.execute_read(lambda tx: tx.run(_GRAPH_STATE, graph_id=rec.graph_id).single(strict=True))
+            if state["hash"] is not None and state["hash"] != agg_hash:
+                raise RuntimeError(
+                    f"graph {rec.graph_id}: an earlier attempt applied part of its aggregates from a different graph "
+                    "(the engine gave a different result on retry); delete the corpus aggregates and recompute")
+            if state["writer"] != token:
+                raise GraphBusy(f"graph {rec.graph_id}: lease lost before its aggregates were applied")
+            if state["applied"] <= k:
+                raise RuntimeError(f"graph {rec.graph_id}: aggregate chunk {k} not applied (state {dict(state)})")
+            # applied > k: an earlier, interrupted attempt applied this chunk already; skip it
+        if not session.execute_write(_finish, {**base, "n_nodes": len(rec.nodes), "n_edges": len(w)}):
             # Lost the lease (we were too slow and another writer took over): that writer completes it.
             raise GraphBusy(f"graph {rec.graph_id}: lease lost before completion")
         phases["aggregates"] += time.perf_counter() - t
