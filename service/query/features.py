@@ -10,10 +10,23 @@ from neo4j import Driver
 
 from service.query.global_circuits import aggregate_neighbours
 
+# Hot features have tens of thousands of instances. Step 1 finds the activation of the (offset+limit)-th
+# instance from the (fkey, activation) index alone (migrations/0011), touching graphs lazily in activation
+# order; step 2 reads only the instances at or above it, sorts them by (activation desc, uid) and adds context.
+_FLOOR = """
+MATCH (n:Node) USING INDEX n:Node(fkey, activation)
+WHERE n.fkey = $fkey AND n.activation IS NOT NULL
+MATCH (g:Graph {graph_id: n.graph_id})
+WHERE g.status = 'complete' AND ($corpus_id IS NULL OR g.corpus_id = $corpus_id)
+WITH n ORDER BY n.activation DESC LIMIT $k
+RETURN min(n.activation) AS floor, count(n) AS n
+"""
+
 # Top instances by activation (ties by uid), each with its prompt's tokens around the position, read from
 # the graph's token-embedding nodes (they carry the token string; positions without one are absent).
 _TOP = """
-MATCH (n:Node {fkey: $fkey})
+MATCH (n:Node) USING INDEX n:Node(fkey, activation)
+WHERE n.fkey = $fkey AND n.activation >= $floor
 MATCH (g:Graph {graph_id: n.graph_id})
 WHERE g.status = 'complete' AND ($corpus_id IS NULL OR g.corpus_id = $corpus_id)
 WITH n, g ORDER BY n.activation DESC, n.uid ASC SKIP $offset LIMIT $limit
@@ -48,10 +61,16 @@ class FeatureNotFound(LookupError):
 def top_activations(driver: Driver, fkey: str, corpus_id: str | None = None, *, offset: int = 0, limit: int = 10,
                     before: int = 4, after: int = 1, database: str | None = None) -> list[dict]:
     """Instances of the feature in complete graphs, by activation desc (ties by uid), with token context
-    ``[pos - before, pos + after]``."""
+    ``[pos - before, pos + after]``. Instances without an activation are not listed."""
+    if limit <= 0:
+        return []
+    floor, _, _ = driver.execute_query(_FLOOR, fkey=fkey, corpus_id=corpus_id, k=int(offset) + int(limit),
+                                       database_=database, routing_="r")
+    if floor[0]["floor"] is None:
+        return []
     records, _, _ = driver.execute_query(
-        _TOP, fkey=fkey, corpus_id=corpus_id, offset=int(offset), limit=int(limit), before=int(before),
-        after=int(after), database_=database, routing_="r",
+        _TOP, fkey=fkey, corpus_id=corpus_id, floor=floor[0]["floor"], offset=int(offset), limit=int(limit),
+        before=int(before), after=int(after), database_=database, routing_="r",
     )
     return [dict(r) for r in records]
 
