@@ -65,7 +65,7 @@ def test_transcoder_training_on_gemma3_layer6_smoke(gemma, tmp_path: Path):
 
     train = batches(generated_text(384), 16)
     held = batches(generated_text(32, seed=1), 16)
-    tc = TrainConfig(d_dict=1024, k=32, skip=True, steps=250, batch_size=256, lr=2e-3)
+    tc = TrainConfig(d_dict=512, k=32, steps=250, batch_size=256, lr=2e-3)
     ds, report = train_dictionaries(model, train, [(6, "mlp")], tmp_path, train_cfg=tc, heldout_batches=held,
                                     drop_positions=1, model_name="gemma-3-270m", splice_per_site=False,
                                     progress=False)
