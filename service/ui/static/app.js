@@ -13,6 +13,7 @@ function route() {
   const params = new URLSearchParams(query);
   const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
   document.querySelectorAll("nav a").forEach((a) => a.classList.toggle("active", a.dataset.view === (parts[0] || "graphs")));
+  window.atlas.graph?.canvas.destroy();
   window.atlas.graph = null;
   switch (parts[0]) {
     case "graph": {

@@ -64,7 +64,15 @@ export class GraphCanvas {
     this.frameTimes = [];
     this._pending = false;
     this._bind();
-    new ResizeObserver(() => this.resize()).observe(container);
+    this._resizeObserver = new ResizeObserver(() => this.resize());
+    this._resizeObserver.observe(container);
+  }
+
+  /** Stop observing the page (the view is being replaced). */
+  destroy() {
+    this._resizeObserver.disconnect();
+    window.removeEventListener("mouseup", this._onMouseUp);
+    clearTimeout(this._settle);
   }
 
   /** scene = {nodes, src: Int32Array, dst: Int32Array, w: Float64Array, layout, tokens}. */
@@ -383,9 +391,10 @@ export class GraphCanvas {
       const [px, py] = local(ev);
       drag = { px, py, panX: this.panX, panY: this.panY, moved: false };
     });
-    window.addEventListener("mouseup", () => {
+    this._onMouseUp = () => {
       setTimeout(() => { drag = null; }, 0);
-    });
+    };
+    window.addEventListener("mouseup", this._onMouseUp);
     el.addEventListener("mousemove", (ev) => {
       const [px, py] = local(ev);
       if (drag && (ev.buttons & 1)) {
