@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import statistics
@@ -154,6 +155,9 @@ def main() -> None:
             "aggregate_neighbours_all_corpora": timed(lambda d, f, c: global_circuits.aggregate_neighbours(
                 d, f, None, "upstream", database=db), page_args[: max(20, args.samples // 4)]),
         }
+    # The machine may be shared: the load average says how contended the CPU was while measuring.
+    report["load_average_1_5_15"] = [round(x, 2) for x in os.getloadavg()]
+    report["cpus"] = os.cpu_count()
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:
