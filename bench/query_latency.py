@@ -15,10 +15,21 @@ across prompts, edges from earlier to later layers), in 10 corpora, written one 
 Measured (each after 10 warm-up calls, ``--samples`` random calls):
 - local circuit: ``service.query.circuits.circuit`` of a random graph with ``target`` = a random feature node
   (upstream cone), default read-time pruning (500 nodes, 5,000 edges);
-- feature page: ``service.query.features.feature_page`` of a random recurring feature in its corpus;
+- feature page: ``service.query.features.feature_page`` of a random recurring feature in its corpus, and
+  of the 20 most frequent (feature, corpus) pairs (the hottest features: ~1,300 instances per corpus);
 - aggregate: ``service.query.global_circuits.aggregate_neighbours`` (upstream, top 20 by norm_w) of a random
   feature in its corpus.
 Goals (issue #6): local circuit p95 < 50 ms, feature page p95 < 100 ms, aggregate < 1 s.
+
+Measured 2026-11-25 on the shared 2-core VM (load average 4-5 from other work while measuring), scale 1.0:
+1,000 graphs, 5,000,000 ATTR edges, 435,000 nodes, 533,095 AGG edges; loading took 1,061 s for 700 of the
+graphs (~3,200 edges/s through the writer, AGG merges included) plus ~5 min for the first 300.
+``--samples 200 --skip-load``, two consecutive runs (p50 / p95 ms):
+  local circuit             17.1 / 40.9     19.3 / 54.0
+  feature page              8.8 / 19.2      9.3 / 26.1
+  feature page, 20 hottest  41.6 / 57.7     (first run did not measure it)
+  aggregate neighbours      2.0 / 7.1       2.2 / 7.2
+  aggregate, all corpora    3.6 / 13.4      2.9 / 13.3
 """
 
 from __future__ import annotations
@@ -145,11 +156,16 @@ def main() -> None:
             "MATCH (f:Feature)-[o:OCCURS]->(c:Corpus) WHERE f.dictionary_set = $d AND o.n_graphs >= 2 "
             "RETURN f.fkey AS f, c.corpus_id AS c", d=DSET, database_=db).records]
         page_args = [(driver, *rng.choice(feats)) for _ in range(args.samples)]
+        hottest = [(driver, r["f"], r["c"]) for r in driver.execute_query(
+            "MATCH (f:Feature)-[o:OCCURS]->(c:Corpus) WHERE f.dictionary_set = $d "
+            "RETURN f.fkey AS f, c.corpus_id AS c ORDER BY o.n DESC LIMIT 20", d=DSET, database_=db).records]
         report = {
             "host": platform.node(), "scale": args.scale, "graphs": stats["graphs"], "graph_edges": stats["edges"],
             "graph_nodes": stats["nodes"], "attr_edges_in_db": db_edges, "agg_edges_in_db": n_agg, "load": load_report,
             "local_circuit": timed(lambda d, g, p: circuits.circuit(d, g, p, database=db), local_args),
             "feature_page": timed(lambda d, f, c: features.feature_page(d, f, c, database=db), page_args),
+            "feature_page_20_hottest": timed(lambda d, f, c: features.feature_page(d, f, c, database=db),
+                                             hottest * max(1, args.samples // 40)),
             "aggregate_neighbours": timed(lambda d, f, c: global_circuits.aggregate_neighbours(
                 d, f, c, "upstream", database=db), page_args),
             "aggregate_neighbours_all_corpora": timed(lambda d, f, c: global_circuits.aggregate_neighbours(
