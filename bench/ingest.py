@@ -61,6 +61,15 @@ def synthetic_graph(n_edges: int, seed: int, corpus_id: str) -> GraphRecord:
     return GraphRecord(f"bench-{corpus_id}-{n_edges}-{seed}", f"p{seed}", corpus_id, "bench", "bench", nodes, src, dst, w)
 
 
+def remove_bench_aggregates(driver, corpus_id: str, database: str | None) -> None:  # noqa: ANN001
+    """Delete the bench corpus's AGG / OCCURS edges in batches (a million in one transaction would exceed
+    Neo4j's transaction memory); ``IN TRANSACTIONS`` needs an auto-commit ``session.run``."""
+    with driver.session(database=database) as session:
+        for rel in ("AGG", "OCCURS"):
+            session.run(f"MATCH ()-[e:{rel} {{corpus: $c}}]->() CALL (e) {{ DELETE e }} IN TRANSACTIONS OF 20000 ROWS",
+                        c=corpus_id).consume()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--edges", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
@@ -88,8 +97,7 @@ def main() -> None:
         for row_rec in {r["edges"] for r in results}:
             for rep in range(args.repeat):
                 writer.delete_graph(driver, f"bench-{corpus_id}-{row_rec}-{rep}", database=settings.neo4j_database)
-        driver.execute_query("MATCH ()-[e:AGG {corpus: $c}]->() DELETE e", c=corpus_id, database_=settings.neo4j_database)
-        driver.execute_query("MATCH ()-[e:OCCURS {corpus: $c}]->() DELETE e", c=corpus_id, database_=settings.neo4j_database)
+        remove_bench_aggregates(driver, corpus_id, settings.neo4j_database)
     env = {"cpus": os.cpu_count(), "python": platform.python_version(), "neo4j_heap": settings.neo4j_heap,
            "neo4j_pagecache": settings.neo4j_pagecache}
     print(json.dumps({"environment": env}))
