@@ -89,6 +89,16 @@ def _renew(tx: ManagedTransaction, graph_id: str, token: str, lease_s: float) ->
 
 
 def _clear_batch(tx: ManagedTransaction, graph_id: str) -> int:
+    """Delete up to DELETE_BATCH of what this graph_id has stored: its ATTR edges first, then its nodes.
+
+    Edges go first and separately because a node's DETACH DELETE takes all its edges into the same
+    transaction: 20k nodes of a 1M-edge graph carry ~1M edges, beyond Neo4j's transaction memory."""
+    rec = tx.run(
+        "MATCH (:Node {graph_id: $graph_id})-[r:ATTR]->() WITH r LIMIT $limit DELETE r RETURN count(*) AS c",
+        graph_id=graph_id, limit=DELETE_BATCH,
+    ).single(strict=True)
+    if rec["c"]:
+        return rec["c"]
     rec = tx.run(
         "MATCH (n:Node {graph_id: $graph_id}) WITH n LIMIT $limit DETACH DELETE n RETURN count(*) AS c",
         graph_id=graph_id,
