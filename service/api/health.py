@@ -109,10 +109,3 @@ def readyz(request: Request) -> JSONResponse:
     readiness = check_readiness(driver, settings)
     return JSONResponse(readiness.model_dump(), status_code=200 if readiness.ready else 503)
 
-
-# The pipeline's resource routers hang under this router, which service/app.py already includes, until
-# app.py includes them itself (then delete these lines).
-from service.api import corpora, jobs, registry  # noqa: E402
-
-for _resource in (registry.router, corpora.router, jobs.router):
-    router.include_router(_resource)
