@@ -18,7 +18,7 @@ _TRANSIENT = (neo4j.exceptions.ServiceUnavailable, neo4j.exceptions.SessionExpir
 
 @celery_app.task(name="atlas.run_analysis", bind=True, acks_late=True, queue=CPU_QUEUE, max_retries=5)
 def run_analysis(self, analysis_id: str) -> str:  # noqa: ANN001 - celery Task
-    from service.db import neo4j_driver
+    from workers.store.driver import neo4j_driver
 
     settings = get_settings()
     with neo4j_driver(settings) as driver:

@@ -65,8 +65,8 @@ _clients: dict[str, Any] = {}
 
 def _process_clients() -> tuple[neo4j.Driver, redis.Redis, Any]:
     if _clients.get("pid") != os.getpid():
-        from service.db.driver import neo4j_driver
         from workers.pipeline.compute import ModelCache
+        from workers.store.driver import neo4j_driver
 
         settings = get_settings()
         threads = get_pipeline_settings().torch_threads
