@@ -171,11 +171,19 @@ def step_corpus(ctx: DemoContext) -> str:
     """Over real HTTP: register, submit, watch the job to the end (uvicorn + one worker, both stopped after)."""
     import httpx
 
+    from service.auth import create_key, revoke_key
+    from service.db import neo4j_driver
+
+    # The write routes need an API key: the demo makes its own, sends it, and revokes it at the end.
+    db = ctx.settings.neo4j_database
+    with neo4j_driver(ctx.settings) as driver:
+        demo_key, demo_plain = create_key(driver, "demo", ("write",), database=db)
+    headers = {"Authorization": f"Bearer {demo_plain}"}
     port = _free_port()
     api = start_api_process(ctx.settings, port)
     worker = start_worker_process(ctx.settings, queues="gpu,cpu")
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as http:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120, headers=headers) as http:
             _wait_http(http, "/readyz", 120)
             model_id, dset_id = ctx.results["model_id"], ctx.results["model_id"] + "-dicts"
             for path, payload in (
@@ -218,6 +226,8 @@ def step_corpus(ctx: DemoContext) -> str:
             except subprocess.TimeoutExpired:
                 os.killpg(api.pid, signal.SIGKILL)
                 api.wait()
+        with neo4j_driver(ctx.settings) as driver:
+            revoke_key(driver, demo_key.key_id, database=db)  # its plaintext existed only in this process
     if job["state"] != "complete":
         raise DemoError(f"the corpus ended {job['state']}: failures {job['failures']}")
     return f"{job['done']} graphs stored for corpus {accepted['corpus_id']} at {job['throughput_per_min']:.1f} prompts/min"

@@ -1,17 +1,19 @@
 """Submit a corpus: a JSON body (``CorpusRequest``) or a JSONL upload (``application/x-ndjson``, one prompt per
 line, the other fields as query parameters). Everything is validated before anything is written; each
-problem is a 4xx naming the field (``detail[].loc``)."""
+problem is a 4xx naming the field (``detail[].loc``). Submitting needs an API key with the ``write`` scope
+(checked first: 401/403 before any validation); the key becomes the corpus' ``owner_key_id``."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from service.api.deps import driver_of, pipeline_settings_of, settings_of, tokenizer_for
+from service.auth import ApiKey, require_scope
 from service.schemas.corpora import CorpusAccepted, CorpusRequest
 from workers.pipeline import registry, validation
 from workers.pipeline.submit import SubmissionFailed, submit_corpus
@@ -53,11 +55,12 @@ def validate_request(driver, req: CorpusRequest, tokenizer_of, cfg, database: st
 
 
 @router.post("", response_model=CorpusAccepted, status_code=202,
-             responses={400: {}, 413: {}, 422: {}, 503: {}},
+             responses={400: {}, 401: {"description": "No or invalid API key"},
+                        403: {"description": "Key lacks 'write'"}, 413: {}, 422: {}, 503: {}},
              openapi_extra={"requestBody": {"content": {
                  "application/json": {"schema": CorpusRequest.model_json_schema()},
                  "application/x-ndjson": {"schema": {"type": "string"}}}, "required": True}})
-async def submit(request: Request):  # noqa: ANN201
+async def submit(request: Request, key: ApiKey = Depends(require_scope("write"))):  # noqa: ANN201
     """Validate and queue a corpus: one job, one task per (deduplicated) prompt."""
     from workers.tasks import enqueue_prompt
 
@@ -87,7 +90,8 @@ async def submit(request: Request):  # noqa: ANN201
     except InvalidCorpus as exc:
         return _invalid(exc)
     try:
-        created = await run_in_threadpool(submit_corpus, driver, corpus, enqueue_prompt, db)
+        created = await run_in_threadpool(submit_corpus, driver, corpus, enqueue_prompt, db,
+                                          owner_key_id=key.key_id)
     except SubmissionFailed as exc:
         return JSONResponse({"detail": str(exc)}, status_code=503)
     return CorpusAccepted(corpus_id=created.corpus_id, job_id=created.job_id, n_prompts=len(created.prompt_ids),

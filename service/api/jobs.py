@@ -1,11 +1,13 @@
-"""Job progress and cancellation (state in Neo4j and Redis, never in Celery result objects)."""
+"""Job progress and cancellation (state in Neo4j and Redis, never in Celery result objects). Reading a job is
+public; cancelling needs a ``write`` key that owns the job's corpus (or an admin key)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 
 from service.api.deps import driver_of, redis_of, settings_of
+from service.auth import ApiKey, authorize_corpus, require_scope
 from service.schemas.jobs import JobStatus
 from workers.pipeline import jobs
 
@@ -22,11 +24,18 @@ async def get_job(job_id: str, request: Request) -> JobStatus:
     return JobStatus(**status)
 
 
-@router.delete("/{job_id}", response_model=JobStatus, status_code=202, responses={404: {}})
-async def cancel_job(job_id: str, request: Request) -> JobStatus:
+@router.delete("/{job_id}", response_model=JobStatus, status_code=202,
+               responses={401: {"description": "No or invalid API key"},
+                          403: {"description": "Key lacks 'write' or does not own the job's corpus"}, 404: {}})
+async def cancel_job(job_id: str, request: Request, key: ApiKey = Depends(require_scope("write"))) -> JobStatus:
     """Cancel: queued prompts are dropped at once, running ones stop at their next stage boundary and
     remove what they had written. A finished job is returned unchanged."""
     driver, db = driver_of(request), settings_of(request).neo4j_database
+    try:
+        before = await run_in_threadpool(jobs.job_status, driver, job_id, db)
+    except LookupError:
+        raise HTTPException(404, f"no job {job_id!r}") from None
+    await run_in_threadpool(authorize_corpus, driver, key, before["corpus_id"], database=db)
     try:
         await run_in_threadpool(jobs.cancel_job, driver, redis_of(request), job_id, db)
         status = await run_in_threadpool(jobs.job_status, driver, job_id, db)

@@ -1,14 +1,16 @@
-"""Register models and dictionary sets by path (content-hashed in Neo4j); list them."""
+"""Register models and dictionary sets by path (content-hashed in Neo4j); list them. Registering needs an API
+key with the ``write`` scope; listing is public."""
 
 from __future__ import annotations
 
 from dataclasses import asdict
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from service.api.deps import driver_of, settings_of
+from service.auth import ApiKey, require_scope
 from service.schemas.registry import (
     DictionarySetOut,
     DictionarySetRegistration,
@@ -26,8 +28,11 @@ def _error(exc: registry.RegistryError) -> JSONResponse:
                         status_code=exc.status)
 
 
-@router.post("/models", response_model=ModelOut, status_code=201, responses={422: {}})
-async def register_model(body: ModelRegistration, request: Request):  # noqa: ANN201
+@router.post("/models", response_model=ModelOut, status_code=201,
+             responses={401: {"description": "No or invalid API key"}, 403: {"description": "Key lacks 'write'"},
+                        422: {}})
+async def register_model(body: ModelRegistration, request: Request,  # noqa: ANN201
+                         key: ApiKey = Depends(require_scope("write"))):
     """Register (or re-register after its files changed) a model under ``model_id``."""
     driver, db = driver_of(request), settings_of(request).neo4j_database
     try:
@@ -37,8 +42,11 @@ async def register_model(body: ModelRegistration, request: Request):  # noqa: AN
     return ModelOut(**asdict(reg))
 
 
-@router.post("/dictionary-sets", response_model=DictionarySetOut, status_code=201, responses={422: {}})
-async def register_dictionary_set(body: DictionarySetRegistration, request: Request):  # noqa: ANN201
+@router.post("/dictionary-sets", response_model=DictionarySetOut, status_code=201,
+             responses={401: {"description": "No or invalid API key"}, 403: {"description": "Key lacks 'write'"},
+                        422: {}})
+async def register_dictionary_set(body: DictionarySetRegistration, request: Request,  # noqa: ANN201
+                                  key: ApiKey = Depends(require_scope("write"))):
     """Register a dictionary set directory for a registered model."""
     driver, db = driver_of(request), settings_of(request).neo4j_database
     try:

@@ -1,6 +1,6 @@
 """Registry and corpus submission over the HTTP API (in-process ASGI, real Neo4j and Redis): every bad
 input is a 4xx naming the field and writes nothing; duplicates are dropped and reported; cancel of a
-queued job drops its work."""
+queued job drops its work; the write routes need a 'write' API key and a job is cancelled only by its owner."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import shutil
 
 import pytest
 
+from service.auth import create_key
 from workers.pipeline.config import PipelineSettings
 
 PROMPTS = ["the cat sat on the mat", "alice and bob went to the store", "( [ ] )"]
@@ -153,3 +154,76 @@ def test_jsonl_upload(client, registered):
     status = client.get(r.json()["job_url"]).json()
     assert status["total"] == 2 and status["settings"]["max_features"] == 5
     client.delete(r.json()["job_url"])
+
+
+@pytest.fixture
+def other_keys(neo4j_driver, settings):  # noqa: ANN001, ANN201
+    """Plaintexts of fresh keys besides the client's own: another 'write' key, a 'cypher'-only key, an admin key."""
+    db = settings.neo4j_database
+    made = {name: create_key(neo4j_driver, f"pipeline-{name}", scopes, database=db)
+            for name, scopes in {"writer": ("write",), "cypher": ("cypher",), "admin": ("admin",)}.items()}
+    yield {name: plain for name, (_, plain) in made.items()}
+    neo4j_driver.execute_query("MATCH (k:ApiKey) WHERE k.key_id IN $ids DETACH DELETE k",
+                               ids=[k.key_id for k, _ in made.values()], database_=db)
+
+
+@pytest.fixture
+def anonymous(client):  # noqa: ANN001, ANN201
+    """The same app without the default API key header (no second lifespan: app.state is already set)."""
+    from fastapi.testclient import TestClient
+
+    return TestClient(client.app)
+
+
+def bearer(plain: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {plain}"}
+
+
+def test_write_routes_need_a_write_key_and_write_nothing_without_one(client, anonymous, neo4j_driver, registered,
+                                                                    other_keys, tiny_model, unique_id):
+    model, dset = registered
+    model_dir, dict_dir = tiny_model
+    before = counts(neo4j_driver)
+    good = body(model, dset, PROMPTS)
+    r = anonymous.post("/corpora", json=good)
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer" and "API key" in r.json()["detail"]
+    assert anonymous.post("/corpora", json=good, headers=bearer("ca_0123456789abcdef_" + "x" * 43)).status_code == 401
+    r = anonymous.post("/corpora", json=good, headers=bearer(other_keys["cypher"]))
+    assert r.status_code == 403 and "'write'" in r.json()["detail"]
+    # Auth comes before validation: a bad body without a key is a 401, not a 422.
+    assert anonymous.post("/corpora", json=body(model, dset, [])).status_code == 401
+    assert counts(neo4j_driver) == before
+    registrations = [("/registry/models", {"model_id": f"{unique_id}-anon", "path": str(model_dir)}),
+                     ("/registry/dictionary-sets", {"dictionary_set_id": f"{unique_id}-anon-d", "path": str(dict_dir),
+                                                    "model_id": model})]
+    for path, payload in registrations:
+        assert anonymous.post(path, json=payload).status_code == 401, path
+        assert anonymous.post(path, json=payload, headers=bearer(other_keys["cypher"])).status_code == 403, path
+    listed = anonymous.get("/registry").json()  # listing stays public
+    assert f"{unique_id}-anon" not in {m["model_id"] for m in listed["models"]}
+    assert f"{unique_id}-anon-d" not in {d["dictionary_set_id"] for d in listed["dictionary_sets"]}
+
+
+def test_corpus_records_its_owner_and_only_the_owner_or_admin_cancels(client, anonymous, neo4j_driver, registered,
+                                                                      other_keys, write_key, settings):
+    model, dset = registered
+    r = client.post("/corpora", json=body(model, dset, PROMPTS))
+    assert r.status_code == 202, r.text
+    acc = r.json()
+    owner = neo4j_driver.execute_query("MATCH (c:Corpus {corpus_id: $c}) RETURN c.owner_key_id AS o",
+                                       c=acc["corpus_id"], database_=settings.neo4j_database).records[0]["o"]
+    assert owner == write_key[0].key_id
+    assert anonymous.get(acc["job_url"]).status_code == 200  # reading a job stays public
+    assert anonymous.delete(acc["job_url"]).status_code == 401
+    assert anonymous.delete(acc["job_url"], headers=bearer(other_keys["cypher"])).status_code == 403
+    r = anonymous.delete(acc["job_url"], headers=bearer(other_keys["writer"]))
+    assert r.status_code == 403 and "another API key" in r.json()["detail"]
+    assert anonymous.delete("/jobs/jnope", headers=bearer(other_keys["writer"])).status_code == 404
+    assert client.get(acc["job_url"]).json()["state"] in ("queued", "running")  # refused cancels changed nothing
+    # Another client's corpus: an admin key may cancel it.
+    r2 = client.post("/corpora", json=body(model, dset, ["the cat sat"]))
+    assert r2.status_code == 202, r2.text
+    r = anonymous.delete(r2.json()["job_url"], headers=bearer(other_keys["admin"]))
+    assert r.status_code == 202 and r.json()["state"] == "cancelled"
+    r = client.delete(acc["job_url"])
+    assert r.status_code == 202 and r.json()["state"] == "cancelled"

@@ -1,6 +1,6 @@
 """Jobs: one per corpus. State and counters live in Neo4j, the cancellation flag and heartbeats in Redis.
 
-Nodes: ``(:Corpus {corpus_id, model_id, dictionary_set_id, settings})``, ``(:Job {job_id, corpus_id, state,
+Nodes: ``(:Corpus {corpus_id, model_id, dictionary_set_id, settings, owner_key_id})``, ``(:Job {job_id, corpus_id, state,
 total, done, failed, cancelled, ...})``, ``(:Prompt {prompt_id, corpus_id, job_id, index, text, tokens,
 targets, state, attempts, error})``; the prompt's graph is ``(:Graph {graph_id: graph_id_for(prompt_id)})``.
 
@@ -69,8 +69,12 @@ class CreatedJob:
     prompt_ids: list[str]
 
 
-def create_job(driver: Driver, corpus: ValidatedCorpus, database: str | None = None) -> CreatedJob:
-    """One transaction: Corpus, Job (state 'submitting') and all Prompts. Nothing exists if it fails."""
+def create_job(driver: Driver, corpus: ValidatedCorpus, database: str | None = None, *,
+               owner_key_id: str | None = None) -> CreatedJob:
+    """One transaction: Corpus, Job (state 'submitting') and all Prompts. Nothing exists if it fails.
+
+    ``owner_key_id`` is the API key that submitted the corpus (stored as ``Corpus.owner_key_id``; only that
+    key or an admin key may change it). None = submitted outside the API: only admin keys may change it."""
     job_id, corpus_id = ids_for_new_job()
     prompt_ids = [prompt_id_for(corpus_id, i) for i in range(len(corpus.prompts))]
     now = time.time()
@@ -80,7 +84,7 @@ def create_job(driver: Driver, corpus: ValidatedCorpus, database: str | None = N
             """
             CREATE (c:Corpus {corpus_id: $corpus_id, name: $name, model_id: $model_id,
                               dictionary_set_id: $dset, settings: $settings, n_prompts: $n, created_at: $now,
-                              duplicates: $duplicates})
+                              duplicates: $duplicates, owner_key_id: $owner})
             CREATE (j:Job {job_id: $job_id, corpus_id: $corpus_id, state: 'submitting', total: $n, done: 0,
                            failed: 0, cancelled: 0, created_at: $now})
             CREATE (j)-[:RUNS]->(c)
@@ -95,7 +99,7 @@ def create_job(driver: Driver, corpus: ValidatedCorpus, database: str | None = N
             dset=corpus.dictionary_set_id, settings=json.dumps(corpus.settings, sort_keys=True),
             n=len(prompt_ids), now=now, duplicates=json.dumps(corpus.duplicates), pids=prompt_ids,
             texts=[p.text for p in corpus.prompts], tokens=corpus.tokens,
-            targets=[json.dumps(p.targets) for p in corpus.prompts],
+            targets=[json.dumps(p.targets) for p in corpus.prompts], owner=owner_key_id,
         ).consume()
 
     with driver.session(database=database) as s:

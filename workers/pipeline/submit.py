@@ -17,8 +17,9 @@ class SubmissionFailed(RuntimeError):
 
 
 def submit_corpus(driver: Driver, corpus: ValidatedCorpus, enqueue: Callable[[str, str, int], None],
-                  database: str | None = None) -> jobs.CreatedJob:
-    created = jobs.create_job(driver, corpus, database)
+                  database: str | None = None, *, owner_key_id: str | None = None) -> jobs.CreatedJob:
+    """``owner_key_id``: the submitting API key's id, stored on the Corpus (see :func:`jobs.create_job`)."""
+    created = jobs.create_job(driver, corpus, database, owner_key_id=owner_key_id)
     try:
         for pid in created.prompt_ids:
             enqueue(created.job_id, pid, 0)
