@@ -4,7 +4,6 @@ the app in-process (TestClient, real ASGI stack over real Neo4j/Redis); real wor
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from service.demo import stop_worker_process
 from workers.pipeline.tiny_model import build_tiny_model
 
 
@@ -62,13 +62,7 @@ def start_worker(name: str, extra_env: dict[str, str] | None = None, queues: str
 
 
 def stop_worker(proc: subprocess.Popen, timeout_s: float = 20) -> None:
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    stop_worker_process(proc, timeout_s)
 
 
 @pytest.fixture
