@@ -20,17 +20,18 @@ import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 from service.db.driver import generated_password_file
 from service.runtime.processes import (
+    Echo,
     ServiceError,
     owned_process,
     port_accepts,
     port_is_free,
+    quiet,
     start_detached,
     stop_process,
     tail,
@@ -62,11 +63,6 @@ JVM_FLAGS = (
     "--add-modules=jdk.incubator.vector",
 )
 
-Echo = Callable[[str], None]
-
-
-def _quiet(_: str) -> None:
-    pass
 
 
 @dataclass(frozen=True)
@@ -127,7 +123,7 @@ def is_local(host: str) -> bool:
 # --- fetching the jars ------------------------------------------------------------------------------
 
 
-def fetch_jars(settings: Settings, echo: Echo = _quiet) -> Path:
+def fetch_jars(settings: Settings, echo: Echo = quiet) -> Path:
     """Resolve the server's jars from Maven Central once; later calls return the cached ``lib/``.
 
     The copy goes into a scratch directory renamed into place only after Maven succeeded, so an
@@ -442,7 +438,7 @@ def _bolt_answers(settings: Settings, password: str) -> str | None:
         return str(exc)
 
 
-def start(settings: Settings, echo: Echo = _quiet) -> Neo4jStatus:
+def start(settings: Settings, echo: Echo = quiet) -> Neo4jStatus:
     """Start the local server unless ours is already running (then a no-op). Blocks until Bolt answers.
 
     On any failure the half-started JVM is stopped and the pid file removed before raising.
@@ -509,7 +505,7 @@ def start(settings: Settings, echo: Echo = _quiet) -> Neo4jStatus:
                        startup_s=elapsed)
 
 
-def stop(settings: Settings, echo: Echo = _quiet) -> bool:
+def stop(settings: Settings, echo: Echo = quiet) -> bool:
     """Stop our server if its pid file names a live process of ours. Returns True if one was stopped."""
     paths = Neo4jPaths.from_settings(settings)
     owned = owned_process(paths.pid_file, paths.process_marker)

@@ -13,9 +13,16 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+# How runtime functions report progress: a callable taking one line (the CLI passes typer.echo).
+Echo = Callable[[str], None]
+
+
+def quiet(_: str) -> None:
+    """The default Echo: report nothing."""
 
 
 class ServiceError(RuntimeError):

@@ -11,7 +11,6 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -19,20 +18,16 @@ from urllib.parse import urlparse
 import redis
 
 from service.runtime.processes import (
+    Echo,
     ServiceError,
     owned_process,
     port_is_free,
+    quiet,
     start_detached,
     stop_process,
     tail,
 )
 from workers.settings import Settings
-
-Echo = Callable[[str], None]
-
-
-def _quiet(_: str) -> None:
-    pass
 
 
 @dataclass(frozen=True)
@@ -124,7 +119,7 @@ def find_redis_server(echo: Echo) -> str:
     return found
 
 
-def start(settings: Settings, echo: Echo = _quiet) -> RedisStatus:
+def start(settings: Settings, echo: Echo = quiet) -> RedisStatus:
     """Use a Redis already answering at ``redis_url``; else start ours on its loopback port."""
     current = status(settings)
     if current.reachable:
@@ -189,7 +184,7 @@ def start(settings: Settings, echo: Echo = _quiet) -> RedisStatus:
     return RedisStatus(reachable=True, owned_pid=proc.pid, url=settings.redis_url, version=version, started_now=True)
 
 
-def stop(settings: Settings, echo: Echo = _quiet) -> bool:
+def stop(settings: Settings, echo: Echo = quiet) -> bool:
     """Stop the redis-server we started (pid file); a Redis someone else runs is left alone."""
     paths = RedisPaths.from_settings(settings)
     owned = owned_process(paths.pid_file, paths.process_marker, cwd=paths.home)

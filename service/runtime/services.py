@@ -6,18 +6,12 @@ started Redis in the same call, that Redis is stopped again so nothing half-star
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from service.runtime import neo4j as neo4j_runtime
 from service.runtime import redis as redis_runtime
+from service.runtime.processes import Echo, quiet
 from workers.settings import Settings
-
-Echo = Callable[[str], None]
-
-
-def _quiet(_: str) -> None:
-    pass
 
 
 @dataclass(frozen=True)
@@ -38,7 +32,7 @@ class ServicesStatus:
         return [neo4j_line, redis_line]
 
 
-def up(settings: Settings, echo: Echo = _quiet) -> ServicesStatus:
+def up(settings: Settings, echo: Echo = quiet) -> ServicesStatus:
     redis_status = redis_runtime.start(settings, echo)
     try:
         neo4j_status = neo4j_runtime.start(settings, echo)
@@ -49,7 +43,7 @@ def up(settings: Settings, echo: Echo = _quiet) -> ServicesStatus:
     return ServicesStatus(neo4j=neo4j_status, redis=redis_status)
 
 
-def down(settings: Settings, echo: Echo = _quiet) -> list[str]:
+def down(settings: Settings, echo: Echo = quiet) -> list[str]:
     """Stop what the project started (pid files). Returns the names of the services stopped."""
     stopped = []
     if neo4j_runtime.stop(settings, echo):
