@@ -14,7 +14,18 @@ from contextlib import asynccontextmanager
 import neo4j
 from fastapi import FastAPI
 
-from service.api import analyses, circuits, corpora, cypher, features, global_circuits, health, jobs, registry
+from service.api import (
+    analyses,
+    circuits,
+    corpora,
+    cypher,
+    features,
+    global_circuits,
+    health,
+    jobs,
+    qk,
+    registry,
+)
 from service.db import Neo4jPasswordMissing, neo4j_driver
 from service.db.migrations import MigrationError, migrate
 from service.ui import router as ui_router
@@ -60,7 +71,7 @@ def create_app(settings: Settings | None = None, *, run_migrations: bool = True)
     app.include_router(health.router)
     for module in (registry, corpora, jobs):  # the corpus pipeline (issue #5)
         app.include_router(module.router)
-    for module in (circuits, features, global_circuits, analyses, cypher):  # the query API (issue #6)
+    for module in (circuits, qk, features, global_circuits, analyses, cypher):  # the query API (issue #6)
         app.include_router(module.router)
     app.include_router(ui_router)  # the circuit viewer at /ui (issue #7)
     return app

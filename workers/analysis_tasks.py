@@ -29,3 +29,17 @@ def run_analysis(self, analysis_id: str) -> str:  # noqa: ANN001 - celery Task
         except Exception as exc:
             jobs.fail_analysis(driver, analysis_id, f"{type(exc).__name__}: {exc}", database=settings.neo4j_database)
             raise
+
+
+# QK pairs of a head (workers/analysis/qk.py). Registered here, next to the task that runs it, so that
+# importing this module (the worker, and service/api/qk.py) is what makes "qk_pairs" a known analysis kind.
+def _qk_pairs(driver: neo4j.Driver, p: dict, db: str | None) -> dict:
+    from workers.analysis.qk import compute_qk_pairs
+
+    return compute_qk_pairs(driver, p["graph_id"], layer=p.get("layer"), head=p.get("head"),
+                            query_position=p.get("query_position"), key_position=p.get("key_position"),
+                            top_k=int(p.get("top_k", 20)), from_circuit=bool(p.get("from_circuit", False)),
+                            top_k_heads=int(p.get("top_k_heads", 3)), database=db)
+
+
+jobs.ANALYSES.setdefault("qk_pairs", _qk_pairs)

@@ -1,20 +1,23 @@
 """Submit a corpus: a JSON body (``CorpusRequest``) or a JSONL upload (``application/x-ndjson``, one prompt per
 line, the other fields as query parameters). Everything is validated before anything is written; each
 problem is a 4xx naming the field (``detail[].loc``). Submitting needs an API key with the ``write`` scope
-(checked first: 401/403 before any validation); the key becomes the corpus' ``owner_key_id``."""
+(checked first: 401/403 before any validation); the key becomes the corpus' ``owner_key_id``.
+
+Listing (``GET /corpora``, ``GET /corpora/{id}``) is public like every other read (service/query/corpora.py)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from service.api.deps import driver_of, pipeline_settings_of, settings_of, tokenizer_for
 from service.auth import ApiKey, require_scope
-from service.schemas.corpora import CorpusAccepted, CorpusRequest
+from service.query import corpora as q
+from service.schemas.corpora import CorpusAccepted, CorpusPageOut, CorpusRequest, CorpusSummaryOut
 from workers.pipeline import registry, validation
 from workers.pipeline.submit import SubmissionFailed, submit_corpus
 from workers.pipeline.validation import InvalidCorpus, ValidatedCorpus
@@ -96,3 +99,23 @@ async def submit(request: Request, key: ApiKey = Depends(require_scope("write"))
         return JSONResponse({"detail": str(exc)}, status_code=503)
     return CorpusAccepted(corpus_id=created.corpus_id, job_id=created.job_id, n_prompts=len(created.prompt_ids),
                           duplicates=corpus.duplicates, job_url=f"/jobs/{created.job_id}")
+
+
+@router.get("", response_model=CorpusPageOut)
+def list_corpora(request: Request, offset: int = Query(0, ge=0, le=10_000_000),
+                 limit: int = Query(50, ge=1, le=1000)) -> CorpusPageOut:
+    """Corpora, newest first, each with its model, dictionary set, prompt and graph counts and its job's
+    state and done/failed/total. Public, like every read."""
+    items = q.list_corpora(driver_of(request), offset, limit + 1, database=settings_of(request).neo4j_database)
+    more = len(items) > limit
+    return CorpusPageOut(items=items[:limit], offset=offset, limit=limit, next_offset=offset + limit if more else None)
+
+
+@router.get("/{corpus_id}", response_model=CorpusSummaryOut, responses={404: {"description": "Unknown corpus"}})
+def get_corpus(corpus_id: str, request: Request) -> CorpusSummaryOut:
+    """One corpus with its job's progress counters."""
+    try:
+        return CorpusSummaryOut(**q.get_corpus(driver_of(request), corpus_id,
+                                                database=settings_of(request).neo4j_database))
+    except q.CorpusNotFound as exc:
+        raise HTTPException(404, str(exc)) from None

@@ -1,14 +1,43 @@
-"""Feature pages. Feature keys contain '/' and '#': send '#' as %23 (``/features/dset/L1.mlp%2317``)."""
+"""Feature pages and feature search. Feature keys contain '/' and '#': send '#' as %23
+(``/features/dset/L1.mlp%2317``). ``GET /features?q=`` (no trailing slash) is the search; every path below
+``/features/`` is a feature key, so the two never collide."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import JSONResponse
 
 from service.api.deps import driver_of, settings_of
 from service.query import features as q
-from service.schemas.features import ActivationPageOut, FeaturePageOut
+from service.query.features import MAX_QUERY_CHARS, BadSearch
+from service.query.features import search_features as run_search
+from service.schemas.features import ActivationPageOut, FeaturePageOut, FeatureSearchOut
 
 router = APIRouter(prefix="/features", tags=["features"])
+
+
+@router.get("", response_model=FeatureSearchOut,
+            responses={422: {"description": "A parameter that cannot be used (detail[].loc names it)"}})
+def search_features(
+    request: Request,
+    q: str = Query(..., min_length=1, max_length=MAX_QUERY_CHARS, examples=["L2.mlp", "mlp/L2/", "L2:123", "John"],
+                   description="A feature key or prefix (dset/L1.mlp#17, L2, L2.mlp, L2:123, L2.mlp#123, mlp/L2/, "
+                               "#123; 'key:' forces this reading) or a token the features fire on ('token:' forces "
+                               "it; case-insensitive, surrounding spaces ignored)."),
+    corpus_id: str | None = Query(None, description="Only graphs of this corpus count (and only features in it)."),
+    limit: int = Query(20, ge=1, le=200),
+    cursor: str | None = Query(None, description="next_cursor of the previous page."),
+    top_tokens: int = Query(3, ge=0, le=20, description="Tokens listed per feature."),
+) -> FeatureSearchOut | JSONResponse:
+    """Features ranked by the graphs they appear in (key search) or fire on the token in (token search), then
+    activation. No match is a 200 with an empty list."""
+    try:
+        found = run_search(driver_of(request), q, corpus_id, limit=limit, cursor=cursor, top_tokens=top_tokens,
+                           database=settings_of(request).neo4j_database)
+    except BadSearch as exc:
+        return JSONResponse({"detail": [{"loc": ["query", exc.field], "msg": str(exc), "type": "value_error"}]},
+                            status_code=422)
+    return FeatureSearchOut(**found)
 
 
 @router.get("/{fkey:path}/activations", response_model=ActivationPageOut)

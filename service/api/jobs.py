@@ -1,17 +1,30 @@
-"""Job progress and cancellation (state in Neo4j and Redis, never in Celery result objects). Reading a job is
-public; cancelling needs a ``write`` key that owns the job's corpus (or an admin key)."""
+"""Job progress and cancellation (state in Neo4j and Redis, never in Celery result objects). Reading and
+listing jobs is public (like every read); cancelling needs a ``write`` key that owns the job's corpus (or an
+admin key)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 
 from service.api.deps import driver_of, redis_of, settings_of
 from service.auth import ApiKey, authorize_corpus, require_scope
-from service.schemas.jobs import JobStatus
+from service.query import corpora as q
+from service.schemas.jobs import JobPageOut, JobStatus
 from workers.pipeline import jobs
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+
+@router.get("", response_model=JobPageOut)
+def list_jobs(request: Request, state: q.JobState | None = Query(None, description="Only jobs in this state."),
+              corpus_id: str | None = None, offset: int = Query(0, ge=0, le=10_000_000),
+              limit: int = Query(50, ge=1, le=1000)) -> JobPageOut:
+    """Jobs, newest first, with their state and done/failed/cancelled/total (GET /jobs/{id} has the rest)."""
+    items = q.list_jobs(driver_of(request), offset, limit + 1, state=state, corpus_id=corpus_id,
+                        database=settings_of(request).neo4j_database)
+    more = len(items) > limit
+    return JobPageOut(items=items[:limit], offset=offset, limit=limit, next_offset=offset + limit if more else None)
 
 
 @router.get("/{job_id}", response_model=JobStatus, responses={404: {}})

@@ -2,9 +2,19 @@
 
 A feature is the global ``(:Feature {fkey})`` (``workers/store/records.py: feature_key``); its instances are
 the ``(:Node:Feat {fkey})`` of complete graphs (linked by the indexed property, not a relationship).
+
+Feature search (``search_features``) finds features by key or prefix, or by the token text they fire on
+(the token of the embedding node at an instance's position), ranked, with keyset pagination.
 """
 
 from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from dataclasses import dataclass
+from typing import Literal
 
 from neo4j import Driver
 
@@ -98,3 +108,201 @@ def feature_page(driver: Driver, fkey: str, corpus_id: str | None = None, *, top
                                            database=database),
         "frequency": circuit_frequency(driver, fkey, corpus_id, database=database),
     }
+
+
+# -- feature search ------------------------------------------------------------------------------------------
+#
+# ``q`` is read as a feature key when it looks like one, else as token text:
+#   dset/L1.mlp#17, dset/L1.mlp  (or anything with '/' or '#')  -> fkey prefix
+#   L2, L2.mlp, L2:123, L2.mlp#123, L2.mlp:123, dset/L2.mlp#17   -> layer [site] [index] [dictionary set]
+#   mlp/L2/, mlp/L2/123                                          -> site, layer [index]
+#   #123                                                         -> index in every dictionary
+#   anything else, or token:<text>                               -> features that fire on that token
+# (``key:<text>`` forces the key reading.) Dictionaries are named L<layer>.<site> (workers/store/from_engine.py)
+# and sites are those of the engine's node ids (workers/engine/ids.py).
+
+SITES = ("attn", "mlp")
+_SITE = "|".join(SITES)
+_LAYER_FORM = re.compile(rf"(?:(?P<dset>[^/#\s]+)/)?L(?P<layer>\d+)(?:[.:/](?P<site>{_SITE}))?(?:[#:/](?P<index>\d+))?/?",
+                         re.IGNORECASE)
+_SITE_FORM = re.compile(rf"(?P<site>{_SITE})/L(?P<layer>\d+)(?:/(?P<index>\d+)?)?/?", re.IGNORECASE)
+_INDEX_FORM = re.compile(r"#(?P<index>\d+)")
+MAX_QUERY_CHARS = 200
+
+
+class BadSearch(ValueError):
+    """A search parameter that cannot be used; ``field`` names it (q or cursor)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True)
+class FeatureQuery:
+    """What ``q`` asks for: features by key (prefix or layer/site/index) or by the token they fire on."""
+
+    mode: Literal["key", "token"]
+    fkey_prefix: str | None = None
+    dictionary_set: str | None = None
+    layer: int | None = None
+    site: str | None = None
+    index: int | None = None
+    token: str | None = None
+
+
+def parse_feature_query(q: str) -> FeatureQuery:
+    text = q.strip()
+    if not text:
+        raise BadSearch("q", "q is empty: give a feature key (dset/L1.mlp#17), a prefix (L2.mlp, mlp/L2/, L2:123) "
+                             "or a token")
+    if len(text) > MAX_QUERY_CHARS:
+        raise BadSearch("q", f"q has {len(text)} characters; the limit is {MAX_QUERY_CHARS}")
+    low = text.lower()
+    if low.startswith("token:"):
+        token = text[6:].strip()
+        if not token:
+            raise BadSearch("q", "'token:' needs a token after it, e.g. token:John")
+        return FeatureQuery("token", token=token)
+    forced_key = low.startswith("key:")
+    if forced_key:
+        text = text[4:].strip()
+        if not text:
+            raise BadSearch("q", "'key:' needs a key or prefix after it, e.g. key:L2.mlp")
+    for form in (_LAYER_FORM, _SITE_FORM, _INDEX_FORM):
+        m = form.fullmatch(text)
+        if m:
+            d = m.groupdict()
+            return FeatureQuery("key", dictionary_set=d.get("dset"),
+                                layer=int(d["layer"]) if d.get("layer") else None,
+                                site=d["site"].lower() if d.get("site") else None,
+                                index=int(d["index"]) if d.get("index") else None)
+    if forced_key or "/" in text or "#" in text:
+        return FeatureQuery("key", fkey_prefix=text)
+    return FeatureQuery("token", token=text)
+
+
+# Ranking of key matches: graphs the feature appears in (OCCURS.n_graphs, over the corpus or every corpus),
+# then its mean activation (OCCURS.sum_act / OCCURS.n), then fkey. Keyset pagination on that triple.
+_SEARCH_KEYS = """
+MATCH (f:Feature)
+WHERE ($prefix IS NULL OR f.fkey STARTS WITH $prefix)
+  AND ($dset IS NULL OR f.dictionary_set = $dset)
+  AND ($dictionary IS NULL OR f.dictionary = $dictionary)
+  AND ($dict_prefix IS NULL OR f.dictionary STARTS WITH $dict_prefix)
+  AND ($dict_suffix IS NULL OR f.dictionary ENDS WITH $dict_suffix)
+  AND ($index IS NULL OR f.index = $index)
+CALL (f) {
+  OPTIONAL MATCH (f)-[o:OCCURS]->(:Corpus)
+  WHERE $corpus_id IS NULL OR o.corpus = $corpus_id
+  RETURN coalesce(sum(o.n_graphs), 0) AS n_graphs, coalesce(sum(o.n), 0) AS n_instances,
+         coalesce(sum(o.sum_act), 0.0) AS sum_act, count(o) AS n_corpora
+}
+WITH f, n_graphs, n_instances, n_corpora,
+     CASE WHEN n_instances > 0 THEN sum_act / n_instances ELSE 0.0 END AS activation
+WHERE ($corpus_id IS NULL OR n_corpora > 0)
+  AND ($after_n IS NULL OR n_graphs < $after_n OR (n_graphs = $after_n AND
+       (activation < $after_a OR (activation = $after_a AND f.fkey > $after_f))))
+RETURN f.fkey AS fkey, f.dictionary_set AS dictionary_set, f.dictionary AS dictionary, f.index AS index,
+       n_graphs, n_instances, activation
+ORDER BY n_graphs DESC, activation DESC, fkey ASC
+LIMIT $limit
+"""
+
+# Ranking of token matches: over complete graphs (of the corpus), the instances at positions whose token is
+# the query (case-insensitive, surrounding spaces ignored: tokenizers keep a word's leading space); graphs
+# with such an instance, then the largest activation there, then fkey.
+_SEARCH_TOKEN = """
+MATCH (g:Graph)
+WHERE g.status = 'complete' AND ($corpus_id IS NULL OR g.corpus_id = $corpus_id)
+MATCH (e:Node {graph_id: g.graph_id, kind: 'embedding'})
+WHERE toLower(trim(e.token)) = $token
+MATCH (n:Node {graph_id: g.graph_id, kind: 'feature'})
+WHERE n.pos = e.pos AND n.fkey IS NOT NULL
+WITH n.fkey AS fkey, count(DISTINCT g.graph_id) AS n_graphs, count(n) AS n_instances,
+     coalesce(max(n.activation), 0.0) AS activation
+WHERE $after_n IS NULL OR n_graphs < $after_n OR (n_graphs = $after_n AND
+      (activation < $after_a OR (activation = $after_a AND fkey > $after_f)))
+WITH fkey, n_graphs, n_instances, activation ORDER BY n_graphs DESC, activation DESC, fkey ASC LIMIT $limit
+MATCH (f:Feature {fkey: fkey})
+RETURN fkey, f.dictionary_set AS dictionary_set, f.dictionary AS dictionary, f.index AS index, n_graphs,
+       n_instances, activation
+ORDER BY n_graphs DESC, activation DESC, fkey ASC
+"""
+
+# The tokens each feature fires on, read from its strongest instances (the (fkey, activation) index) and the
+# token-embedding node at the same position of the same graph.
+_TOP_TOKENS = """
+UNWIND $fkeys AS fk
+CALL (fk) {
+  MATCH (n:Node) USING INDEX n:Node(fkey, activation)
+  WHERE n.fkey = fk AND n.activation IS NOT NULL
+  MATCH (g:Graph {graph_id: n.graph_id})
+  WHERE g.status = 'complete' AND ($corpus_id IS NULL OR g.corpus_id = $corpus_id)
+  WITH n ORDER BY n.activation DESC LIMIT $sample
+  MATCH (e:Node {graph_id: n.graph_id, kind: 'embedding'})
+  WHERE e.pos = n.pos
+  WITH e.token AS token, count(*) AS c, max(n.activation) AS a
+  ORDER BY c DESC, a DESC, token ASC LIMIT $per_feature
+  RETURN collect({token: token, n: c, max_activation: a}) AS top_tokens
+}
+RETURN fk, top_tokens
+"""
+
+
+def _dictionary_filters(fq: FeatureQuery) -> dict:
+    if fq.layer is not None and fq.site is not None:
+        return {"dictionary": f"L{fq.layer}.{fq.site}", "dict_prefix": None, "dict_suffix": None}
+    return {"dictionary": None, "dict_prefix": f"L{fq.layer}." if fq.layer is not None else None,
+            "dict_suffix": f".{fq.site}" if fq.site is not None else None}
+
+
+def encode_cursor(item: dict, q: str, corpus_id: str | None) -> str:
+    """An opaque cursor: the last item's sort key, tied to the query it came from."""
+    payload = {"n": item["n_graphs"], "a": item["activation"], "f": item["fkey"], "q": q.strip(), "c": corpus_id}
+    return base64.urlsafe_b64encode(json.dumps(payload, separators=(",", ":")).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, q: str, corpus_id: str | None) -> tuple[int, float, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        p = json.loads(raw)
+        n, a, f = int(p["n"]), float(p["a"]), str(p["f"])
+        same = p["q"] == q.strip() and p["c"] == corpus_id
+    except (ValueError, TypeError, KeyError, binascii.Error, UnicodeDecodeError):
+        raise BadSearch("cursor", "cursor is not one this API returned; pass next_cursor unchanged") from None
+    if not same:
+        raise BadSearch("cursor", "cursor belongs to another search (q or corpus_id differ); start without one")
+    return n, a, f
+
+
+def search_features(driver: Driver, q: str, corpus_id: str | None = None, *, limit: int = 20,
+                    cursor: str | None = None, top_tokens: int = 3, database: str | None = None) -> dict:
+    """Features matching ``q`` (see the grammar above), ranked, one page of ``limit`` after ``cursor``.
+
+    Returns ``{"query": {...parsed}, "items": [...], "next_cursor": str | None}``; raises BadSearch."""
+    fq = parse_feature_query(q)
+    after_n, after_a, after_f = decode_cursor(cursor, q, corpus_id) if cursor else (None, None, None)
+    common = {"corpus_id": corpus_id, "after_n": after_n, "after_a": after_a, "after_f": after_f,
+              "limit": int(limit) + 1}
+    if fq.mode == "key":
+        records, _, _ = driver.execute_query(
+            _SEARCH_KEYS, prefix=fq.fkey_prefix, dset=fq.dictionary_set, index=fq.index, **_dictionary_filters(fq),
+            **common, database_=database, routing_="r")
+    else:
+        records, _, _ = driver.execute_query(_SEARCH_TOKEN, token=(fq.token or "").strip().lower(), **common,
+                                             database_=database, routing_="r")
+    items = [dict(r) for r in records]
+    more = len(items) > limit
+    items = items[:limit]
+    tokens: dict[str, list] = {}
+    if items and top_tokens > 0:
+        rows, _, _ = driver.execute_query(_TOP_TOKENS, fkeys=[i["fkey"] for i in items], corpus_id=corpus_id,
+                                          sample=64, per_feature=int(top_tokens), database_=database, routing_="r")
+        tokens = {r["fk"]: r["top_tokens"] for r in rows}
+    for item in items:
+        m = re.fullmatch(r"L(\d+)\.(\w+)", item.get("dictionary") or "")
+        item["layer"], item["site"] = (int(m.group(1)), m.group(2)) if m else (None, None)
+        item["top_tokens"] = tokens.get(item["fkey"], [])
+    return {"query": {k: v for k, v in fq.__dict__.items() if v is not None}, "items": items,
+            "next_cursor": encode_cursor(items[-1], q, corpus_id) if more else None}

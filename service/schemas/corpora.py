@@ -51,3 +51,37 @@ class CorpusAccepted(BaseModel):
     n_prompts: int = Field(description="Prompts queued (after deduplication).")
     duplicates: list[Duplicate]
     job_url: str
+
+
+class CorpusJobOut(BaseModel):
+    """The corpus' job (one per corpus), its state and prompt counters."""
+
+    job_id: str
+    state: str
+    total: int
+    done: int
+    failed: int
+    cancelled: int
+    created_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+
+
+class CorpusSummaryOut(BaseModel):
+    corpus_id: str = Field(examples=["c0123456789abcdef"])
+    name: str | None = None
+    model: str | None = Field(None, description="Registered model_id; null for corpora written outside the "
+                                                "pipeline (local circuits, imports).")
+    dictionary_set: str | None = None
+    n_prompts: int | None = Field(None, description="Prompts queued at submission (after deduplication).")
+    n_graphs: int = Field(description="Complete graphs stored for the corpus.")
+    created_at: float | None = None
+    job: CorpusJobOut | None = Field(None, description="Null when the corpus has no job (not submitted "
+                                                       "through POST /corpora).")
+
+
+class CorpusPageOut(BaseModel):
+    items: list[CorpusSummaryOut]
+    offset: int
+    limit: int
+    next_offset: int | None = Field(description="Pass as ?offset= for the next page; null on the last page.")

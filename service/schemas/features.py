@@ -102,3 +102,34 @@ class VirtualWeightOut(BaseModel):
 class VirtualWeightsRequest(BaseModel):
     dictionary_set_id: str = Field(examples=["zoo-dset"])
     top_k: int = Field(16, ge=1, le=1024, description="Incoming virtual weights kept per transcoder feature.")
+
+
+class TokenCountOut(BaseModel):
+    token: str | None
+    n: int = Field(description="Instances (among the feature's strongest) at a position with this token.")
+    max_activation: float | None
+
+
+class FeatureHitOut(BaseModel):
+    fkey: str = Field(examples=["zoo-dset/L1.mlp#17"])
+    dictionary_set: str | None = None
+    dictionary: str | None = None
+    layer: int | None = None
+    site: str | None = None
+    index: int | None = None
+    n_graphs: int = Field(description="Key search: graphs the feature appears in (corpus aggregates). Token "
+                                      "search: graphs where it fires on the token.")
+    n_instances: int
+    activation: float = Field(description="Key search: mean activation over its instances. Token search: its "
+                                          "largest activation on the token. The second ranking key.")
+    top_tokens: list[TokenCountOut] = Field(description="Tokens its strongest instances fire on, most "
+                                                        "frequent first.")
+
+
+class FeatureSearchOut(BaseModel):
+    query: dict[str, str | int] = Field(description="How q was read: mode 'key' (fkey_prefix, dictionary_set, "
+                                                    "layer, site, index) or 'token' (token).",
+                                        examples=[{"mode": "key", "layer": 2, "site": "mlp"}])
+    items: list[FeatureHitOut]
+    next_cursor: str | None = Field(description="Pass as ?cursor= (with the same q and corpus_id) for the next "
+                                                "page; null on the last page.")

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 class PromptFailure(BaseModel):
@@ -32,3 +32,26 @@ class JobStatus(BaseModel):
     settings: dict[str, Any]
     duplicates: list[dict[str, int]]
     failures: list[PromptFailure]
+
+
+class JobSummaryOut(BaseModel):
+    job_id: str
+    corpus_id: str
+    corpus_name: str | None = None
+    state: str
+    total: int
+    done: int
+    failed: int
+    cancelled: int
+    created_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    model: str | None = None
+    dictionary_set: str | None = None
+
+
+class JobPageOut(BaseModel):
+    items: list[JobSummaryOut]
+    offset: int
+    limit: int
+    next_offset: int | None = Field(description="Pass as ?offset= for the next page; null on the last page.")
