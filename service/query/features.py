@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Literal
@@ -169,7 +170,8 @@ def parse_feature_query(q: str) -> FeatureQuery:
         text = text[4:].strip()
         if not text:
             raise BadSearch("q", "'key:' needs a key or prefix after it, e.g. key:L2.mlp")
-    for form in (_LAYER_FORM, _SITE_FORM, _INDEX_FORM):
+    # The site form first: "mlp/L2/" would also read as dictionary set "mlp", layer 2.
+    for form in (_SITE_FORM, _LAYER_FORM, _INDEX_FORM):
         m = form.fullmatch(text)
         if m:
             d = m.groupdict()
@@ -231,7 +233,7 @@ ORDER BY n_graphs DESC, activation DESC, fkey ASC
 """
 
 # The tokens each feature fires on, read from its strongest instances (the (fkey, activation) index) and the
-# token-embedding node at the same position of the same graph.
+# token-embedding node at the same position of the same graph; normalised like the token search.
 _TOP_TOKENS = """
 UNWIND $fkeys AS fk
 CALL (fk) {
@@ -242,7 +244,7 @@ CALL (fk) {
   WITH n ORDER BY n.activation DESC LIMIT $sample
   MATCH (e:Node {graph_id: n.graph_id, kind: 'embedding'})
   WHERE e.pos = n.pos
-  WITH e.token AS token, count(*) AS c, max(n.activation) AS a
+  WITH toLower(trim(e.token)) AS token, count(*) AS c, max(n.activation) AS a
   ORDER BY c DESC, a DESC, token ASC LIMIT $per_feature
   RETURN collect({token: token, n: c, max_activation: a}) AS top_tokens
 }
@@ -267,13 +269,17 @@ def decode_cursor(cursor: str, q: str, corpus_id: str | None) -> tuple[int, floa
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         p = json.loads(raw)
-        n, a, f = int(p["n"]), float(p["a"]), str(p["f"])
+        n, a, f = p["n"], p["a"], p["f"]
+        # Only what encode_cursor writes: Neo4j takes 64-bit integers, and NaN would match nothing.
+        if not (isinstance(n, int) and 0 <= n < 2**62 and isinstance(a, int | float) and math.isfinite(a)
+                and isinstance(f, str)):
+            raise ValueError(cursor)
         same = p["q"] == q.strip() and p["c"] == corpus_id
-    except (ValueError, TypeError, KeyError, binascii.Error, UnicodeDecodeError):
+    except (ValueError, TypeError, KeyError, IndexError, binascii.Error, UnicodeDecodeError, RecursionError):
         raise BadSearch("cursor", "cursor is not one this API returned; pass next_cursor unchanged") from None
     if not same:
         raise BadSearch("cursor", "cursor belongs to another search (q or corpus_id differ); start without one")
-    return n, a, f
+    return n, float(a), f
 
 
 def search_features(driver: Driver, q: str, corpus_id: str | None = None, *, limit: int = 20,
