@@ -91,6 +91,8 @@ class Settings(BaseSettings):
     # API
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    # POST /cypher: user queries running at once across every API process (leases in Redis).
+    cypher_max_concurrent: int = 4
 
     @computed_field  # type: ignore[prop-decorator]
     @property

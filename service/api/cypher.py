@@ -1,4 +1,8 @@
-"""POST /cypher: user Cypher, read-only and bounded (service/query/user_cypher.py); needs a 'cypher' key."""
+"""POST /cypher: user Cypher, read-only and bounded (service/query/user_cypher.py); needs a 'cypher' key.
+
+The concurrency cap (``ATLAS_CYPHER_MAX_CONCURRENT``) holds across every API process sharing the Redis at
+``ATLAS_REDIS_URL``; a refusal is a 429 with ``Retry-After`` and ``{"rule": "concurrency-cap", ...}``.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,9 @@ import threading
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
-from service.api.deps import driver_of, settings_of
+from service.api.deps import driver_of, redis_of, settings_of
 from service.auth import ApiKey, require_scope
-from service.query.user_cypher import CypherRefused, CypherRunner
+from service.query.user_cypher import CypherLimits, CypherRefused, CypherRunner, SharedSlots
 from service.schemas.cypher import CypherOut, CypherRefusal, CypherRequest
 
 router = APIRouter(tags=["cypher"])
@@ -21,7 +25,9 @@ def runner_of(request: Request) -> CypherRunner:
     with _lock:
         runner = getattr(state, "cypher_runner", None)
         if runner is None:
-            runner = state.cypher_runner = CypherRunner(driver_of(request), settings_of(request).neo4j_database)
+            settings, limits = settings_of(request), CypherLimits()
+            slots = SharedSlots(redis_of(request), settings.cypher_max_concurrent, CypherRunner.lease_s(limits))
+            runner = state.cypher_runner = CypherRunner(driver_of(request), settings.neo4j_database, limits, slots)
     return runner
 
 
@@ -29,12 +35,15 @@ def runner_of(request: Request) -> CypherRunner:
              responses={401: {"description": "No or invalid API key"}, 403: {"description": "Key lacks 'cypher'"},
                         422: {"model": CypherRefusal, "description": "Refused: names the rule"},
                         408: {"model": CypherRefusal, "description": "Timed out"},
-                        429: {"model": CypherRefusal, "description": "Concurrency cap"}})
+                        429: {"model": CypherRefusal, "description": "Concurrency cap (across all API processes); "
+                                                                     "Retry-After in seconds"},
+                        503: {"model": CypherRefusal, "description": "The cap cannot be checked (Redis down)"}})
 def run_cypher(body: CypherRequest, request: Request, key: ApiKey = Depends(require_scope("cypher"))):  # noqa: ANN201
     """Run a read-only query. Refusals answer ``{"rule", "message"}``; results are capped in rows and bytes
     (``truncated_by`` says which cap cut the stream)."""
     try:
         result = runner_of(request).run(body.query, body.parameters, max_rows=body.max_rows)
     except CypherRefused as exc:
-        return JSONResponse({"rule": exc.rule, "message": exc.message}, status_code=exc.status)
+        headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s is not None else None
+        return JSONResponse({"rule": exc.rule, "message": exc.message}, status_code=exc.status, headers=headers)
     return CypherOut(**result.__dict__)

@@ -10,7 +10,8 @@ alone, shared/REFERENCE.md):
    on :data:`READ_OPERATORS`; procedure calls only from :data:`PROCEDURE_ALLOWLIST`; every
    variable-length / quantified / shortest-path pattern must have an upper bound <= ``max_hops``.
 3. Execution in a READ-access session with a server-side per-query timeout (``neo4j.Query(timeout=)``),
-   row and byte caps (the stream is cut, and the answer says so), and a per-process concurrency cap.
+   row and byte caps (the stream is cut, and the answer says so), and a concurrency cap shared by every API
+   process (:class:`SharedSlots`, leases in Redis that expire, so a killed process gives its slots back).
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ import base64
 import json
 import math
 import re
-import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 import neo4j
+import redis
 from neo4j import Driver
 from neo4j.graph import Node, Path, Relationship
 
@@ -89,11 +91,12 @@ class CypherLimits:
 class CypherRefused(Exception):
     """The query broke a rule; ``rule`` names it (shown to the user with ``message``)."""
 
-    def __init__(self, rule: str, message: str, status: int = 422) -> None:
+    def __init__(self, rule: str, message: str, status: int = 422, retry_after_s: int | None = None) -> None:
         super().__init__(f"[{rule}] {message}")
         self.rule = rule
         self.message = message
         self.status = status
+        self.retry_after_s = retry_after_s  # sent as the Retry-After header (429, 503)
 
 
 @dataclass
@@ -256,16 +259,84 @@ def to_json(value: Any) -> Any:
     return str(value)
 
 
+# Acquire a lease when fewer than ARGV[1] unexpired ones exist. Leases are members of a sorted set scored by
+# their expiry in Redis' own clock (TIME), so API processes on hosts with different clocks agree, and a lease
+# of a process that died is dropped once it expires. Returns {1, token} or {0, seconds until the first expiry}
+# (as a string: Lua numbers become integers on the way out).
+_ACQUIRE = """
+local now = redis.call('TIME')
+local t = tonumber(now[1]) + tonumber(now[2]) / 1000000
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', t)
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
+  redis.call('ZADD', KEYS[1], t + tonumber(ARGV[2]), ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], math.ceil(tonumber(ARGV[2]) * 1000) + 1000)
+  return {1, ARGV[3]}
+end
+local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return {0, tostring(tonumber(first[2]) - t)}
+"""
+
+
+class SharedSlots:
+    """At most ``cap`` user queries at once across every API process that shares this Redis and ``key``.
+
+    Each running query holds a lease of ``lease_s`` seconds; it is released when the query ends and expires
+    on its own if the process holding it dies, so slots never leak. The lease must outlast a query: the
+    runner sizes it from the per-query timeout (EXPLAIN and run each have one) plus a margin.
+    """
+
+    def __init__(self, client: redis.Redis, cap: int, lease_s: float, key: str = "atlas:cypher:leases") -> None:
+        if cap < 1:
+            raise ValueError(f"the /cypher concurrency cap must be >= 1, not {cap}")
+        self.client, self.cap, self.lease_s, self.key = client, cap, lease_s, key
+        self._acquire = client.register_script(_ACQUIRE)
+
+    def acquire(self) -> str:
+        """A lease token; raises CypherRefused 429 (Retry-After: when the oldest lease ends at the latest), or
+        503 when Redis cannot be asked (the cap is not skipped silently)."""
+        try:
+            ok, value = self._acquire(keys=[self.key], args=[self.cap, self.lease_s, uuid.uuid4().hex])
+        except (redis.exceptions.RedisError, OSError) as exc:
+            raise CypherRefused("concurrency-cap", f"the shared concurrency cap cannot be checked: Redis is not "
+                                                   f"reachable ({exc}); retry shortly", status=503,
+                                retry_after_s=1) from None
+        if int(ok) == 1:
+            return value.decode() if isinstance(value, bytes) else str(value)
+        wait = max(1, math.ceil(float(value)))
+        raise CypherRefused("concurrency-cap", f"{self.cap} user queries are already running on this service; "
+                                               f"retry in a moment (a slot is free in at most {wait} s)",
+                            status=429, retry_after_s=wait)
+
+    def release(self, token: str) -> None:
+        try:
+            self.client.zrem(self.key, token)
+        except (redis.exceptions.RedisError, OSError):
+            pass  # the lease expires by itself; the query's answer matters more than an early release
+
+    def held(self) -> int:
+        """Unexpired leases now (for tests and monitoring)."""
+        now_s, now_us = self.client.time()
+        return int(self.client.zcount(self.key, f"({now_s + now_us / 1e6}", "+inf"))
+
+
+# Added to a lease beyond its query's two timeouts (EXPLAIN, run): connection set-up, streaming, JSON.
+LEASE_MARGIN_S = 5.0
+
+
 class CypherRunner:
-    """Vets and runs user queries; one per app (it holds the concurrency cap)."""
+    """Vets and runs user queries. ``slots`` is the concurrency cap (none: uncapped, for library use)."""
 
     def __init__(self, driver: Driver, database: str | None = None, limits: CypherLimits | None = None,
-                 max_concurrent: int = 4) -> None:
+                 slots: SharedSlots | None = None) -> None:
         self.driver = driver
         self.database = database
         self.limits = limits or CypherLimits()
-        self.max_concurrent = max_concurrent
-        self._slots = threading.BoundedSemaphore(max_concurrent)
+        self.slots = slots
+
+    @staticmethod
+    def lease_s(limits: CypherLimits) -> float:
+        """How long a query can hold a slot: its EXPLAIN and its run each end at the timeout."""
+        return 2 * limits.timeout_s + LEASE_MARGIN_S
 
     def explain(self, query: str, params: dict[str, Any]) -> list[str]:
         """Lexical and plan checks; returns the plan's operator names."""
@@ -283,9 +354,7 @@ class CypherRunner:
     def run(self, query: str, params: dict[str, Any] | None = None, *, max_rows: int | None = None) -> CypherResult:
         params = dict(params or {})
         max_rows = self.limits.max_rows if max_rows is None else min(max_rows, self.limits.max_rows)
-        if not self._slots.acquire(blocking=False):
-            raise CypherRefused("concurrency-cap", f"{self.max_concurrent} user queries are already running; retry "
-                                                   "shortly", status=429)
+        token = self.slots.acquire() if self.slots is not None else None
         try:
             t0 = time.perf_counter()
             operators = self.explain(query, params)
@@ -325,4 +394,5 @@ class CypherRunner:
                                 truncated_by=truncated_by, elapsed_ms=(time.perf_counter() - t0) * 1e3,
                                 plan_operators=operators)
         finally:
-            self._slots.release()
+            if token is not None and self.slots is not None:
+                self.slots.release(token)

@@ -12,7 +12,14 @@ import time
 import neo4j
 import pytest
 
-from service.query.user_cypher import CypherLimits, CypherRefused, CypherRunner, lexical_check, plan_check
+from service.query.user_cypher import (
+    CypherLimits,
+    CypherRefused,
+    CypherRunner,
+    SharedSlots,
+    lexical_check,
+    plan_check,
+)
 
 LIMITS = CypherLimits(timeout_s=2.0, max_rows=50, max_bytes=20_000, max_hops=4)
 SLACK_S = 3.0  # a refused/timed-out query must answer within timeout + this
@@ -104,8 +111,10 @@ def fingerprint(driver, db: str) -> tuple:  # noqa: ANN001
 
 
 @pytest.fixture
-def runner(neo4j_driver, settings):  # noqa: ANN001, ANN201
-    return CypherRunner(neo4j_driver, settings.neo4j_database, LIMITS, max_concurrent=2)
+def runner(neo4j_driver, settings, redis_client, unique_id):  # noqa: ANN001, ANN201
+    slots = SharedSlots(redis_client, 2, CypherRunner.lease_s(LIMITS), key=f"atlas:test:{unique_id}")
+    yield CypherRunner(neo4j_driver, settings.neo4j_database, LIMITS, slots)
+    assert slots.held() == 0  # every query, refused or not, gave its slot back
 
 
 def test_hostile_corpus_is_refused_names_the_rule_and_changes_nothing(runner, neo4j_driver, settings):
@@ -200,27 +209,76 @@ def test_each_layer_holds_on_its_own(neo4j_driver, settings):
         lexical_check("RETURN 1 AS x UNION MATCH (n) DETACH DELETE n RETURN 1 AS x", LIMITS)
 
 
-def test_concurrency_cap(neo4j_driver, settings):
-    runner = CypherRunner(neo4j_driver, settings.neo4j_database, CypherLimits(timeout_s=1.5), max_concurrent=1)
-    started = threading.Event()
+def test_concurrency_cap_is_shared_by_runners(neo4j_driver, settings, redis_client, unique_id):
+    """Two runners (as in two API processes) on one Redis key: with a cap of 1, the second query is refused
+    while the first runs, with a Retry-After no longer than the running query's lease."""
+    limits = CypherLimits(timeout_s=1.5)
+    key = f"atlas:test:{unique_id}"
+    first, second = (CypherRunner(neo4j_driver, settings.neo4j_database, limits,
+                                  SharedSlots(redis_client, 1, CypherRunner.lease_s(limits), key=key)) for _ in range(2))
     errors: list[Exception] = []
 
     def slow() -> None:
-        started.set()
         try:
-            runner.run("UNWIND range(1, 1000000000) AS x WITH x WHERE x % 7 = 100 RETURN count(x)")
+            first.run("UNWIND range(1, 1000000000) AS x WITH x WHERE x % 7 = 100 RETURN count(x)")
         except CypherRefused as exc:
             errors.append(exc)
 
     t = threading.Thread(target=slow)
     t.start()
-    started.wait()
-    time.sleep(0.3)
+    deadline = time.monotonic() + 5
+    while first.slots.held() == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert first.slots.held() == 1
+    with pytest.raises(CypherRefused) as info:
+        second.run("RETURN 1")
+    assert (info.value.rule, info.value.status) == ("concurrency-cap", 429)
+    assert 1 <= info.value.retry_after_s <= CypherRunner.lease_s(limits)
+    t.join(10)
+    assert [e.rule for e in errors] == ["timeout"]
+    assert second.run("RETURN 1 AS one").rows == [[1]]  # the slot was given back
+    assert second.slots.held() == 0
+
+
+def test_a_dead_holder_s_lease_expires(redis_client, unique_id):
+    """A process killed while holding a slot (SIGKILL: no finally runs) blocks it only until its lease ends."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from workers.settings import get_settings
+
+    key = f"atlas:test:{unique_id}"
+    code = ("import redis, sys, time; from service.query.user_cypher import SharedSlots; "
+            f"s = SharedSlots(redis.Redis.from_url({get_settings().redis_url!r}), 1, 2.0, key={key!r}); "
+            "print(s.acquire(), flush=True); time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        assert proc.stdout is not None and len(proc.stdout.readline().strip()) == 32
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    slots = SharedSlots(redis_client, 1, 2.0, key=key)
+    with pytest.raises(CypherRefused) as info:
+        slots.acquire()
+    assert info.value.status == 429 and info.value.retry_after_s in (1, 2)
+    time.sleep(2.1)
+    token = slots.acquire()  # the dead process's lease has expired
+    assert slots.held() == 1
+    slots.release(token)
+    assert slots.held() == 0
+
+
+def test_redis_down_refuses_instead_of_skipping_the_cap(neo4j_driver, settings):
+    import redis
+
+    dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=1)  # nothing listens on port 1
+    runner = CypherRunner(neo4j_driver, settings.neo4j_database, LIMITS, SharedSlots(dead, 1, 5.0))
     with pytest.raises(CypherRefused) as info:
         runner.run("RETURN 1")
-    assert (info.value.rule, info.value.status) == ("concurrency-cap", 429)
-    t.join(10)
-    assert runner.run("RETURN 1 AS one").rows == [[1]]  # the slot was given back
+    assert (info.value.rule, info.value.status) == ("concurrency-cap", 503) and "Redis" in info.value.message
 
 
 def test_parameters_neo4j_cannot_hold_are_refused(runner):
