@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 
 from service.api.analyses import enqueue_analysis
 from service.api.deps import driver_of, settings_of
@@ -12,7 +12,12 @@ from service.auth import ApiKey, require_scope
 from service.query import global_circuits as q
 from service.query.paths import MAX_HOPS_LIMIT, feature_paths
 from service.schemas.analyses import AnalysisOut, AnalysisRequest
-from service.schemas.features import BetweenOut, NeighbourPageOut, VirtualWeightOut, VirtualWeightsRequest
+from service.schemas.features import BetweenOut, NeighbourPageOut
+from service.schemas.virtual_weights import (
+    VirtualWeightOut,
+    VirtualWeightsProvenanceOut,
+    VirtualWeightsRequest,
+)
 
 router = APIRouter(prefix="/global", tags=["global circuits"])
 
@@ -54,9 +59,24 @@ def virtual_weights(request: Request, fkey: str, direction: Literal["upstream", 
         driver_of(request), fkey, direction, limit=limit, database=settings_of(request).neo4j_database)]
 
 
+@router.get("/virtual-weights/provenance", response_model=VirtualWeightsProvenanceOut,
+            responses={404: {"description": "No virtual weights stored for this dictionary set"}})
+def virtual_weights_provenance(request: Request, dictionary_set_id: str = Query(..., examples=["zoo-dset"])
+                               ) -> VirtualWeightsProvenanceOut:
+    """How the dictionary set's stored virtual weights were computed: the corpus and the dataset-average norm
+    scale per layer they use, top_k, when."""
+    prov = q.virtual_weight_provenance(driver_of(request), dictionary_set_id,
+                                       database=settings_of(request).neo4j_database)
+    if prov is None:
+        raise HTTPException(404, f"no virtual weights stored for dictionary set {dictionary_set_id!r}; compute them "
+                                 "with POST /global/virtual-weights")
+    return VirtualWeightsProvenanceOut(**prov)
+
+
 @router.post("/virtual-weights", response_model=AnalysisOut, status_code=202,
              responses={401: {"description": "No or invalid API key"}, 403: {"description": "Key lacks 'write'"}})
 def compute_virtual_weights(body: VirtualWeightsRequest, request: Request,
                             key: ApiKey = Depends(require_scope("write"))) -> AnalysisOut:
-    """Queue the virtual-weight job of a registered dictionary set (a worker computes and stores VW edges)."""
+    """Queue the virtual-weight job of a registered dictionary set (a worker measures the norm scale on the
+    corpus, computes and stores the VW edges with their provenance)."""
     return enqueue_analysis(request, AnalysisRequest(kind="virtual_weights", params=body.model_dump()), key)

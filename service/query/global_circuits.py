@@ -16,11 +16,13 @@ s's activation in that corpus. It is null when s's activation mass is 0. With ``
 run over every corpus: ``Σ_C sum_w / Σ_C sum_act``.
 
 Weight-level virtual weights ``[:VW {w, dictionary_set}]`` (``workers/analysis/virtual_weights.py``) are
-read by :func:`virtual_weight_neighbours`.
+read by :func:`virtual_weight_neighbours`; how they were computed (the corpus whose dataset-average norm scale
+they use, per layer) by :func:`virtual_weight_provenance`.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Literal
 
 from neo4j import Driver
@@ -104,3 +106,16 @@ def virtual_weight_neighbours(driver: Driver, fkey: str, direction: Direction = 
         fkey=fkey, limit=int(limit), database_=database, routing_="r",
     )
     return [dict(r) for r in records]
+
+
+def virtual_weight_provenance(driver: Driver, dictionary_set_id: str, *, database: str | None = None) -> dict | None:
+    """How the dictionary set's stored VW edges were computed (None when none are stored): the
+    ``(:VirtualWeights)`` node the job writes with its VW edges."""
+    rows, _, _ = driver.execute_query(
+        "MATCH (p:VirtualWeights {dictionary_set: $d}) RETURN p.n_edges AS n_edges, p.provenance AS provenance, "
+        "p.computed_at AS computed_at", d=dictionary_set_id, database_=database, routing_="r")
+    if not rows:
+        return None
+    r = rows[0]
+    return {"dictionary_set_id": dictionary_set_id, "n_edges": r["n_edges"], "computed_at": r["computed_at"],
+            **json.loads(r["provenance"] or "{}")}

@@ -16,7 +16,7 @@ class AnalysisRequest(BaseModel):
         default_factory=dict,
         description="recurring_features / consensus_circuit / cluster_prompts: graph_ids or corpus_id (+ prompt_ids), "
                     "min_influence, and min_graphs | min_fraction | threshold; circuit_difference: graph_a, graph_b; "
-                    "virtual_weights: dictionary_set_id, top_k; local_circuit: graph_id, node_id, prune.",
+                    "virtual_weights: dictionary_set_id, corpus_id, top_k, max_tokens; local_circuit: graph_id, node_id, prune.",
         examples=[{"corpus_id": "ioi-demo", "min_fraction": 0.8}],
     )
 

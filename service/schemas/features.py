@@ -94,16 +94,6 @@ class BetweenOut(BaseModel):
     paths: list[PathOut]
 
 
-class VirtualWeightOut(BaseModel):
-    fkey: str
-    w: float
-
-
-class VirtualWeightsRequest(BaseModel):
-    dictionary_set_id: str = Field(examples=["zoo-dset"])
-    top_k: int = Field(16, ge=1, le=1024, description="Incoming virtual weights kept per transcoder feature.")
-
-
 class TokenCountOut(BaseModel):
     token: str | None
     n: int = Field(description="Instances (among the feature's strongest) at a position with this token.")

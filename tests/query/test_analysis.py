@@ -118,8 +118,8 @@ def test_virtual_weights_match_explicit_dot_products_and_are_stored(neo4j_driver
         if st_ != "mlp":
             continue
         for t in range(tgt.cfg.d_dict):
-            row = tgt.W_enc[t] - tgt.W_enc[t].mean()
-            reader = row * gamma[lt] / (2.0 if lt == 1 else 1.0)
+            row = tgt.W_enc[t] * gamma[lt]  # the LayerNorm's centring applies to the gain-weighted row
+            reader = (row - row.mean()) / (2.0 if lt == 1 else 1.0)
             cands = []
             for (ls, ss), src in dset:
                 if ls < lt or (ls == lt and ss == "attn"):

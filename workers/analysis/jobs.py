@@ -42,7 +42,11 @@ def _cluster(driver: Driver, p: dict, db: str | None) -> dict:
 def _virtual_weights(driver: Driver, p: dict, db: str | None) -> dict:
     from workers.analysis.virtual_weights import compute_and_store_for_registered
 
-    return compute_and_store_for_registered(driver, p["dictionary_set_id"], top_k=p.get("top_k", 16), database=db)
+    if not p.get("corpus_id"):
+        raise ValueError("virtual_weights needs corpus_id: the norm scale is its dataset average over that corpus' "
+                         "prompts (DESIGN.md §2)")
+    return compute_and_store_for_registered(driver, p["dictionary_set_id"], p["corpus_id"], top_k=p.get("top_k", 16),
+                                            max_tokens=p.get("max_tokens", 100_000), database=db)
 
 
 def _local_circuit(driver: Driver, p: dict, db: str | None) -> dict:
