@@ -14,22 +14,15 @@ across prompts, edges from earlier to later layers), in 10 corpora, written one 
 
 Measured (each after 10 warm-up calls, ``--samples`` random calls):
 - local circuit: ``service.query.circuits.circuit`` of a random graph with ``target`` = a random feature node
-  (upstream cone), default read-time pruning (500 nodes, 5,000 edges);
+  (upstream cone), default read-time pruning (500 nodes, 5,000 edges: no rank cut-off on these graphs), and
+  with ``max_nodes=100, max_edges=1000`` (both rank cut-offs computed on the server);
 - feature page: ``service.query.features.feature_page`` of a random recurring feature in its corpus, and
   of the 20 most frequent (feature, corpus) pairs (the hottest features: ~1,300 instances per corpus);
 - aggregate: ``service.query.global_circuits.aggregate_neighbours`` (upstream, top 20 by norm_w) of a random
   feature in its corpus.
 Goals (issue #6): local circuit p95 < 50 ms, feature page p95 < 100 ms, aggregate < 1 s.
 
-Measured 2026-11-25 on the shared 2-core VM (load average 4-5 from other work while measuring), scale 1.0:
-1,000 graphs, 5,000,000 ATTR edges, 435,000 nodes, 533,095 AGG edges; loading took 1,061 s for 700 of the
-graphs (~3,200 edges/s through the writer, AGG merges included) plus ~5 min for the first 300.
-``--samples 200 --skip-load``, two consecutive runs (p50 / p95 ms):
-  local circuit             17.1 / 40.9     19.3 / 54.0
-  feature page              8.8 / 19.2      9.3 / 26.1
-  feature page, 20 hottest  41.6 / 57.7     (first run did not measure it)
-  aggregate neighbours      2.0 / 7.1       2.2 / 7.2
-  aggregate, all corpora    3.6 / 13.4      2.9 / 13.3
+Numbers, the command and the load average of each run: bench/README.md, "Query latency".
 """
 
 from __future__ import annotations
@@ -140,6 +133,7 @@ def main() -> None:
     rng = random.Random(0)
     with neo4j_driver(settings) as driver:
         load_report = {} if args.skip_load else load(driver, n_graphs, db)
+        load_before = [round(x, 2) for x in os.getloadavg()]
         stats = driver.execute_query(
             "MATCH (g:Graph) WHERE g.graph_id STARTS WITH 'bq-' AND g.status = 'complete' "
             "RETURN count(g) AS graphs, sum(g.n_edges) AS edges, sum(g.n_nodes) AS nodes", database_=db).records[0]
@@ -152,6 +146,9 @@ def main() -> None:
             rec = synthetic_graph(int(g[3:]))
             feat = rng.choice([n.node_id for n in rec.nodes if n.kind == "feature" and n.layer == N_LAYERS - 1])
             local_args.append((driver, g, circuits.Pruning(target=feat)))
+        # Tighter read-time pruning than the graph's size: the rank cut-offs are computed too.
+        pruned_args = [(d, g, circuits.Pruning(max_nodes=100, max_edges=1_000, target=p.target))
+                       for d, g, p in local_args]
         feats = [(r["f"], r["c"]) for r in driver.execute_query(
             "MATCH (f:Feature)-[o:OCCURS]->(c:Corpus) WHERE f.dictionary_set = $d AND o.n_graphs >= 2 "
             "RETURN f.fkey AS f, c.corpus_id AS c", d=DSET, database_=db).records]
@@ -163,6 +160,8 @@ def main() -> None:
             "host": platform.node(), "scale": args.scale, "graphs": stats["graphs"], "graph_edges": stats["edges"],
             "graph_nodes": stats["nodes"], "attr_edges_in_db": db_edges, "agg_edges_in_db": n_agg, "load": load_report,
             "local_circuit": timed(lambda d, g, p: circuits.circuit(d, g, p, database=db), local_args),
+            "local_circuit_100_nodes_1000_edges": timed(lambda d, g, p: circuits.circuit(d, g, p, database=db),
+                                                        pruned_args),
             "feature_page": timed(lambda d, f, c: features.feature_page(d, f, c, database=db), page_args),
             "feature_page_20_hottest": timed(lambda d, f, c: features.feature_page(d, f, c, database=db),
                                              hottest * max(1, args.samples // 40)),
@@ -172,6 +171,7 @@ def main() -> None:
                 d, f, None, "upstream", database=db), page_args[: max(20, args.samples // 4)]),
         }
     # The machine may be shared: the load average says how contended the CPU was while measuring.
+    report["load_average_1_5_15_before"] = load_before
     report["load_average_1_5_15"] = [round(x, 2) for x in os.getloadavg()]
     report["cpus"] = os.cpu_count()
     text = json.dumps(report, indent=2)
