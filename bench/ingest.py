@@ -1,13 +1,17 @@
-"""Neo4j ingest rate of the graph writer (workers/store/writer.py) in edges/s, for graphs of 10k..1M edges.
+"""Neo4j ingest rate of the whole store path in edges/s, for graphs of 10k..1M edges: the graph write
+(workers/store/writer.py: claim, clear, nodes, Feature MERGE, edges, finish) and the corpus-aggregate fold
+that follows it (workers/store/aggregates.py: read back, sum per feature pair, AGG/OCCURS chunks).
 
-    python bench/ingest.py [--edges 10000 100000 1000000] [--repeat 1]
+    python bench/ingest.py [--edges 10000 100000 1000000] [--repeat 1] [--graphs-per-corpus 1]
 
 Synthetic graphs shaped like attribution graphs: ~1 node per 25 edges, 85% of nodes features drawn from a
-pool of 4,096 dictionary features (so feature pairs repeat and the corpus aggregates see real merging),
-edges between random node pairs. Reports the whole write_graph call (claim, clear, nodes, Feature MERGE,
-edges, and the final aggregate transaction: ``edges_per_s``), the graph without the aggregate transaction
-(``graph_edges_per_s``) and the edge phase alone, commits included (``edge_phase_edges_per_s``). Uses the configured Neo4j
-(ATLAS_NEO4J_URI...); writes into a throw-away corpus id and deletes the graphs afterwards.
+pool of 4,096 dictionary features (so feature pairs repeat and the aggregates see real merging), edges
+between random node pairs. Each size gets a fresh corpus: its ``--graphs-per-corpus`` graphs are written
+(``fold=False``, as the pipeline does), then folded by one ``fold_corpus`` call, as the pipeline's cpu queue
+does. Per size it prints edges/s of the graph writes (``write_edges_per_s``), of the fold
+(``fold_edges_per_s``) and of both one after the other (``total_edges_per_s``: write + fold seconds, the
+rate with aggregates included), plus the phases, the CPU seconds of the Neo4j server and of this client,
+and the load average. Uses the configured Neo4j (ATLAS_NEO4J_URI...) and deletes what it wrote.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from service.db import neo4j_driver  # noqa: E402
 from workers.settings import get_settings  # noqa: E402
-from workers.store import writer  # noqa: E402
+from workers.store import aggregates, writer  # noqa: E402
 from workers.store.records import GraphRecord, NodeRow  # noqa: E402
 
 
@@ -68,41 +72,91 @@ def remove_bench_aggregates(driver, corpus_id: str, database: str | None) -> Non
         for rel in ("AGG", "OCCURS"):
             session.run(f"MATCH ()-[e:{rel} {{corpus: $c}}]->() CALL (e) {{ DELETE e }} IN TRANSACTIONS OF 20000 ROWS",
                         c=corpus_id).consume()
+        session.run("MATCH (f:AggFold {corpus_id: $c}) DETACH DELETE f", c=corpus_id).consume()
+        session.run("MATCH (c:Corpus {corpus_id: $c}) DETACH DELETE c", c=corpus_id).consume()
+
+
+def neo4j_cpu_seconds(settings) -> float | None:  # noqa: ANN001
+    """User + system CPU seconds of the local Neo4j server (None when it is not ours / not on this host)."""
+    try:
+        pid = int((settings.state_dir / "neo4j" / "run" / "atlas-neo4j.pid").read_text().split()[0])
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, ValueError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuClock:
+    """Wall seconds and CPU seconds of the server and of this process between start() and stop()."""
+
+    def __init__(self, settings) -> None:  # noqa: ANN001
+        self.settings = settings
+
+    def __enter__(self) -> CpuClock:
+        self.t, self.srv, self.me = time.perf_counter(), neo4j_cpu_seconds(self.settings), sum(os.times()[:2])
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall = time.perf_counter() - self.t
+        srv = neo4j_cpu_seconds(self.settings)
+        self.server_cpu = None if srv is None or self.srv is None else srv - self.srv
+        self.client_cpu = sum(os.times()[:2]) - self.me
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--edges", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--graphs-per-corpus", type=int, default=1)
+    ap.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=True,
+                    help="first write and fold a 10k-edge graph, unreported (query plans, JIT)")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
     settings = get_settings()
-    corpus_id = f"bench{uuid.uuid4().hex[:8]}"
+    db = settings.neo4j_database
     results = []
     with neo4j_driver(settings) as driver:
-        for n in args.edges:
-            for rep in range(args.repeat):
-                rec = synthetic_graph(n, rep, corpus_id)
-                t0 = time.perf_counter()
-                res = writer.write_graph(driver, rec, database=settings.neo4j_database)
-                graph_s = res.seconds - res.phases["aggregates"]
-                row = {"edges": n, "nodes": len(rec.nodes), "agg_pairs": len(writer.corpus_contribution(rec)["agg_src"]),
-                       "seconds": round(time.perf_counter() - t0, 2),
-                       "edges_per_s": round(n / res.seconds),
-                       "graph_edges_per_s": round(n / graph_s),
-                       "edge_phase_edges_per_s": round(n / res.phases["edges"]),
-                       "phases_s": {k: round(v, 2) for k, v in res.phases.items()}}
-                results.append(row)
-                print(json.dumps(row), flush=True)
-        for row_rec in {r["edges"] for r in results}:
-            for rep in range(args.repeat):
-                writer.delete_graph(driver, f"bench-{corpus_id}-{row_rec}-{rep}", database=settings.neo4j_database)
-        remove_bench_aggregates(driver, corpus_id, settings.neo4j_database)
+        sizes = ([("warmup", 10_000)] if args.warmup else []) + [("run", n) for n in args.edges for _ in range(args.repeat)]
+        for i, (kind, n) in enumerate(sizes):
+            corpus_id = f"bench{uuid.uuid4().hex[:8]}"
+            recs = [synthetic_graph(n, 100 * i + k, corpus_id) for k in range(args.graphs_per_corpus)]
+            load0 = os.getloadavg()[0]
+            try:
+                with CpuClock(settings) as wclock:
+                    writes = [writer.write_graph(driver, rec, database=db, fold=False) for rec in recs]
+                with CpuClock(settings) as fclock:
+                    fold = aggregates.fold_corpus(driver, corpus_id, database=db)
+                edges = n * len(recs)
+                assert fold.graphs == len(recs) and fold.edges == edges, fold
+                row = {"edges_per_graph": n, "graphs": len(recs), "nodes_per_graph": len(recs[0].nodes),
+                       "agg_pairs": fold.pairs_created + fold.pairs_updated,
+                       "write_s": round(wclock.wall, 2), "fold_s": round(fold.seconds, 2),
+                       "write_edges_per_s": round(edges / wclock.wall),
+                       "fold_edges_per_s": round(edges / fclock.wall),
+                       "total_edges_per_s": round(edges / (wclock.wall + fclock.wall)),
+                       "write_phases_s": {k: round(sum(w.phases.get(k, 0.0) for w in writes), 2)
+                                          for k in writes[0].phases},
+                       "fold_phases_s": {k: round(v, 2) for k, v in fold.phases.items()},
+                       "cpu_s": {"neo4j_write": _r(wclock.server_cpu), "client_write": _r(wclock.client_cpu),
+                                 "neo4j_fold": _r(fclock.server_cpu), "client_fold": _r(fclock.client_cpu)},
+                       "loadavg_1m": [round(load0, 2), round(os.getloadavg()[0], 2)]}
+                if kind == "run":
+                    results.append(row)
+                    print(json.dumps(row), flush=True)
+            finally:
+                for rec in recs:
+                    writer.delete_graph(driver, rec.graph_id, database=db)
+                remove_bench_aggregates(driver, corpus_id, db)
     env = {"cpus": os.cpu_count(), "python": platform.python_version(), "neo4j_heap": settings.neo4j_heap,
-           "neo4j_pagecache": settings.neo4j_pagecache}
+           "neo4j_pagecache": settings.neo4j_pagecache, "node_batch": writer.NODE_BATCH,
+           "edge_batch": writer.EDGE_BATCH, "fold_chunk_pairs": aggregates.FOLD_CHUNK_PAIRS}
     print(json.dumps({"environment": env}))
     if args.json:
         args.json.write_text(json.dumps({"results": results, "environment": env}, indent=2))
+
+
+def _r(x: float | None) -> float | None:
+    return None if x is None else round(x, 2)
 
 
 if __name__ == "__main__":

@@ -6,34 +6,33 @@ Protocol for one graph, safe under retries, duplicated tasks and crashes at any 
    A graph already ``complete`` is skipped; a live lease held by another writer raises ``GraphBusy``
    (the caller retries later); an expired lease is taken over.
 2. ``clear``: delete whatever an earlier, interrupted attempt left (nodes of this graph_id), in batches.
-3. nodes, then edges, in UNWIND batches with CREATE (columnar parameters).
-4. aggregates: the graph's contribution to the corpus aggregates (AGG, OCCURS) in chunk transactions,
-   each applied exactly once (a counter on the Graph node, advanced in the chunk's own transaction,
-   survives crashes and takeovers; see ``_AGG_CHUNK``).
-5. ``finish``: flips the status to ``complete`` if this writer still holds the lease and every chunk is
-   applied. Aggregates are therefore counted exactly once per graph.
+3. nodes, then edges, in UNWIND batches with CREATE (columnar parameters; edges by element-id seeks).
+4. ``finish``: flips the status to ``complete`` (and ``agg_state`` to ``pending``) if this writer still holds
+   the lease.
 
-Readers only see graphs whose status is ``complete``.
+Readers only see graphs whose status is ``complete``. The graph's contribution to its corpus's aggregates
+is not part of the write: ``workers.store.aggregates.fold_corpus`` folds pending graphs, many at a time,
+exactly once each. ``write_graph(..., fold=True)`` (the default, for library callers and tests) folds the
+corpus right after the write; the pipeline passes ``fold=False`` and folds on the cpu queue.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from neo4j import Driver, ManagedTransaction
 
+from workers.store.aggregates import FoldBusy, fold_corpus
 from workers.store.records import KIND_LABELS, GraphRecord, node_uid
 
 NODE_BATCH = 20_000
 EDGE_BATCH = 20_000
 DELETE_BATCH = 20_000
-AGG_BATCH = 20_000  # aggregate pairs per chunk transaction
 # A writer renews its lease at every batch, so the lease only has to outlive one batch; a crashed
 # writer's graph is taken over this long after its last batch.
 DEFAULT_LEASE_S = 60.0
@@ -157,75 +156,17 @@ def _merge_features(tx: ManagedTransaction, fkeys: list[str], dictionaries: list
     )
 
 
-# Aggregates are applied in chunks (a 1M-edge graph has ~800k feature pairs: one transaction that size
-# exceeds Neo4j's transaction memory), each chunk exactly once: a chunk transaction applies chunk k only
-# if the Graph's counter agg_applied equals k, and advances it in the same transaction. The counter
-# survives a crash and a takeover (claim and clear never reset it), so a new writer resumes at the next
-# chunk; the contribution's hash is recorded with the first chunk and a writer whose graph differs is
-# refused (the engine is deterministic; a different graph would double count).
-_AGG_CHUNK = """
-MATCH (g:Graph {graph_id: $graph_id})
-SET g._lock = true
-WITH g
-WHERE g.status = 'writing' AND g.writer = $token AND coalesce(g.agg_applied, 0) = $chunk
-  AND coalesce(g.agg_hash, $agg_hash) = $agg_hash
-SET g.agg_applied = $chunk + 1, g.agg_hash = $agg_hash, g.agg_chunks = $n_chunks
-WITH g
-CALL (g) {
-  UNWIND range(0, size($occ_fkey) - 1) AS i
-  MATCH (f:Feature {fkey: $occ_fkey[i]})
-  MERGE (c:Corpus {corpus_id: $corpus_id})
-  MERGE (f)-[o:OCCURS {corpus: $corpus_id}]->(c)
-  ON CREATE SET o.n = 0, o.sum_act = 0.0, o.n_graphs = 0
-  SET o.n = o.n + $occ_n[i], o.sum_act = o.sum_act + $occ_act[i], o.n_graphs = o.n_graphs + 1
-}
-CALL (g) {
-  UNWIND range(0, size($agg_src) - 1) AS i
-  MATCH (a:Feature {fkey: $agg_src[i]})
-  MATCH (b:Feature {fkey: $agg_dst[i]})
-  MERGE (a)-[e:AGG {corpus: $corpus_id}]->(b)
-  ON CREATE SET e.sum_w = 0.0, e.sum_abs_w = 0.0, e.n = 0
-  SET e.sum_w = e.sum_w + $agg_w[i], e.sum_abs_w = e.sum_abs_w + $agg_abs_w[i], e.n = e.n + $agg_n[i]
-}
-REMOVE g._lock
-RETURN count(g) AS applied
-"""
-
-_GRAPH_STATE = """
-MATCH (g:Graph {graph_id: $graph_id})
-RETURN g.status AS status, g.writer AS writer, coalesce(g.agg_applied, 0) AS applied, g.agg_hash AS hash
-"""
-
 _FINISH = """
 MATCH (g:Graph {graph_id: $graph_id})
-WHERE g.status = 'writing' AND g.writer = $token AND coalesce(g.agg_applied, 0) = $n_chunks
+WHERE g.status = 'writing' AND g.writer = $token
 SET g.status = 'complete', g.completed_at = datetime(), g.n_nodes = $n_nodes, g.n_edges = $n_edges,
-    g.writer = null, g.lease_until = null
+    g.writer = null, g.lease_until = null, g.agg_state = 'pending'
 RETURN count(g) AS finished
 """
 
 
-def _aggregates_started(session, graph_id: str) -> bool:  # noqa: ANN001 - neo4j Session
-    state = session.execute_read(lambda tx: tx.run(_GRAPH_STATE, graph_id=graph_id).single())
-    return state is not None and state["applied"] > 0
-
-
-def _apply_chunk(tx: ManagedTransaction, params: dict) -> bool:
-    return tx.run(_AGG_CHUNK, **params).single(strict=True)["applied"] == 1
-
-
 def _finish(tx: ManagedTransaction, params: dict) -> bool:
     return tx.run(_FINISH, **params).single(strict=True)["finished"] == 1
-
-
-def contribution_chunks(contrib: dict[str, list], size: int) -> list[dict[str, list]]:
-    """Split the contribution into chunks of at most ``size`` aggregate pairs (+ occurrence rows)."""
-    n_agg, n_occ = len(contrib["agg_src"]), len(contrib["occ_fkey"])
-    n_chunks = max(1, -(-max(n_agg, n_occ) // size))
-    agg_keys = ("agg_src", "agg_dst", "agg_w", "agg_abs_w", "agg_n")
-    occ_keys = ("occ_fkey", "occ_n", "occ_act")
-    return [{**{k: contrib[k][i * size:(i + 1) * size] for k in agg_keys},
-             **{k: contrib[k][i * size:(i + 1) * size] for k in occ_keys}} for i in range(n_chunks)]
 
 
 # -- the public entry point ----------------------------------------------------------------------------
@@ -242,41 +183,6 @@ def _graph_props(rec: GraphRecord) -> dict:
         "settings": json.dumps(rec.settings, sort_keys=True),
         "metrics": json.dumps(rec.metrics, sort_keys=True),
         "provenance": json.dumps(rec.provenance, sort_keys=True),
-    }
-
-
-def corpus_contribution(rec: GraphRecord) -> dict[str, list]:
-    """This graph's contribution to the corpus aggregates, summed per (source fkey, target fkey).
-
-    A feature appears once per position in a graph; the aggregate counts every instance pair.
-    """
-    fkey_of = {n.node_id: n.fkey(rec.dictionary_set) for n in rec.nodes}
-    agg: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0.0, 0])
-    for s, d, w in zip(rec.edge_src, rec.edge_dst, rec.edge_w, strict=True):
-        fs, fd = fkey_of.get(s), fkey_of.get(d)
-        if fs is None or fd is None:
-            continue
-        row = agg[(fs, fd)]
-        row[0] += w
-        row[1] += abs(w)
-        row[2] += 1
-    occ: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
-    for n in rec.nodes:
-        fk = n.fkey(rec.dictionary_set)
-        if fk is not None:
-            occ[fk][0] += 1
-            occ[fk][1] += float(n.activation or 0.0)
-    keys = sorted(agg)
-    okeys = sorted(occ)
-    return {
-        "agg_src": [k[0] for k in keys],
-        "agg_dst": [k[1] for k in keys],
-        "agg_w": [agg[k][0] for k in keys],
-        "agg_abs_w": [agg[k][1] for k in keys],
-        "agg_n": [agg[k][2] for k in keys],
-        "occ_fkey": okeys,
-        "occ_n": [occ[k][0] for k in okeys],
-        "occ_act": [occ[k][1] for k in okeys],
     }
 
 
@@ -303,15 +209,20 @@ def write_graph(
     *,
     database: str | None = None,
     lease_s: float = DEFAULT_LEASE_S,
-    should_stop=None,
+    should_stop: Callable[[], bool] | None = None,
     token: str | None = None,
+    fold: bool = True,
+    fold_wait_s: float = 600.0,
 ) -> WriteResult:
     """Write one graph exactly once. ``should_stop()`` is checked between batches (job cancellation);
     when it returns True the partial write is removed and ``InterruptedError`` is raised.
 
     ``token`` identifies the writer (default: random). A retry or redelivery of the same logical writer
     (the same Celery task id) passes the same token and takes over its own lease at once instead of
-    waiting for it to expire."""
+    waiting for it to expire.
+
+    ``fold``: also fold the corpus's pending aggregates (this graph's included) before returning, waiting up
+    to ``fold_wait_s`` for another folder of the corpus. The pipeline passes False: its cpu queue folds."""
     t0 = time.perf_counter()
     token = token or uuid.uuid4().hex
     node_ids = {n.node_id for n in rec.nodes}
@@ -321,98 +232,108 @@ def write_graph(
     if missing:
         raise ValueError(f"graph {rec.graph_id}: {len(missing)} edge endpoints are not nodes, e.g. {sorted(missing)[:3]}")
 
+    phases: dict[str, float] = defaultdict(float)
+    written = False
     with driver.session(database=database) as session:
         status, claimed = session.execute_write(_claim, rec.graph_id, token, lease_s)
-        if status == "complete":
-            return WriteResult(rec.graph_id, False, 0, 0, time.perf_counter() - t0)
-        if not claimed:
+        if status != "complete" and not claimed:
             raise GraphBusy(f"graph {rec.graph_id} is being written by another worker")
-
-        def check_stop() -> None:
-            if should_stop is not None and should_stop() and not _aggregates_started(session, rec.graph_id):
-                # (Once an earlier attempt applied aggregate chunks the graph must be finished, not dropped.)
-                while session.execute_write(_clear_batch, rec.graph_id):
-                    pass
-                # The Graph node goes too: a cancelled graph leaves nothing behind (it was never complete).
-                session.execute_write(lambda tx: tx.run(
-                    "MATCH (g:Graph {graph_id: $g}) WHERE g.writer = $token DETACH DELETE g",
-                    g=rec.graph_id, token=token).consume())
-                raise InterruptedError(f"graph {rec.graph_id}: write cancelled")
-            if not session.execute_write(_renew, rec.graph_id, token, lease_s):
-                raise GraphBusy(f"graph {rec.graph_id}: lease lost to another writer")
-
-        phases: dict[str, float] = defaultdict(float)
+        if status != "complete":
+            _write_claimed(session, rec, token, lease_s, should_stop, phases)
+            written = True
+    if fold:
         t = time.perf_counter()
-        while session.execute_write(_clear_batch, rec.graph_id):
-            pass
-        session.execute_write(
-            lambda tx: tx.run(
-                "MATCH (g:Graph {graph_id: $graph_id}) SET g += $props", graph_id=rec.graph_id, props=_graph_props(rec)
-            ).consume()
-        )
-
-        phases["clear"] += time.perf_counter() - t
-        t = time.perf_counter()
-        by_label: dict[str, list] = defaultdict(list)
-        for n in rec.nodes:
-            by_label[KIND_LABELS[n.kind]].append(n)
-        element_id: dict[str, str] = {}
-        for label, nodes in sorted(by_label.items()):
-            for sl in _chunks(len(nodes), NODE_BATCH):
-                check_stop()
-                eids = session.execute_write(_create_nodes, label, _node_columns(rec, nodes[sl]))
-                element_id.update(zip((n.node_id for n in nodes[sl]), eids, strict=True))
-
-        phases["nodes"] += time.perf_counter() - t
-        t = time.perf_counter()
-        feats = sorted({(n.fkey(rec.dictionary_set), n.dictionary, n.feature) for n in rec.nodes if n.kind == "feature"})
-        for sl in _chunks(len(feats), NODE_BATCH):
-            part = feats[sl]
-            session.execute_write(_merge_features, [f[0] for f in part], [f[1] for f in part], [f[2] for f in part])
-
-        phases["features"] += time.perf_counter() - t
-        t = time.perf_counter()
-        src = [element_id[s] for s in rec.edge_src]
-        dst = [element_id[d] for d in rec.edge_dst]
-        w = [float(x) for x in rec.edge_w]
-        for sl in _chunks(len(w), EDGE_BATCH):
-            check_stop()
-            session.execute_write(_create_edges, src[sl], dst[sl], w[sl])
-
-        check_stop()
-        phases["edges"] += time.perf_counter() - t
-        t = time.perf_counter()
-        # From here on the graph is finished, not cancelled: aggregates must not stay half-applied.
-        contrib = corpus_contribution(rec)
-        agg_hash = hashlib.sha256(json.dumps(contrib, sort_keys=True).encode()).hexdigest()
-        chunks = contribution_chunks(contrib, AGG_BATCH)
-        base = {"graph_id": rec.graph_id, "token": token, "corpus_id": rec.corpus_id, "agg_hash": agg_hash,
-                "n_chunks": len(chunks)}
-        for k, chunk in enumerate(chunks):
-            if session.execute_write(_renew, rec.graph_id, token, lease_s) is False:
-                raise GraphBusy(f"graph {rec.graph_id}: lease lost to another writer")
-            if session.execute_write(_apply_chunk, {**base, **chunk, "chunk": k}):
-                continue
-            state = session.execute_read(lambda tx: tx.run(_GRAPH_STATE, graph_id=rec.graph_id).single(strict=True))
-            if state["hash"] is not None and state["hash"] != agg_hash:
-                raise RuntimeError(
-                    f"graph {rec.graph_id}: an earlier attempt applied part of its aggregates from a different graph "
-                    "(the engine gave a different result on retry); delete the corpus aggregates and recompute")
-            if state["writer"] != token:
-                raise GraphBusy(f"graph {rec.graph_id}: lease lost before its aggregates were applied")
-            if state["applied"] <= k:
-                raise RuntimeError(f"graph {rec.graph_id}: aggregate chunk {k} not applied (state {dict(state)})")
-            # applied > k: an earlier, interrupted attempt applied this chunk already; skip it
-        if not session.execute_write(_finish, {**base, "n_nodes": len(rec.nodes), "n_edges": len(w)}):
-            # Lost the lease (we were too slow and another writer took over): that writer completes it.
-            raise GraphBusy(f"graph {rec.graph_id}: lease lost before completion")
+        fold_graph_corpus(driver, rec.corpus_id, rec.graph_id, database=database, wait_s=fold_wait_s)
         phases["aggregates"] += time.perf_counter() - t
-    return WriteResult(rec.graph_id, True, len(rec.nodes), len(w), time.perf_counter() - t0, dict(phases))
+    n_nodes, n_edges = (len(rec.nodes), len(rec.edge_w)) if written else (0, 0)
+    return WriteResult(rec.graph_id, written, n_nodes, n_edges, time.perf_counter() - t0, dict(phases))
+
+
+def _write_claimed(session, rec: GraphRecord, token: str, lease_s: float,  # noqa: ANN001 - neo4j Session
+                   should_stop: Callable[[], bool] | None, phases: dict[str, float]) -> None:
+    def check_stop() -> None:
+        if should_stop is not None and should_stop():
+            while session.execute_write(_clear_batch, rec.graph_id):
+                pass
+            # The Graph node goes too: a cancelled graph leaves nothing behind (it was never complete).
+            session.execute_write(lambda tx: tx.run(
+                "MATCH (g:Graph {graph_id: $g}) WHERE g.writer = $token DETACH DELETE g",
+                g=rec.graph_id, token=token).consume())
+            raise InterruptedError(f"graph {rec.graph_id}: write cancelled")
+        if not session.execute_write(_renew, rec.graph_id, token, lease_s):
+            raise GraphBusy(f"graph {rec.graph_id}: lease lost to another writer")
+
+    t = time.perf_counter()
+    while session.execute_write(_clear_batch, rec.graph_id):
+        pass
+    session.execute_write(
+        lambda tx: tx.run(
+            "MATCH (g:Graph {graph_id: $graph_id}) SET g += $props", graph_id=rec.graph_id, props=_graph_props(rec)
+        ).consume()
+    )
+
+    phases["clear"] += time.perf_counter() - t
+    t = time.perf_counter()
+    by_label: dict[str, list] = defaultdict(list)
+    for n in rec.nodes:
+        by_label[KIND_LABELS[n.kind]].append(n)
+    element_id: dict[str, str] = {}
+    for label, nodes in sorted(by_label.items()):
+        for sl in _chunks(len(nodes), NODE_BATCH):
+            check_stop()
+            eids = session.execute_write(_create_nodes, label, _node_columns(rec, nodes[sl]))
+            element_id.update(zip((n.node_id for n in nodes[sl]), eids, strict=True))
+
+    phases["nodes"] += time.perf_counter() - t
+    t = time.perf_counter()
+    feats = sorted({(n.fkey(rec.dictionary_set), n.dictionary, n.feature) for n in rec.nodes if n.kind == "feature"})
+    for sl in _chunks(len(feats), NODE_BATCH):
+        part = feats[sl]
+        session.execute_write(_merge_features, [f[0] for f in part], [f[1] for f in part], [f[2] for f in part])
+
+    phases["features"] += time.perf_counter() - t
+    t = time.perf_counter()
+    src = [element_id[s] for s in rec.edge_src]
+    dst = [element_id[d] for d in rec.edge_dst]
+    w = [float(x) for x in rec.edge_w]
+    for sl in _chunks(len(w), EDGE_BATCH):
+        check_stop()
+        session.execute_write(_create_edges, src[sl], dst[sl], w[sl])
+
+    check_stop()
+    phases["edges"] += time.perf_counter() - t
+    t = time.perf_counter()
+    params = {"graph_id": rec.graph_id, "token": token, "n_nodes": len(rec.nodes), "n_edges": len(w)}
+    if not session.execute_write(_finish, params):
+        # Lost the lease (we were too slow and another writer took over): that writer completes it.
+        raise GraphBusy(f"graph {rec.graph_id}: lease lost before completion")
+    phases["finish"] += time.perf_counter() - t
+
+
+def fold_graph_corpus(driver: Driver, corpus_id: str, graph_id: str, *, database: str | None = None,
+                      wait_s: float = 600.0) -> None:
+    """Fold the corpus's pending aggregates until ``graph_id`` is folded. (A fold that started before this
+    graph was complete does not include it, and its folder may be finishing as we ask: hence the loop.)"""
+    deadline = time.monotonic() + wait_s
+    while True:
+        fold_corpus(driver, corpus_id, database=database, wait_s=max(0.0, deadline - time.monotonic()))
+        state = driver.execute_query("MATCH (g:Graph {graph_id: $g}) RETURN g.agg_state AS s", g=graph_id,
+                                     database_=database).records
+        if not state or state[0]["s"] in ("folded", None):  # None: written before aggregates were folded
+            return
+        if time.monotonic() >= deadline:
+            raise FoldBusy(f"graph {graph_id}: not folded into corpus {corpus_id} after {wait_s:.0f}s")
+        time.sleep(0.2)
 
 
 def delete_graph(driver: Driver, graph_id: str, *, database: str | None = None) -> None:
-    """Remove a graph's nodes and its Graph node. Aggregates it contributed are not subtracted."""
+    """Remove a graph's nodes and its Graph node. Aggregates it contributed are not subtracted. A graph of a
+    fold in progress is refused (the fold re-reads its graphs until it closes)."""
     with driver.session(database=database) as session:
+        state = session.execute_read(lambda tx: tx.run(
+            "MATCH (g:Graph {graph_id: $g}) RETURN g.agg_state AS s", g=graph_id).single())
+        if state is not None and state["s"] == "folding":
+            raise FoldBusy(f"graph {graph_id} is being folded into its corpus's aggregates; delete it after the fold")
         while session.execute_write(_clear_batch, graph_id):
             pass
         session.execute_write(lambda tx: tx.run("MATCH (g:Graph {graph_id: $g}) DETACH DELETE g", g=graph_id).consume())
