@@ -42,6 +42,10 @@ class PipelineSettings(BaseSettings):
     # Fault-injection for tests only: each worker sleeps this long in the attribution stage, so that a
     # test can kill it mid-prompt. Never set in production.
     fault_delay_s: float = 0.0
+    # Every this many stored graphs of a job, a cpu-queue task folds the corpus's pending graphs into its
+    # aggregates (workers/store/aggregates.py), so they grow while a long corpus runs; the corpus-done task
+    # folds the rest. 0: only at the end.
+    fold_every: int = 64
     # Models and dictionary sets kept loaded per worker process (least recently used one is dropped).
     cache_size: int = 2
     # CPU threads torch uses in each worker process (0: torch's default, one per core). One thread per

@@ -6,7 +6,11 @@ reports which worker process ran it and which per-process resources that process
 ``atlas.compute_prompt(prompt_id)`` (gpu queue) computes and stores one prompt's graph
 (``workers.pipeline.compute.run_prompt``); its task id is derived from (job, prompt). Transient Neo4j /
 Redis errors are retried with exponential backoff; soft/hard time limits come from the settings.
-``atlas.finish_corpus(job_id)`` (cpu queue) is sent by whichever prompt completed the job's counter.
+``atlas.finish_corpus(job_id)`` (cpu queue) is sent by whichever prompt completed the job's counter: it folds
+the corpus's remaining graphs into its aggregates, summarises the corpus and moves the job from
+``aggregating`` to its final state. ``atlas.fold_aggregates(corpus_id)`` (cpu queue) is an incremental fold,
+sent every ``ATLAS_PIPELINE_FOLD_EVERY`` stored graphs. Both use their task id as the folder's token, so a
+redelivered task (its worker killed) resumes its own fold at once (workers/store/aggregates.py).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from workers.celery_app import CPU_QUEUE, GPU_QUEUE, celery_app, loaded_process_
 from workers.pipeline import jobs
 from workers.pipeline.config import get_pipeline_settings
 from workers.settings import get_settings
+from workers.store.aggregates import FoldBusy, fold_corpus
 from workers.store.writer import GraphBusy
 
 # Errors that go away by themselves (server restarting, lock conflicts, a lease held by a duplicate).
@@ -37,6 +42,7 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     redis.exceptions.BusyLoadingError,
     ConnectionError,
     GraphBusy,
+    FoldBusy,
 )
 
 
@@ -90,6 +96,10 @@ def enqueue_finish_corpus(job_id: str) -> None:
     finish_corpus.apply_async(args=[job_id], task_id=f"{job_id}/finish", queue=CPU_QUEUE)
 
 
+def enqueue_fold(corpus_id: str, round_: int) -> None:
+    fold_aggregates.apply_async(args=[corpus_id], task_id=f"{corpus_id}/fold/{round_}", queue=CPU_QUEUE)
+
+
 @celery_app.task(name="atlas.compute_prompt", bind=True, acks_late=True)
 def compute_prompt(self, prompt_id: str) -> str:  # noqa: ANN001 - bound Celery task
     """Compute and store the graph of one prompt. Returns the prompt's outcome."""
@@ -101,7 +111,8 @@ def compute_prompt(self, prompt_id: str) -> str:  # noqa: ANN001 - bound Celery 
         driver, r, cache = _process_clients()
         # The task id is the writer token: a retry or redelivery of this task takes over its own graph lease.
         return run_prompt(driver, r, cache, cfg, prompt_id, settings.neo4j_database,
-                          on_job_finished=enqueue_finish_corpus, writer_token=self.request.id)
+                          on_job_finished=enqueue_finish_corpus, writer_token=self.request.id,
+                          on_fold_due=enqueue_fold)
     except LookupError:
         return "missing"  # the job was deleted (a submission that failed half-way): nothing to do
     except SoftTimeLimitExceeded:
@@ -115,9 +126,10 @@ def compute_prompt(self, prompt_id: str) -> str:  # noqa: ANN001 - bound Celery 
     except TRANSIENT_ERRORS as exc:
         if self.request.retries >= cfg.max_retries:
             try:
-                jobs.finish_prompt(_process_clients()[0], prompt_id, "failed",
-                                   f"gave up after {self.request.retries} retries of transient errors: {exc!r}",
-                                   database=settings.neo4j_database)
+                if jobs.finish_prompt(_process_clients()[0], prompt_id, "failed",
+                                      f"gave up after {self.request.retries} retries of transient errors: {exc!r}",
+                                      database=settings.neo4j_database).job_finished:
+                    enqueue_finish_corpus(jobs.job_id_of(prompt_id))
             except TRANSIENT_ERRORS:
                 pass  # still down: the prompt stays 'running' and the reaper picks it up later
             raise
@@ -125,15 +137,42 @@ def compute_prompt(self, prompt_id: str) -> str:  # noqa: ANN001 - bound Celery 
         raise self.retry(exc=exc, countdown=countdown, max_retries=cfg.max_retries) from exc
 
 
-@celery_app.task(name="atlas.finish_corpus", bind=True, acks_late=True, max_retries=10)
-def finish_corpus(self, job_id: str) -> dict[str, Any]:  # noqa: ANN001 - bound Celery task
-    """Corpus-done step: summarise the corpus and normalise its aggregates (idempotent)."""
-    from workers.pipeline.corpus import summarise_corpus
-
+@celery_app.task(name="atlas.fold_aggregates", bind=True, acks_late=True, max_retries=10)
+def fold_aggregates(self, corpus_id: str) -> dict[str, Any]:  # noqa: ANN001 - bound Celery task
+    """Incremental fold of the corpus's pending graphs. Another folder at work is not an error: it, or the
+    corpus-done task, folds what is pending."""
     settings = get_settings()
     driver, _, _ = _process_clients()
     try:
-        status = jobs.job_status(driver, job_id, settings.neo4j_database, max_failures=0)
-        return summarise_corpus(driver, status["corpus_id"], settings.neo4j_database)
+        res = fold_corpus(driver, corpus_id, database=settings.neo4j_database, token=self.request.id)
+    except FoldBusy:
+        return {"corpus_id": corpus_id, "busy": True}
     except TRANSIENT_ERRORS as exc:
         raise self.retry(exc=exc, countdown=min(30, 2 ** self.request.retries)) from exc
+    return {"corpus_id": corpus_id, "folds": res.folds, "graphs": res.graphs, "edges": res.edges,
+            "seconds": round(res.seconds, 3)}
+
+
+# A dead folder's lease (aggregates.DEFAULT_FOLD_LEASE_S) must expire before the corpus-done task can take its
+# fold over: its retries span several minutes.
+@celery_app.task(name="atlas.finish_corpus", bind=True, acks_late=True, max_retries=120)
+def finish_corpus(self, job_id: str) -> dict[str, Any]:  # noqa: ANN001 - bound Celery task
+    """Corpus-done step: fold the corpus's remaining graphs into its aggregates, summarise the corpus and
+    normalise its aggregates, then move the job from 'aggregating' to its final state (all idempotent)."""
+    from workers.pipeline.corpus import summarise_corpus
+
+    settings = get_settings()
+    db = settings.neo4j_database
+    driver, _, _ = _process_clients()
+    try:
+        corpus_id = jobs.job_status(driver, job_id, db, max_failures=0)["corpus_id"]
+        fold = fold_corpus(driver, corpus_id, database=db, token=self.request.id)
+        summary = summarise_corpus(driver, corpus_id, db)
+        state = jobs.complete_aggregation(driver, job_id, db)
+        if state == jobs.AGGREGATING:  # a graph became pending after our last plan (cannot happen once every
+            raise FoldBusy(f"job {job_id}: graphs of corpus {corpus_id} still unfolded")  # prompt is final)
+    except LookupError:
+        return {"job_id": job_id, "missing": True}
+    except TRANSIENT_ERRORS as exc:
+        raise self.retry(exc=exc, countdown=min(5, 2 ** self.request.retries)) from exc
+    return {**summary, "job_state": state, "folded_graphs": fold.graphs, "fold_seconds": round(fold.seconds, 3)}

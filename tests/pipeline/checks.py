@@ -14,7 +14,12 @@ def graphs_per_prompt(driver, corpus_id: str) -> dict[str, list[str]]:  # noqa: 
 
 def assert_aggregates_match_stored_edges(driver, corpus_id: str) -> int:  # noqa: ANN001
     """AGG {corpus} edges equal the sums over the stored feature->feature ATTR edges of the corpus's complete
-    graphs: aggregates counted exactly once per graph. Returns the number of aggregate pairs."""
+    graphs: aggregates counted exactly once per graph, and every graph folded (call it once the job is final:
+    a final job state means its aggregates are folded). Returns the number of aggregate pairs."""
+    unfolded = driver.execute_query(
+        "MATCH (g:Graph {corpus_id: $c}) WHERE g.status = 'complete' AND g.agg_state <> 'folded' RETURN count(g) AS n",
+        c=corpus_id).records[0]["n"]
+    assert unfolded == 0, f"{unfolded} complete graphs of a finished job are not folded into the aggregates"
     stored = driver.execute_query(
         "MATCH (g:Graph {corpus_id: $c}) WHERE g.status = 'complete' "
         "MATCH (a:Node {graph_id: g.graph_id})-[r:ATTR]->(b:Node) WHERE a.fkey IS NOT NULL AND b.fkey IS NOT NULL "

@@ -168,16 +168,23 @@ def compute_graph(loaded: Loaded, work: jobs.PromptWork, check: Callable[[str], 
 
 def run_prompt(driver: Driver, r: redis_lib.Redis, cache: ModelCache, cfg: PipelineSettings, prompt_id: str,
                database: str | None = None, on_start: Callable[[jobs.PromptWork], None] | None = None,
-               on_job_finished: Callable[[str], None] | None = None, writer_token: str | None = None) -> str:
+               on_job_finished: Callable[[str], None] | None = None, writer_token: str | None = None,
+               on_fold_due: Callable[[str, int], None] | None = None) -> str:
     """Compute and store one prompt; returns its outcome ('done', 'cancelled', 'failed', or the final state
     a duplicate delivery found). Transient Neo4j/Redis errors propagate (the task retries them).
-    ``on_job_finished(job_id)`` runs when this prompt's outcome was the job's last one."""
+    ``on_job_finished(job_id)`` runs when this prompt's outcome was the job's last one (its corpus-done step
+    folds the corpus aggregates); ``on_fold_due(corpus_id, round)`` every ``cfg.fold_every`` stored graphs
+    (an incremental fold, so that aggregates grow while a long corpus runs). The graph itself is written
+    without its aggregates (``fold=False``): folding is the cpu queue's job."""
     from workers.store.from_engine import graph_to_record
 
     def finish(job_id: str, outcome: str, error: str | None, seconds: float | None = None) -> str:
-        _, job_done = jobs.finish_prompt(driver, prompt_id, outcome, error, seconds, database)
-        if job_done and on_job_finished is not None:
+        result = jobs.finish_prompt(driver, prompt_id, outcome, error, seconds, database)
+        if result.job_finished and on_job_finished is not None:
             on_job_finished(job_id)
+        elif (result.counted and outcome == "done" and on_fold_due is not None and cfg.fold_every > 0
+              and result.done % cfg.fold_every == 0 and work is not None):
+            on_fold_due(work.corpus_id, result.done // cfg.fold_every)
         return outcome
 
     decision, work = jobs.start_prompt(driver, prompt_id, worker_name(), database, cfg.max_attempts)
@@ -216,7 +223,7 @@ def run_prompt(driver: Driver, r: redis_lib.Redis, cache: ModelCache, cfg: Pipel
                 dictionary_set=work.dictionary_set_id, pruned=pr, max_features=work.settings.get("max_features"),
                 settings=work.settings, metrics={"seconds_attribution": g.provenance.get("timings_s", {}).get("total")})
             write_graph(driver, rec, database=database, should_stop=lambda: jobs.is_cancelled(r, work.job_id),
-                        token=writer_token)
+                        token=writer_token, fold=False)
     except (PromptCancelled, InterruptedError) as exc:
         return finish(work.job_id, "cancelled", str(exc), time.perf_counter() - t0)
     except PermanentFailure as exc:

@@ -11,6 +11,14 @@ done + failed + cancelled reach total also sets the job's final state: the datab
 "corpus done" trigger (no chord).
 
 Job states: submitting -> queued -> running -> complete | complete_with_failures; cancelling -> cancelled.
+When the counter completes while graphs of the corpus still wait for their aggregates to be folded
+(``Graph.agg_state`` pending or folding), the job waits in ``aggregating`` until the corpus-done task
+(cpu queue, ``workers.tasks.finish_corpus``) has folded them and calls :func:`complete_aggregation`: a final
+job state therefore means the corpus aggregates are exact (workers/store/aggregates.py).
+
+Queries run with Neo4j's UNRECOGNIZED notifications off (:func:`quiet_records`): they read properties that exist
+only once some prompt or graph reached a state (``p.error``, ``g.agg_state`` ...), and on a fresh database the
+server answers each such query with a "property does not exist" warning, logged on every poll of a job.
 """
 
 from __future__ import annotations
@@ -19,15 +27,24 @@ import json
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis as redis_lib
-from neo4j import Driver, ManagedTransaction
+from neo4j import Driver, ManagedTransaction, Record
 
 from workers.pipeline.validation import ValidatedCorpus
 
 FINAL_JOB_STATES = ("complete", "complete_with_failures", "cancelled")
+AGGREGATING = "aggregating"  # every prompt final, aggregates not yet folded
 FINAL_PROMPT_STATES = ("done", "failed", "cancelled")
+
+
+def quiet_records(driver: Driver, query: str, database: str | None, *, write: bool = True, **params: Any) -> list[Record]:
+    """Run one query in a managed transaction (retried on transient errors) with UNRECOGNIZED notifications
+    disabled (module docstring)."""
+    with driver.session(database=database, notifications_disabled_classifications=["UNRECOGNIZED"]) as session:
+        work = session.execute_write if write else session.execute_read
+        return work(lambda tx: list(tx.run(query, params)))
 
 
 def cancel_key(job_id: str) -> str:
@@ -108,18 +125,17 @@ def create_job(driver: Driver, corpus: ValidatedCorpus, database: str | None = N
 
 
 def set_job_state(driver: Driver, job_id: str, state: str, only_from: tuple[str, ...], database: str | None = None) -> bool:
-    recs = driver.execute_query(
-        "MATCH (j:Job {job_id: $id}) SET j._lock = true WITH j WHERE j.state IN $from "
+    recs = quiet_records(
+        driver, "MATCH (j:Job {job_id: $id}) SET j._lock = true WITH j WHERE j.state IN $from "
         "SET j.state = $state REMOVE j._lock RETURN count(j) AS c",
-        id=job_id, state=state, **{"from": list(only_from)}, database_=database).records
+        database, id=job_id, state=state, **{"from": list(only_from)})
     return recs[0]["c"] == 1
 
 
 def delete_job(driver: Driver, job_id: str, database: str | None = None) -> None:
     """Remove a job that never got queued (its enqueue failed): Job, Corpus and Prompts."""
-    driver.execute_query(
-        "MATCH (j:Job {job_id: $id})-[:RUNS]->(c:Corpus) OPTIONAL MATCH (p:Prompt)-[:IN]->(c) "
-        "DETACH DELETE p, c, j", id=job_id, database_=database)
+    quiet_records(driver, "MATCH (j:Job {job_id: $id})-[:RUNS]->(c:Corpus) OPTIONAL MATCH (p:Prompt)-[:IN]->(c) "
+             "DETACH DELETE p, c, j", database, id=job_id)
 
 
 @dataclass(frozen=True)
@@ -165,8 +181,7 @@ def start_prompt(driver: Driver, prompt_id: str, worker: str, database: str | No
     cancelled), 'exhausted' (it was started ``max_attempts`` times already: each attempt died, e.g. killed
     by the hard time limit or out of memory), or the prompt's final state when it is already finished
     (a duplicate delivery)."""
-    recs = driver.execute_query(_START, pid=prompt_id, now=time.time(), worker=worker, max_attempts=max_attempts,
-                                database_=database).records
+    recs = quiet_records(driver, _START, database, pid=prompt_id, now=time.time(), worker=worker, max_attempts=max_attempts)
     if not recs:
         raise LookupError(f"prompt {prompt_id} does not exist (its job was deleted?)")
     r = recs[0]
@@ -176,6 +191,9 @@ def start_prompt(driver: Driver, prompt_id: str, worker: str, database: str | No
                              json.loads(r["targets"]), r["model_id"], r["dset"], json.loads(r["settings"]),
                              r["attempts"])
 
+
+_FINAL_STATE = """CASE WHEN j.cancelled > 0 THEN 'cancelled' WHEN j.failed > 0 THEN 'complete_with_failures'
+                   ELSE 'complete' END"""
 
 _FINISH = """
 MATCH (p:Prompt {prompt_id: $pid})-[:IN]->(:Corpus)<-[:RUNS]-(j:Job)
@@ -189,34 +207,66 @@ SET p.state = CASE WHEN counts THEN $outcome ELSE p.state END,
     j.failed = j.failed + CASE WHEN counts AND $outcome = 'failed' THEN 1 ELSE 0 END,
     j.cancelled = j.cancelled + CASE WHEN counts AND $outcome = 'cancelled' THEN 1 ELSE 0 END
 WITH p, j, counts, j.done + j.failed + j.cancelled = j.total AND NOT j.state IN $final AS finished
+CALL (j) {
+  MATCH (g:Graph {corpus_id: j.corpus_id}) WHERE g.agg_state IN ['pending', 'folding']
+  RETURN count(g) AS unfolded
+}
 SET j.state = CASE WHEN NOT finished THEN j.state
-                   WHEN j.cancelled > 0 THEN 'cancelled'
-                   WHEN j.failed > 0 THEN 'complete_with_failures'
-                   ELSE 'complete' END,
+                   WHEN unfolded > 0 THEN 'aggregating'
+                   ELSE """ + _FINAL_STATE + """ END,
     j.finished_at = CASE WHEN finished THEN $now ELSE j.finished_at END
 REMOVE j._lock, p._lock
-RETURN counts, finished, j.state AS job_state
+RETURN counts, finished, j.state AS job_state, j.done AS done
+"""
+
+_COMPLETE_AGGREGATION = """
+MATCH (j:Job {job_id: $id})
+SET j._lock = true
+WITH j
+CALL (j) {
+  MATCH (g:Graph {corpus_id: j.corpus_id}) WHERE g.agg_state IN ['pending', 'folding']
+  RETURN count(g) AS unfolded
+}
+WITH j, unfolded, j.state = 'aggregating' AND unfolded = 0 AS completes
+SET j.state = CASE WHEN completes THEN """ + _FINAL_STATE + """ ELSE j.state END,
+    j.aggregated_at = CASE WHEN completes THEN $now ELSE j.aggregated_at END
+REMOVE j._lock
+RETURN j.state AS state, unfolded
 """
 
 
+class PromptFinish(NamedTuple):
+    counted: bool  # this call moved the prompt into its final state (False: a duplicate)
+    job_finished: bool  # ... and that completed the job's counter (send the corpus-done task)
+    done: int  # the job's done counter afterwards
+
+
 def finish_prompt(driver: Driver, prompt_id: str, outcome: str, error: str | None = None, seconds: float | None = None,
-                  database: str | None = None) -> tuple[bool, bool]:
-    """Record a prompt's final state once. Returns (counted now, job finished by this call)."""
+                  database: str | None = None) -> PromptFinish:
+    """Record a prompt's final state once. Returns (counted now, job counter completed by this call, done)."""
     if outcome not in FINAL_PROMPT_STATES:
         raise ValueError(f"outcome {outcome!r} is not one of {FINAL_PROMPT_STATES}")
-    recs = driver.execute_query(_FINISH, pid=prompt_id, outcome=outcome, error=error, now=time.time(),
-                                seconds=seconds, final=list(FINAL_JOB_STATES), database_=database).records
+    recs = quiet_records(driver, _FINISH, database, pid=prompt_id, outcome=outcome, error=error, now=time.time(),
+                    seconds=seconds, final=[*FINAL_JOB_STATES, AGGREGATING])
     if not recs:
         raise LookupError(f"prompt {prompt_id} does not exist")
-    return recs[0]["counts"], recs[0]["finished"]
+    return PromptFinish(recs[0]["counts"], recs[0]["finished"], recs[0]["done"])
+
+
+def complete_aggregation(driver: Driver, job_id: str, database: str | None = None) -> str:
+    """An ``aggregating`` job whose corpus has no unfolded graph left moves to its final state. Returns the
+    job's state afterwards (still ``aggregating`` if some graph is unfolded; any other state is left as is)."""
+    recs = quiet_records(driver, _COMPLETE_AGGREGATION, database, id=job_id, now=time.time())
+    if not recs:
+        raise LookupError(job_id)
+    return recs[0]["state"]
 
 
 def requeue_prompt(driver: Driver, prompt_id: str, database: str | None = None) -> int | None:
     """Reaper: a 'running' prompt back to 'queued'; returns its new reap round (None if not running)."""
-    recs = driver.execute_query(
-        "MATCH (p:Prompt {prompt_id: $pid}) SET p._lock = true WITH p WHERE p.state = 'running' "
-        "SET p.state = 'queued', p.reaped = p.reaped + 1 REMOVE p._lock RETURN p.reaped AS r",
-        pid=prompt_id, database_=database).records
+    recs = quiet_records(
+        driver, "MATCH (p:Prompt {prompt_id: $pid}) SET p._lock = true WITH p WHERE p.state = 'running' "
+        "SET p.state = 'queued', p.reaped = p.reaped + 1 REMOVE p._lock RETURN p.reaped AS r", database, pid=prompt_id)
     return recs[0]["r"] if recs else None
 
 
@@ -228,15 +278,15 @@ def cancel_job(driver: Driver, r: redis_lib.Redis, job_id: str, database: str | 
     """Cancel: flag in Redis (workers check it between stages), job 'cancelling', and every still-queued
     prompt counted cancelled at once (their tasks, when delivered, find them final and do nothing).
     Returns the job's state afterwards; a finished job is left as it is."""
-    recs = driver.execute_query("MATCH (j:Job {job_id: $id}) RETURN j.state AS s", id=job_id, database_=database).records
+    recs = quiet_records(driver, "MATCH (j:Job {job_id: $id}) RETURN j.state AS s", database, write=False, id=job_id)
     if not recs:
         raise LookupError(job_id)
-    if recs[0]["s"] in FINAL_JOB_STATES:
+    if recs[0]["s"] in (*FINAL_JOB_STATES, AGGREGATING):  # every prompt is final already
         return recs[0]["s"]
     r.set(cancel_key(job_id), "1", ex=30 * 24 * 3600)
     set_job_state(driver, job_id, "cancelling", ("submitting", "queued", "running"), database)
-    queued = driver.execute_query("MATCH (p:Prompt {job_id: $id}) WHERE p.state = 'queued' RETURN p.prompt_id AS p",
-                                  id=job_id, database_=database).records
+    queued = quiet_records(driver, "MATCH (p:Prompt {job_id: $id}) WHERE p.state = 'queued' RETURN p.prompt_id AS p",
+                      database, write=False, id=job_id)
     for rec in queued:
         _finish_if_state(driver, rec["p"], "queued", database)
     # A job whose prompts were all final already (nothing running) ends here.
@@ -245,27 +295,26 @@ def cancel_job(driver: Driver, r: redis_lib.Redis, job_id: str, database: str | 
 
 def _finish_if_state(driver: Driver, prompt_id: str, state: str, database: str | None) -> None:
     # Cancel only prompts still queued (a worker may have started one since the listing).
-    recs = driver.execute_query(
-        "MATCH (p:Prompt {prompt_id: $pid}) SET p._lock = true WITH p WHERE p.state = $state "
-        "SET p.state = 'cancelling' REMOVE p._lock RETURN count(p) AS c",
-        pid=prompt_id, state=state, database_=database).records
+    recs = quiet_records(
+        driver, "MATCH (p:Prompt {prompt_id: $pid}) SET p._lock = true WITH p WHERE p.state = $state "
+        "SET p.state = 'cancelling' REMOVE p._lock RETURN count(p) AS c", database, pid=prompt_id, state=state)
     if recs[0]["c"]:
         finish_prompt(driver, prompt_id, "cancelled", "cancelled before it started", database=database)
 
 
 def job_status(driver: Driver, job_id: str, database: str | None = None, max_failures: int = 100) -> dict[str, Any]:
     """State, counters, throughput (prompts/min since the first prompt started), ETA and failures."""
-    recs = driver.execute_query(
-        "MATCH (j:Job {job_id: $id})-[:RUNS]->(c:Corpus) "
+    recs = quiet_records(
+        driver, "MATCH (j:Job {job_id: $id})-[:RUNS]->(c:Corpus) "
         "OPTIONAL MATCH (p:Prompt {job_id: $id}) WHERE p.state = 'failed' "
         "WITH j, c, p ORDER BY p.index "
         "RETURN j {.*} AS j, c {.*} AS c, collect(p {.prompt_id, .index, .error, .attempts})[..$k] AS failures",
-        id=job_id, k=max_failures, database_=database).records
+        database, write=False, id=job_id, k=max_failures)
     if not recs:
         raise LookupError(job_id)
     j, c = recs[0]["j"], recs[0]["c"]
-    running = driver.execute_query("MATCH (p:Prompt {job_id: $id}) WHERE p.state = 'running' RETURN count(p) AS n",
-                                   id=job_id, database_=database).records[0]["n"]
+    running = quiet_records(driver, "MATCH (p:Prompt {job_id: $id}) WHERE p.state = 'running' RETURN count(p) AS n",
+                       database, write=False, id=job_id)[0]["n"]
     end = j.get("finished_at") or time.time()
     started = j.get("started_at")
     finished_n = j["done"] + j["failed"]

@@ -1,6 +1,10 @@
 """The reaper: re-enqueue prompts whose heartbeat went stale (their worker died without Celery noticing,
 e.g. the whole worker host or its main process was killed, so the message waits for Redis's visibility
-timeout). A still-alive duplicate is harmless: the graph writer and the prompt counter are idempotent."""
+timeout). A still-alive duplicate is harmless: the graph writer and the prompt counter are idempotent.
+
+It also re-sends the corpus-done task of a job stuck in ``aggregating`` (every prompt final, its message lost:
+Redis down when the last prompt finished, or the task gave up) once no folder holds the corpus's lease:
+folds and the job's completion are idempotent."""
 
 from __future__ import annotations
 
@@ -33,9 +37,30 @@ def stale_prompts(driver: Driver, r: redis_lib.Redis, stale_after_s: float, data
     return out
 
 
+_STUCK_AGGREGATING = """
+MATCH (j:Job) WHERE j.state = 'aggregating' AND j.finished_at < $now - $stale_after_s
+OPTIONAL MATCH (f:AggFold {corpus_id: j.corpus_id})
+WITH j, f WHERE f IS NULL OR f.writer IS NULL OR f.lease_until < $now
+RETURN j.job_id AS job_id
+"""
+
+
+def stuck_aggregations(driver: Driver, stale_after_s: float, database: str | None = None) -> list[str]:
+    """Jobs 'aggregating' for longer than ``stale_after_s`` whose corpus no folder is folding."""
+    recs = jobs.quiet_records(driver, _STUCK_AGGREGATING, database, write=False, now=time.time(),
+                              stale_after_s=stale_after_s)
+    return [rec["job_id"] for rec in recs]
+
+
 def reap_once(driver: Driver, r: redis_lib.Redis, enqueue: Enqueue, stale_after_s: float,
-              database: str | None = None) -> list[str]:
-    """One pass; returns the prompt ids re-enqueued."""
+              database: str | None = None, enqueue_finish: Callable[[str], None] | None = None) -> list[str]:
+    """One pass; returns the prompt ids re-enqueued. Stuck aggregations get their corpus-done task again
+    (``enqueue_finish``, default ``workers.tasks.enqueue_finish_corpus``)."""
+    if enqueue_finish is None:
+        from workers.tasks import enqueue_finish_corpus as enqueue_finish
+    for job_id in stuck_aggregations(driver, stale_after_s, database):
+        enqueue_finish(job_id)
+        log.warning("re-sent the corpus-done task of job %s (stuck aggregating)", job_id)
     done = []
     for job_id, prompt_id in stale_prompts(driver, r, stale_after_s, database):
         round_ = jobs.requeue_prompt(driver, prompt_id, database)
