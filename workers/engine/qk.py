@@ -149,5 +149,6 @@ def circuit_heads(lin: Linearised, trace: Trace, g: Graph, top_edges: int = 50, 
                 credit[(layer, h)] = credit.get((layer, h), 0.0) + cr
                 if cr > best.get((layer, h), (0.0, 0, 0))[0]:
                     best[(layer, h)] = (cr, qp, kp)
-    ranked = sorted(credit.items(), key=lambda kv: -kv[1])[:top_heads]
+    # Only heads that carried something: a head whose pattern is 0 at every credited (q, k) has no best pair.
+    ranked = sorted(((k, v) for k, v in credit.items() if k in best), key=lambda kv: -kv[1])[:top_heads]
     return [(layer, h, best[(layer, h)][1], best[(layer, h)][2], cr) for (layer, h), cr in ranked]
