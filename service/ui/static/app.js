@@ -1,7 +1,7 @@
-// Hash router of the viewer: #/ (graph list), #/graph/<id>?max_nodes=…, #/job/<id>, #/features,
-// #/feature/<fkey>, #/global?fkey=…, #/qk. `window.atlas` exposes the live graph view to tests and benchmarks.
+// Hash router of the viewer: #/ (graph list), #/graph/<id>?max_nodes=…, #/corpora, #/job (list), #/job/<id>,
+// #/features?q=…, #/feature/<fkey>, #/global?fkey=…, #/qk?graph_id=…&layer=…. `window.atlas` exposes the live graph view to tests and benchmarks.
 
-import { featurePage, featureSearch, globalPage, graphList, jobPage, qkPage } from "./corpus.js";
+import { corpusList, featurePage, featureSearch, globalPage, graphList, jobList, jobPage, qkPage } from "./corpus.js";
 import { DEFAULT_PRUNING, GraphView } from "./graph/view.js";
 
 const main = document.getElementById("main");
@@ -24,9 +24,12 @@ function route() {
       view.load();
       break;
     }
+    case "corpora":
+      corpusList(main, params);
+      break;
     case "job":
       if (parts[1]) jobPage(main, parts[1]);
-      else jobForm();
+      else jobList(main, params);
       break;
     case "features":
       featureSearch(main, params);
@@ -43,17 +46,6 @@ function route() {
     default:
       graphList(main, params);
   }
-}
-
-function jobForm() {
-  main.innerHTML = `<section class="page"><h2>Job progress</h2>
-    <p>A job id is returned by <code>POST /corpora</code> (its <code>job_url</code>).</p>
-    <form class="inline" id="job-go"><label>job id <input name="job" size="36"></label><button>Show</button></form></section>`;
-  main.querySelector("#job-go").addEventListener("submit", (e) => {
-    e.preventDefault();
-    const id = new FormData(e.target).get("job").trim();
-    if (id) location.hash = `#/job/${encodeURIComponent(id)}`;
-  });
 }
 
 // Hash changes made by the graph view itself (pruning in the URL) use replaceState, which fires no event.

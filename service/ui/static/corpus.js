@@ -2,7 +2,7 @@
 // feature, QK pairs of a head. Each reads the public API; an endpoint this server lacks is shown as
 // "not available" with the route it would need, never with invented data.
 
-import { ApiError, featureUrl, findGetEndpoint, getJSON, withQuery } from "./api.js";
+import { ApiError, apiPaths, featureUrl, findGetEndpoint, getJSON, withQuery } from "./api.js";
 
 const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
 const fmt = (v) => (v == null ? "–" : typeof v === "number" ? (Number.isInteger(v) ? String(v) : v.toPrecision(4)) : esc(v));
@@ -56,6 +56,83 @@ export async function graphList(root, params) {
   }
 }
 
+// -- corpora and jobs ----------------------------------------------------------------------------------------
+
+function progressCell(j) {
+  if (!j) return "<td><i>no job</i></td><td></td>";
+  const pct = j.total ? (100 * (j.done + j.failed + j.cancelled)) / j.total : 0;
+  return `<td><a href="#/job/${encodeURIComponent(j.job_id)}" class="job-state">${esc(j.state)}</a></td>
+    <td><div class="progress small" title="${pct.toFixed(0)}%"><div class="bar" style="width:${pct.toFixed(1)}%"></div></div>
+      <span class="counts">${j.done} done, ${j.failed} failed of ${j.total}</span></td>`;
+}
+
+const pager = (base, params, offset, next, limit) => {
+  const nav = (o, label) => `<a href="${base}${withQuery("", { ...params, offset: o })}">${label}</a>`;
+  return `<p>${offset > 0 ? nav(Math.max(0, offset - limit), "← newer") : ""} ${next != null ? nav(next, "older →") : ""}</p>`;
+};
+
+const when = (t) => (t == null ? "–" : new Date(t * 1000).toISOString().replace("T", " ").slice(0, 19));
+
+export async function corpusList(root, params) {
+  const offset = Number(params.get("offset") || 0);
+  const el = section(root, `<h2>Corpora</h2><p>Newest first; the bar is the job's finished share (done + failed + cancelled of total).</p>
+    <div id="corpus-table">loading…</div>`);
+  const box = el.querySelector("#corpus-table");
+  let timer = null;
+  const load = async () => {
+    if (!el.isConnected) return; // the reader left: stop refreshing
+    try {
+      const page = await getJSON(withQuery("/corpora", { offset, limit: 50 }));
+      if (!page.items.length) {
+        box.innerHTML = "<p>No corpora yet: submit one with <code>POST /corpora</code>.</p>";
+        return;
+      }
+      box.innerHTML = `<table class="data"><thead><tr><th>corpus</th><th>name</th><th>model</th><th>dictionaries</th><th>prompts</th>
+        <th>graphs</th><th>created</th><th>job</th><th>progress</th></tr></thead><tbody>${page.items.map((c) => `<tr class="corpus-row" data-id="${esc(c.corpus_id)}">
+        <td><a href="#/graphs?corpus_id=${encodeURIComponent(c.corpus_id)}">${esc(c.corpus_id)}</a></td><td>${esc(c.name)}</td><td>${esc(c.model ?? "–")}</td>
+        <td>${esc(c.dictionary_set ?? "–")}</td><td class="num">${fmt(c.n_prompts)}</td><td class="num">${c.n_graphs}</td><td>${when(c.created_at)}</td>
+        ${progressCell(c.job)}</tr>`).join("")}</tbody></table>${pager("#/corpora", {}, offset, page.next_offset, 50)}`;
+      // Refresh while any job on this page is still moving.
+      if (page.items.some((c) => c.job && !TERMINAL.has(c.job.state))) timer = setTimeout(load, 3000);
+    } catch (err) {
+      box.innerHTML = errorBox(err);
+    }
+  };
+  clearTimeout(timer);
+  load();
+}
+
+const JOB_STATES = ["", "submitting", "queued", "running", "complete", "complete_with_failures", "cancelling", "cancelled"];
+
+export async function jobList(root, params) {
+  const state = params.get("state") || "";
+  const offset = Number(params.get("offset") || 0);
+  const el = section(root, `<h2>Jobs</h2>
+    <form class="inline" id="job-go"><label>job id <input name="job" size="36"></label><button>Show</button></form>
+    <form class="inline" id="job-filter"><label>state <select name="state">${JOB_STATES.map((s) => `<option value="${s}" ${s === state ? "selected" : ""}>${s || "any"}</option>`).join("")}</select></label>
+      <button>Filter</button></form><div id="job-table">loading…</div>`);
+  el.querySelector("#job-go").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const id = new FormData(e.target).get("job").trim();
+    if (id) location.hash = `#/job/${encodeURIComponent(id)}`;
+  });
+  el.querySelector("#job-filter").addEventListener("submit", (e) => {
+    e.preventDefault();
+    location.hash = `#/job${withQuery("", { state: new FormData(e.target).get("state") })}`;
+  });
+  const box = el.querySelector("#job-table");
+  try {
+    const page = await getJSON(withQuery("/jobs", { state, offset, limit: 50 }));
+    box.innerHTML = page.items.length ? `<table class="data"><thead><tr><th>job</th><th>corpus</th><th>created</th><th>state</th><th>progress</th></tr></thead>
+      <tbody>${page.items.map((j) => `<tr class="job-row" data-id="${esc(j.job_id)}"><td><a href="#/job/${encodeURIComponent(j.job_id)}">${esc(j.job_id)}</a></td>
+      <td><a href="#/graphs?corpus_id=${encodeURIComponent(j.corpus_id)}">${esc(j.corpus_name || j.corpus_id)}</a></td><td>${when(j.created_at)}</td>
+      ${progressCell(j)}</tr>`).join("")}</tbody></table>${pager("#/job", { state }, offset, page.next_offset, 50)}`
+      : `<p>No jobs${state ? ` in state ${esc(state)}` : ""}.</p>`;
+  } catch (err) {
+    box.innerHTML = errorBox(err);
+  }
+}
+
 // -- job progress --------------------------------------------------------------------------------------------
 
 export function jobPage(root, jobId) {
@@ -97,8 +174,11 @@ export function jobPage(root, jobId) {
 
 // -- features ------------------------------------------------------------------------------------------------
 
+const tokenList = (tokens) => (tokens || []).map((t) => `<span class="chip" title="${t.n} of its strongest instances">${esc(t.token)} <small>×${t.n}</small></span>`).join("");
+
 export async function featureSearch(root, params) {
   const q = params.get("q") || "";
+  const corpus = params.get("corpus_id") || "";
   const el = section(root, `<h2>Features</h2>
     <form class="inline" id="feature-go"><label>feature key <input name="fkey" size="32" placeholder="dset/L1.mlp#17"></label>
       <button>Open</button></form><div id="feature-search"></div>`);
@@ -108,32 +188,58 @@ export async function featureSearch(root, params) {
     if (fkey) location.hash = `#/feature/${encodeURIComponent(fkey)}`;
   });
   const box = el.querySelector("#feature-search");
-  // A search route would be GET /features (with a query parameter); the API may add one later.
-  const ep = await findGetEndpoint((p) => p === "/features" || p === "/features/search");
-  if (!ep) {
+  const ep = await findGetEndpoint((p) => p === "/features");
+  if (!ep || !(ep.op.parameters || []).some((x) => x.in === "query" && x.name === "q")) {
     box.innerHTML = notAvailable("Feature search by text", "GET /features?q=…") +
       "<p>Open a feature by its exact key above (keys are shown in every graph's node panel).</p>";
     return;
   }
-  const param = (ep.op.parameters || []).find((x) => x.in === "query" && /^(q|query|search|text)$/.test(x.name));
-  if (!param) {
-    box.innerHTML = notAvailable("Feature search by text", `a text parameter on GET ${ep.path}`);
-    return;
-  }
-  box.innerHTML = `<form class="inline" id="feature-q"><input name="q" value="${esc(q)}" size="30"><button>Search</button></form><div id="feature-results"></div>`;
+  box.innerHTML = `<form class="inline" id="feature-q"><label>search <input name="q" value="${esc(q)}" size="30"
+      placeholder="L2.mlp · mlp/L2/ · L2:123 · dset/L1.mlp#17 · a token"></label>
+    <label>corpus <input name="corpus_id" value="${esc(corpus)}" placeholder="all corpora"></label><button>Search</button></form>
+    <p class="hint">A key or prefix finds features by dictionary, layer and index (ranked by the graphs they appear in, then mean
+      activation); anything else finds the features that fire on that token (ranked by graphs, then their largest activation there).</p>
+    <div id="feature-results"></div>`;
   box.querySelector("#feature-q").addEventListener("submit", (e) => {
     e.preventDefault();
-    location.hash = `#/features${withQuery("", { q: new FormData(e.target).get("q") })}`;
+    const f = new FormData(e.target);
+    location.hash = `#/features${withQuery("", { q: f.get("q").trim(), corpus_id: f.get("corpus_id").trim() })}`;
   });
   if (!q) return;
+  const out = box.querySelector("#feature-results");
+  out.innerHTML = "searching…";
+  const load = async (cursor) => {
+    const res = await getJSON(withQuery("/features", { q, corpus_id: corpus, limit: 25, cursor }));
+    const rows = res.items.map((f) => `<tr class="feature-hit"><td><a class="feature-result" href="#/feature/${encodeURIComponent(f.fkey)}${corpus ? `?corpus_id=${encodeURIComponent(corpus)}` : ""}">${esc(f.fkey)}</a></td>
+      <td class="num">${f.n_graphs}</td><td class="num">${f.n_instances}</td><td class="num">${fmt(f.activation)}</td><td>${tokenList(f.top_tokens)}</td></tr>`).join("");
+    return { res, rows };
+  };
   try {
-    const res = await getJSON(withQuery(ep.path, { [param.name]: q }));
-    const items = Array.isArray(res) ? res : res.items || [];
-    box.querySelector("#feature-results").innerHTML = items.length
-      ? `<ul>${items.map((f) => `<li><a href="#/feature/${encodeURIComponent(f.fkey)}">${esc(f.fkey)}</a></li>`).join("")}</ul>`
-      : "<p>No matches.</p>";
+    const { res, rows } = await load(null);
+    const how = res.query.mode === "token" ? `features firing on the token <b>${esc(res.query.token)}</b>` : "features by key";
+    if (!res.items.length) {
+      out.innerHTML = `<p class="no-results">No ${how}${corpus ? ` in corpus ${esc(corpus)}` : ""}.</p>`;
+      return;
+    }
+    out.innerHTML = `<p>${how}${corpus ? ` in corpus ${esc(corpus)}` : ""}</p><table class="data" id="feature-table"><thead><tr><th>feature</th>
+      <th>${res.query.mode === "token" ? "graphs (on token)" : "graphs"}</th><th>instances</th><th>${res.query.mode === "token" ? "max activation" : "mean activation"}</th>
+      <th>fires on</th></tr></thead><tbody>${rows}</tbody></table><p><button id="feature-more" ${res.next_cursor ? "" : "hidden"}>more</button></p>`;
+    let next = res.next_cursor;
+    const more = out.querySelector("#feature-more");
+    more.addEventListener("click", async () => {
+      more.disabled = true;
+      try {
+        const page = await load(next);
+        out.querySelector("#feature-table tbody").insertAdjacentHTML("beforeend", page.rows);
+        next = page.res.next_cursor;
+        more.hidden = !next;
+      } catch (err) {
+        out.insertAdjacentHTML("beforeend", errorBox(err));
+      }
+      more.disabled = false;
+    });
   } catch (err) {
-    box.querySelector("#feature-results").innerHTML = errorBox(err);
+    out.innerHTML = errorBox(err);
   }
 }
 
@@ -219,40 +325,87 @@ export async function globalPage(root, params) {
 
 // -- QK pairs of a head --------------------------------------------------------------------------------------
 
+const KEY_STORE = "atlas.apiKey";
+const QK_FIELDS = ["layer", "head", "query_position", "key_position"];
+
+function qkHeadTable(h) {
+  // Every term of the identity is a row: the listed pairs, the other pairs, the three bias terms; they sum to the score.
+  const b = h.bias_terms;
+  const terms = [...h.pairs.map((p) => ({ q: p.query_node, k: p.key_node, v: p.contribution, cls: "qk-pair", qIn: p.query_in_graph, kIn: p.key_in_graph })),
+    { q: `${h.n_pairs - h.pairs.length} other pairs`, k: "", v: h.other_pairs, cls: "qk-rest" },
+    ...Object.entries(b).map(([name, v]) => ({ q: name, k: "", v, cls: "qk-bias" }))];
+  const node = (id, inGraph) => (inGraph ? `<b title="in the stored circuit">${esc(id)}</b>` : esc(id));
+  const sum = terms.reduce((a, t) => a + t.v, 0);
+  return `<div class="qk-head" data-layer="${h.layer}" data-head="${h.head}" data-score="${h.score}">
+    <h3>layer ${h.layer}, head ${h.head}: query position ${h.query_position} → key position ${h.key_position}</h3>
+    <p>score <b class="qk-score">${fmt(h.score)}</b> (pre-softmax, scaling ${fmt(h.scaling)}) · attention ${fmt(h.attention)}
+      ${h.credit != null ? ` · circuit credit ${fmt(h.credit)}` : ""}</p>
+    <table class="data qk-table"><thead><tr><th>query side</th><th>key side</th><th>contribution</th></tr></thead><tbody>
+    ${terms.map((t) => `<tr class="${t.cls}" data-v="${t.v}"><td>${node(t.q, t.qIn)}</td><td>${node(t.k, t.kIn)}</td>
+      <td class="num"><span class="w ${t.v < 0 ? "neg" : "pos"}">${fmt(t.v)}</span></td></tr>`).join("")}
+    <tr class="qk-sum"><td colspan="2"><b>sum</b> (= score)</td><td class="num"><b>${fmt(sum)}</b></td></tr></tbody></table>
+    <div class="cols"><div><h4>Query-side nodes</h4><ol>${h.query_nodes.map((n) => `<li>${node(n.node_id, n.in_graph)} <span class="w ${n.contribution < 0 ? "neg" : "pos"}">${fmt(n.contribution)}</span></li>`).join("")}</ol></div>
+    <div><h4>Key-side nodes</h4><ol>${h.key_nodes.map((n) => `<li>${node(n.node_id, n.in_graph)} <span class="w ${n.contribution < 0 ? "neg" : "pos"}">${fmt(n.contribution)}</span></li>`).join("")}</ol></div></div></div>`;
+}
+
 export async function qkPage(root, params) {
   const el = section(root, "<h2>QK pairs of a head</h2><div id=\"qk-box\">checking the API…</div>");
   const box = el.querySelector("#qk-box");
-  const ep = await findGetEndpoint((p) => /(^|\/)qk(\/|$)/i.test(p));
-  if (!ep) {
-    box.innerHTML = notAvailable("QK attribution", "GET …/qk (query/key node pairs of a head's attention score)");
+  const paths = await apiPaths();
+  if (!paths["/graphs/{graph_id}/qk"]?.post) {
+    box.innerHTML = notAvailable("QK attribution", "POST /graphs/{graph_id}/qk");
     return;
   }
-  // Build the form from the route's own parameters so the page follows the API as it is.
-  const names = (ep.op.parameters || []).map((p) => ({ name: p.name, where: p.in, required: p.required }));
-  box.innerHTML = `<form class="inline" id="qk-form">${names.map((p) => `<label>${esc(p.name)}${p.required ? "*" : ""}
-    <input name="${esc(p.name)}" value="${esc(params.get(p.name) || "")}" size="10"></label>`).join(" ")}<button>Query</button></form><div id="qk-result"></div>`;
-  box.querySelector("#qk-form").addEventListener("submit", async (e) => {
+  const v = (k) => esc(params.get(k) || "");
+  const fromCircuit = params.get("from_circuit") === "1";
+  box.innerHTML = `<p>Splits a head's pre-softmax attention score exactly into (query node, key node) pairs plus bias terms. A worker
+    recomputes the graph's prompt; this needs an API key with the <code>write</code> scope (kept in this tab only).</p>
+    <form id="qk-form" class="qk-form">
+      <label>graph <input name="graph_id" value="${v("graph_id")}" size="34" required></label>
+      <label><input type="checkbox" name="from_circuit" ${fromCircuit ? "checked" : ""}> heads carrying the circuit's strongest edges</label>
+      <fieldset class="qk-one"><legend>one head</legend>${QK_FIELDS.map((f) => `<label>${f.replace("_", " ")} <input name="${f}" type="number" min="0" value="${v(f)}"></label>`).join(" ")}</fieldset>
+      <label>top pairs <input name="top_k" type="number" min="1" max="500" value="${v("top_k") || 10}"></label>
+      <label>heads <input name="top_k_heads" type="number" min="1" max="32" value="${v("top_k_heads") || 3}"></label>
+      <label>API key <input name="api_key" type="password" size="30" value="${esc(sessionStorage.getItem(KEY_STORE) || "")}"></label>
+      <button>Compute</button></form><div id="qk-result"></div>`;
+  const form = box.querySelector("#qk-form");
+  const out = box.querySelector("#qk-result");
+  form.addEventListener("submit", async (e) => {
     e.preventDefault();
-    const f = new FormData(e.target);
-    let path = ep.path;
-    const query = {};
-    for (const p of names) {
-      const v = f.get(p.name);
-      if (p.where === "path") path = path.replace(`{${p.name}}`, encodeURIComponent(v));
-      else query[p.name] = v;
-    }
-    const out = box.querySelector("#qk-result");
+    const f = new FormData(form);
+    const key = f.get("api_key").trim();
+    sessionStorage.setItem(KEY_STORE, key);
+    const body = { top_k: Number(f.get("top_k") || 10) };
+    if (f.get("from_circuit")) Object.assign(body, { from_circuit: true, top_k_heads: Number(f.get("top_k_heads") || 3) });
+    else for (const k of QK_FIELDS) if (f.get(k) !== "") body[k] = Number(f.get(k));
+    out.innerHTML = "<p class=\"qk-status\">queueing…</p>";
     try {
-      const res = await getJSON(withQuery(path, query));
-      const rows = Array.isArray(res) ? res : res.pairs || res.items || [];
-      if (!rows.length) {
-        out.innerHTML = `<pre>${esc(JSON.stringify(res, null, 1))}</pre>`;
+      const job = await getJSON(`/graphs/${encodeURIComponent(f.get("graph_id").trim())}/qk`, {
+        method: "POST", body: JSON.stringify(body),
+        headers: { Accept: "application/json", "Content-Type": "application/json", ...(key ? { Authorization: `Bearer ${key}` } : {}) },
+      });
+      out.dataset.analysisId = job.analysis_id;
+      let a = job;
+      while (a.status === "queued" || a.status === "running") {
+        if (!out.isConnected) return;
+        out.innerHTML = `<p class="qk-status">analysis <code>${esc(job.analysis_id)}</code>: ${esc(a.status)}…</p>`;
+        await new Promise((r) => setTimeout(r, 700));
+        a = await getJSON(`/analyses/${encodeURIComponent(job.analysis_id)}`);
+      }
+      if (a.status !== "done") {
+        out.innerHTML = `<div class="error">analysis ${esc(job.analysis_id)} ${esc(a.status)}: ${esc(a.error)}</div>`;
         return;
       }
-      const cols = Object.keys(rows[0]);
-      out.innerHTML = `<table class="data"><tr>${cols.map((c) => `<th>${esc(c)}</th>`).join("")}</tr>${rows.map((r) => `<tr>${cols.map((c) => `<td>${fmt(r[c])}</td>`).join("")}</tr>`).join("")}</table>`;
+      const r = a.result;
+      const toks = r.token_strings || [];
+      out.innerHTML = `<p class="qk-status">analysis <code>${esc(job.analysis_id)}</code> done · graph
+        <a href="#/graph/${encodeURIComponent(r.graph_id)}">${esc(r.graph_id)}</a> · ${r.n_layers} layers × ${r.n_heads} heads, ${r.n_positions} tokens</p>
+        ${toks.length ? `<p class="tokens">${toks.map((t, i) => `<span class="chip" title="position ${i}">${i}: ${esc(t)}</span>`).join("")}</p>` : ""}
+        ${r.heads.length ? r.heads.map(qkHeadTable).join("") : `<p class="qk-none">No head carries a cross-position edge of this graph
+          (its strongest edges stay at their positions), so there is no head to decompose.</p>`}`;
     } catch (err) {
       out.innerHTML = errorBox(err);
     }
   });
+  if (params.get("run") === "1") form.requestSubmit();
 }

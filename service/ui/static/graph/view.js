@@ -223,7 +223,12 @@ export class GraphView {
     const n = this.scene.nodes[i];
     const nb = neighbours(this.scene, i);
     const corpus = this.circuit.graph?.corpus_id;
+    // An input from an earlier position reached this node through attention: offer the QK pairs of a head at
+    // (this position, its position); an attention-SAE feature names its layer, otherwise the reader picks it.
+    const attnLayer = /^feat:L(\d+)\.attn:/.exec(n.node_id)?.[1] ?? "";
+    const qkHref = (src) => `#/qk?graph_id=${encodeURIComponent(this.graphId)}&query_position=${n.pos}&key_position=${src.pos}&layer=${attnLayer}`;
     const row = (e) => `<li><a href="#" data-select="${esc(e.node.node_id)}">${esc(e.node.node_id)}</a>
+      ${n.pos != null && e.node.pos != null && e.node.pos < n.pos ? `<a class="qk-link" href="${qkHref(e.node)}" title="why the head attends here: QK pairs">QK</a>` : ""}
       <span class="w ${e.w < 0 ? "neg" : "pos"}">${fmt(e.w)}</span></li>`;
     const links = n.fkey
       ? `<p><a class="feature-link" href="#/feature/${encodeURIComponent(n.fkey)}${corpus ? `?corpus_id=${encodeURIComponent(corpus)}` : ""}">feature page</a>
@@ -241,6 +246,7 @@ export class GraphView {
         <tr><th>activation</th><td>${fmt(n.activation)}</td></tr><tr><th>influence</th><td>${fmt(n.influence)}</td></tr>
       </table>
       ${links}${members}
+      <p><a class="qk-circuit" href="#/qk?graph_id=${encodeURIComponent(this.graphId)}&from_circuit=1">QK pairs of the circuit's heads</a></p>
       ${n.kind !== "supernode" ? `<button class="pin">${this.pinned.has(n.node_id) ? "Unpin" : "Pin"}</button>
         <button class="choose">${this.chosen.has(n.node_id) ? "Unchoose" : "Choose for supernode"}</button>` : ""}
       <h4>Top inputs <small>(${nb.nIn})</small></h4><ol class="inputs">${nb.inputs.map(row).join("")}</ol>
