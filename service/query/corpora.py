@@ -16,7 +16,8 @@ from typing import Literal, get_args
 from neo4j import Driver
 
 # The job states of workers/pipeline/jobs.py (its module docstring), as the API's filter accepts them.
-JobState = Literal["submitting", "queued", "running", "complete", "complete_with_failures", "cancelling", "cancelled"]
+JobState = Literal["submitting", "queued", "running", "aggregating", "complete", "complete_with_failures",
+                   "cancelling", "cancelled"]
 JOB_STATES: tuple[str, ...] = get_args(JobState)
 
 # One row per corpus: its job (at most one per corpus) and how many complete graphs it has (graph_corpus_id index).

@@ -102,7 +102,7 @@ export async function corpusList(root, params) {
   load();
 }
 
-const JOB_STATES = ["", "submitting", "queued", "running", "complete", "complete_with_failures", "cancelling", "cancelled"];
+const JOB_STATES = ["", "submitting", "queued", "running", "aggregating", "complete", "complete_with_failures", "cancelling", "cancelled"];
 
 export async function jobList(root, params) {
   const state = params.get("state") || "";
