@@ -194,6 +194,78 @@ def test_vmap_and_replicated_backward_agree(lin):
     assert (a - b).abs().max() < 1e-6 * max(1.0, float(a.abs().max()))
 
 
+def _attn_feature_target(lin, tr):
+    """A target reading an attention SAE's input (the attention output) at the last position."""
+    rec = tr.sites[(1, "attn")]
+    return T.feature(lin, tr, 1, "attn", tr.n_pos - 1, int(rec.feat_idx[0]) if rec.n_active else 0)
+
+
+def test_adjoint_matches_autograd(lin):
+    """The explicit adjoint (default backward) gives the edges autograd gives, on every row kind: logits,
+    logit differences, residual directions, MLP and attention-SAE features (with the fixtures' skip
+    transcoders: the position-diagonal skip term). GPT-2 and Llama use the adjoint; Gemma 3 (post-norms)
+    must fall back to autograd and still agree."""
+    from workers.engine.adjoint import AdjointModel
+
+    tr = lin.trace(PROMPTS[2])
+    tg = _targets(lin, tr) + [_attn_feature_target(lin, tr)]
+    adj = AdjointModel.build(lin, tr)
+    is_gemma = "Gemma" in type(lin.model).__name__
+    assert (adj is None) == is_gemma
+    a = build_graph(lin, tr, tg, AttributionSettings(cone_chunk=5, batch_size=9))
+    b = build_graph(lin, tr, tg, AttributionSettings(backward="vmap", cone_chunk=4))
+    assert a.node_ids == b.node_ids
+    assert torch.equal(a.adjacency.crow_indices(), b.adjacency.crow_indices())
+    assert torch.equal(a.adjacency.col_indices(), b.adjacency.col_indices())
+    va, vb = a.adjacency.values(), b.adjacency.values()
+    assert (va - vb).abs().max() < 1e-5 * max(1.0, float(vb.abs().max()))
+    # completeness of every row on the adjoint's graph, targets of every kind included
+    rows = ~torch.isnan(a.value)
+    err = (a.dense().sum(1)[rows] - a.value[rows]).abs().max()
+    assert err < _tol(a.value[rows]), err
+
+
+def test_adjoint_self_check_rejects_a_wrong_transpose(lin):
+    """The numerical self-check (what makes an unrecognised architecture fall back to autograd) fails when
+    one layer's transpose is wrong."""
+    from workers.engine.adjoint import AdjointModel
+
+    tr = lin.trace(PROMPTS[0])
+    adj = AdjointModel.build(lin, tr)
+    if adj is None:
+        assert "Gemma" in type(lin.model).__name__
+        return
+    assert adj._agrees_with_autograd()
+    adj.layers[0].Wv_t = adj.layers[0].Wv_t * 1.01
+    adj.layers[0].Wv = adj.layers[0].Wv * 1.01
+    assert not adj._agrees_with_autograd()
+
+
+def test_adjoint_without_skip_and_with_cut_attention():
+    """Transcoders without skip and attention SAEs without skip (the attention path is cut), on GPT-2 and
+    Llama: adjoint edges equal autograd's, and rows are complete."""
+    from tests.engine.conftest import calibrate, make_dicts, make_gpt2, make_llama
+    from workers.engine.adjoint import AdjointModel
+    from workers.engine.linearise import Linearised
+
+    for make in (make_gpt2, make_llama):
+        model = make(3, 64)
+        lin2 = Linearised(model, make_dicts(model, 3, 64, skip=False, sites=("mlp",)))
+        lin2.dictionaries.dictionaries[(1, "attn")] = make_dicts(model, 3, 64, skip=False, sites=("attn",),
+                                                                 seed=5).dictionaries[(1, "attn")]
+        calibrate(lin2, PROMPTS[0])
+        tr = lin2.trace(PROMPTS[0])
+        assert AdjointModel.build(lin2, tr) is not None
+        tg = _targets(lin2, tr) + [_attn_feature_target(lin2, tr)]
+        a = build_graph(lin2, tr, tg)
+        b = build_graph(lin2, tr, tg, AttributionSettings(backward="vmap"))
+        va, vb = a.adjacency.values(), b.adjacency.values()
+        assert torch.equal(a.adjacency.col_indices(), b.adjacency.col_indices())
+        assert (va - vb).abs().max() < 1e-5 * max(1.0, float(vb.abs().max()))
+        rows = ~torch.isnan(a.value)
+        assert (a.dense().sum(1)[rows] - a.value[rows]).abs().max() < _tol(a.value[rows])
+
+
 def test_grouped_bias_sums_to_total(lin):
     tr = lin.trace(PROMPTS[1])
     tg = _targets(lin, tr)

@@ -25,6 +25,7 @@ from typing import Literal
 import torch
 
 from workers.engine import ids
+from workers.engine.adjoint import AdjointModel
 from workers.engine.graph import ENGINE_VERSION, Graph, TargetInfo
 from workers.engine.linearise import SITES, Linearised, Trace, site_order
 from workers.engine.targets import Target, tensor_site_bound
@@ -37,9 +38,11 @@ class AttributionSettings:
     bias: Literal["total", "grouped"] = "total"  # one bias leaf, or one per parameter group
     dtype: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast in the backward passes
     feature_rows: bool = True  # compute edges into every active feature (False: targets only)
-    # "vmap": one batch-1 frozen forward per cone group, gradients batched through it (torch vmap);
-    # "replicate": the prompt replicated batch_size times, one target per row (circuit-tracer's way)
-    backward: Literal["vmap", "replicate"] = "vmap"
+    # "adjoint": explicit transpose of the frozen model (workers/engine/adjoint.py) where the architecture
+    # and the row's tensor allow it, else "vmap"; "vmap": one batch-1 frozen forward per cone group,
+    # gradients batched through it (torch vmap); "replicate": the prompt replicated batch_size times, one
+    # target per row (circuit-tracer's way)
+    backward: Literal["adjoint", "vmap", "replicate"] = "adjoint"
     fold_bos: bool = True  # no feature nodes at position 0 when it holds the BOS token (circuit-tracer's rule)
 
     def to_dict(self) -> dict:
@@ -306,25 +309,48 @@ def _edges(
     extra: tuple[torch.Tensor, torch.Tensor] | None = None,
     sink: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
 ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Every edge into ``rows``, as chunks (row node int32, column node int32, weight fp32) sorted by
-    (row, column), one chunk per backward batch; each row lies in exactly one chunk. ``extra`` = (columns
-    [G], weights [len(rows), G]) adds per-row entries (the bias leaves)."""
+    """Every edge into ``rows``, as chunks (row node int32, column node int32, weight fp32) grouped by row
+    with columns ascending, one chunk per backward batch; each row lies in exactly one chunk. ``extra`` = (columns
+    [G], weights [len(rows), G]) adds per-row entries (the bias leaves).
+
+    Rows whose tensor the explicit adjoint supports (``backward="adjoint"``, the default, on a supported
+    architecture) get their leaf gradients from it; the others from autograd through the frozen forward."""
     order = _row_order(rows)
     chunks: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-    n_cols = len(index)
-    err_vals = {s.key: trace.sites[s.key].err for s in site_cols}
-    # cone groups: rows with position in [c·chunk, (c+1)·chunk) share a forward on P = max pos + 1 tokens
-    groups: dict[int, list[int]] = {}
-    for i in order:
-        groups.setdefault(rows[i].pos // max(settings.cone_chunk, 1), []).append(i)
-    # within a group, batch rows that read the same depth together: a batch of layer-0 rows then only
-    # back-propagates through layer 0 (still a canonical order, so still order-independent)
-    for k in groups:
-        groups[k].sort(key=lambda i: (tensor_site_bound(rows[i].tensor), rows[i].pos, rows[i].node_id))
+    readout = _ReadOut(rows, index, emb_cols, pos_cols, site_cols, trace, extra, len(index))
+    # bf16 (autocast) is an autograd feature: those runs keep the autograd path
+    use_adjoint = settings.backward == "adjoint" and settings.dtype == "fp32"
+    adjoint = AdjointModel.build(lin, trace) if use_adjoint else None
+    fast = [i for i in order if adjoint is not None and adjoint.supports(rows[i].tensor)]
+    slow = [i for i in order if adjoint is None or not adjoint.supports(rows[i].tensor)]
     done = 0
+
+    def emit(chunk: list[int], gmap: dict[str, torch.Tensor | None], P: int) -> None:
+        nonlocal done
+        R, C, V = readout(chunk, gmap, P)
+        if sink is not None:
+            sink(R, C, V)
+        else:
+            chunks.append((R, C, V))
+        done += len(chunk)
+        if progress is not None:
+            progress(done, len(rows))
+
+    if fast:
+        assert adjoint is not None
+        for members in _cone_groups(rows, fast, settings.cone_chunk):
+            P = max(rows[i].pos for i in members) + 1
+            # one batch reads one tensor (the adjoint starts from it); canonical order inside
+            for start in range(0, len(members), settings.batch_size):
+                block = members[start:start + settings.batch_size]
+                for tensor in dict.fromkeys(rows[i].tensor for i in block):
+                    chunk = [i for i in block if rows[i].tensor == tensor]
+                    pos = torch.tensor([rows[i].pos for i in chunk])
+                    vec = torch.stack([rows[i].vector for i in chunk])
+                    emit(chunk, dict(adjoint.leaf_gradients(tensor, pos, vec, P)), P)
     autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if settings.dtype == "bf16" else None)
-    vmap = settings.backward == "vmap"
-    for _, members in sorted(groups.items()):
+    vmap = settings.backward != "replicate"
+    for members in _cone_groups(rows, slow, settings.cone_chunk):
         P = max(rows[i].pos for i in members) + 1
         B = min(settings.batch_size, len(members))
         fwd_batch = 1 if vmap else B
@@ -356,55 +382,105 @@ def _edges(
                                             allow_unused=True, is_grads_batched=vmap)
             if vmap:
                 grads = tuple(None if g is None else g[:, 0] for g in grads)
-            gmap = {k: (g[:nb].float() if g is not None else None) for k, g in zip(leaf_names, grads, strict=True)}
-            row_nodes = torch.tensor([index[rows[i].node_id] for i in chunk])
-            row_pos = torch.tensor([rows[i].pos for i in chunk])
-            row_bound = [tensor_site_bound(rows[i].tensor) for i in chunk]
-            pos_ok = torch.arange(P)[None, :] <= row_pos[:, None]  # [nb, P] causal structure
-            out_r: list[torch.Tensor] = []
-            out_c: list[torch.Tensor] = []
-            out_v: list[torch.Tensor] = []
-            if extra is not None:
-                ecols, evals = extra
-                out_r.append(row_nodes[:, None].expand(nb, len(ecols)).flatten())
-                out_c.append(ecols[None].expand(nb, len(ecols)).flatten())
-                out_v.append(evals[chunk].flatten())
-            for which, cols, clean in (("emb", emb_cols, trace.emb), ("pos", pos_cols, trace.pos_emb)):
-                g = gmap.get(which)
-                if g is None or cols is None or clean is None:
-                    continue
-                w = torch.einsum("bpd,pd->bp", g, clean[:P].float())
-                _emit(out_r, out_c, out_v, row_nodes, cols[:P], w, pos_ok)
-            for sc in site_cols:
-                g = gmap.get(f"delta:L{sc.key[0]}.{sc.key[1]}")
-                if g is None:
-                    continue
-                upstream = torch.tensor([site_order(sc.key) < rb for rb in row_bound])[:, None]
-                ok = pos_ok & upstream
-                w = torch.einsum("bpd,pd->bp", g, err_vals[sc.key][:P].float())
-                _emit(out_r, out_c, out_v, row_nodes, sc.err_cols[:P], w, ok)
-                if sc.feat_cols.shape[1]:
-                    # [P, nb, d] @ [P, d, K] -> [P, nb, K]: one small matmul per position
-                    wf = torch.bmm(g.transpose(0, 1), sc.feat_dec[:P].transpose(1, 2)).permute(1, 0, 2)
-                    cols = sc.feat_cols[:P]  # [P, K]
-                    okf = ok[:, :, None] & (cols >= 0)[None]
-                    bi, pi, ki = okf.nonzero(as_tuple=True)
-                    out_r.append(row_nodes[bi])
-                    out_c.append(cols[pi, ki])
-                    out_v.append(wf[bi, pi, ki])
-            R, C, V = torch.cat(out_r), torch.cat(out_c), torch.cat(out_v)
-            del out_r, out_c, out_v
-            key = torch.argsort(R * n_cols + C)
-            if sink is not None:
-                sink(R[key].int(), C[key].int(), V[key].float())
-            else:
-                chunks.append((R[key].int(), C[key].int(), V[key].float()))
-            done += nb
-            if progress is not None:
-                progress(done, len(rows))
+            emit(chunk, {k: (g[:nb].float() if g is not None else None)
+                         for k, g in zip(leaf_names, grads, strict=True)}, P)
         del run
         _release_freed_memory()
     return chunks
+
+
+def _cone_groups(rows: list[Target], members: list[int], cone_chunk: int) -> list[list[int]]:
+    """Rows with position in [c·chunk, (c+1)·chunk) share a cone of P = max pos + 1 positions; inside a
+    group, rows that read the same depth are consecutive (a batch of layer-0 rows only goes through
+    layer 0), in a canonical order (order-independence)."""
+    groups: dict[int, list[int]] = {}
+    for i in members:
+        groups.setdefault(rows[i].pos // max(cone_chunk, 1), []).append(i)
+    return [sorted(g, key=lambda i: (tensor_site_bound(rows[i].tensor), rows[i].tensor, rows[i].pos,
+                                     rows[i].node_id))
+            for _, g in sorted(groups.items())]
+
+
+class _ReadOut:
+    """Edges of a batch of rows from their leaf gradients: emb/pos/error edges are g·(leaf value), feature
+    edges g·a_s W_dec[s], bias edges the precomputed contributions, each restricted to the sources upstream
+    of the row (position ≤ the row's, site before the tensor it reads).
+
+    Node columns come in blocks (emb, pos, bias, then per site its errors and its features), each sorted by
+    position, so a row's sources are a prefix of every block and its entries, block after block, are
+    already in column order: one [nb, sources] value matrix and one mask give the CSR entries, no sort."""
+
+    def __init__(self, rows, index, emb_cols, pos_cols, site_cols, trace, extra, n_cols) -> None:
+        self.rows, self.index, self.extra, self.n_cols = rows, index, extra, n_cols
+        self.trace = trace
+        self.err_vals = {s.key: trace.sites[s.key].err.float() for s in site_cols}
+        # (kind, leaf name, payload, columns [n], source positions [n], site rank) in column order
+        blocks: list[tuple[str, str, object, torch.Tensor, torch.Tensor, int]] = []
+        n_pos = trace.n_pos
+        for which, cols, clean in (("emb", emb_cols, trace.emb), ("pos", pos_cols, trace.pos_emb)):
+            if cols is not None and clean is not None:
+                blocks.append(("leaf", which, clean.float(), cols, torch.arange(n_pos), -1))
+        if extra is not None:
+            blocks.append(("bias", "", None, extra[0], torch.full((len(extra[0]),), -1), -1))
+        for sc in site_cols:
+            name = f"delta:L{sc.key[0]}.{sc.key[1]}"
+            rank = _site_rank(site_order(sc.key))
+            blocks.append(("leaf", name, self.err_vals[sc.key], sc.err_cols, torch.arange(n_pos), rank))
+            K = sc.feat_cols.shape[1]
+            if K:
+                ok = sc.feat_cols >= 0  # [pos, K]; features are numbered by (position, slot)
+                flat = ok.flatten().nonzero().flatten()  # index into [pos·K] in column order
+                blocks.append(("feat", name, (sc, flat), sc.feat_cols.flatten()[flat], flat // K, rank))
+        if any(bool((b[3][1:] < b[3][:-1]).any()) for b in blocks):
+            raise RuntimeError("node columns are not sorted within a block (engine bug)")
+        self.blocks = blocks
+        self._layout: dict[int, tuple[list[int], torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    def layout(self, P: int):
+        """Per block the number of sources at positions < P; columns, positions and site ranks of those."""
+        lay = self._layout.get(P)
+        if lay is None:
+            counts = [int((b[4] < P).sum()) for b in self.blocks]
+            cols = torch.cat([b[3][:c] for b, c in zip(self.blocks, counts, strict=True)])
+            spos = torch.cat([b[4][:c] for b, c in zip(self.blocks, counts, strict=True)])
+            rank = torch.cat([torch.full((c,), b[5]) for b, c in zip(self.blocks, counts, strict=True)])
+            lay = self._layout[P] = (counts, cols, spos, rank)
+        return lay
+
+    def __call__(self, chunk: list[int], gmap: dict[str, torch.Tensor | None], P: int):
+        rows = self.rows
+        nb = len(chunk)
+        counts, cols, spos, rank = self.layout(P)
+        row_nodes = torch.tensor([self.index[rows[i].node_id] for i in chunk])
+        row_pos = torch.tensor([rows[i].pos for i in chunk])
+        row_rank = torch.tensor([_site_rank(tensor_site_bound(rows[i].tensor)) for i in chunk])
+        parts: list[torch.Tensor] = []
+        for (kind, name, payload, _, _, _), c in zip(self.blocks, counts, strict=True):
+            if c == 0:
+                continue
+            if kind == "bias":
+                assert self.extra is not None
+                parts.append(self.extra[1][chunk].float())
+                continue
+            g = gmap.get(name)
+            if g is None:  # no path from this leaf to any row of the batch
+                parts.append(torch.zeros(nb, c))
+            elif kind == "leaf":
+                parts.append(torch.einsum("bpd,pd->bp", g, payload[:P]))  # type: ignore[index]
+            else:
+                sc, flat = payload  # type: ignore[misc]
+                # [P, nb, d] @ [P, d, K] -> [P, nb, K]: one small matmul per position
+                wf = torch.bmm(g.transpose(0, 1), sc.feat_dec[:P].transpose(1, 2))
+                parts.append(wf.permute(1, 0, 2).reshape(nb, -1)[:, flat[:c]])
+        values = torch.cat(parts, 1)  # [nb, sources at positions < P], column order
+        mask = (spos[None] <= row_pos[:, None]) & (rank[None] < row_rank[:, None])
+        R = row_nodes.repeat_interleave(mask.sum(1))
+        return R.int(), cols[None].expand(nb, -1)[mask].int(), values[mask].float()
+
+
+def _site_rank(order: tuple[int, int]) -> int:
+    """(layer, 0=attn / 1=mlp) as one comparable integer (site_order and tensor_site_bound pairs)."""
+    return min(order[0], 2**40) * 2 + order[1]
 
 
 def _release_freed_memory() -> None:
@@ -451,14 +527,6 @@ class CSRWriter:
             raise RuntimeError(f"{missing} rows were not filled (engine bug)")
         n = self.counts.numel()
         return torch.sparse_csr_tensor(self.crow.int(), self.cols, self.vals, size=(n, n))
-
-
-def _emit(out_r, out_c, out_v, row_nodes: torch.Tensor, cols: torch.Tensor, w: torch.Tensor, ok: torch.Tensor) -> None:
-    """Append entries w[b, p] (row row_nodes[b], column cols[p]) where ok[b, p]."""
-    bi, pi = ok.nonzero(as_tuple=True)
-    out_r.append(row_nodes[bi])
-    out_c.append(cols[pi])
-    out_v.append(w[bi, pi])
 
 
 __all__ = ["AttributionSettings", "build_graph", "bias_contributions", "SITES"]

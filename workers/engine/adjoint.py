@@ -1,0 +1,363 @@
+"""Explicit adjoint propagation through the frozen model: the gradients of many targets with respect to
+every leaf, as matrix products through the frozen attention patterns instead of autograd.
+
+In the frozen model an MLP passes no gradient (its output is a constant injection plus an error and a δ
+leaf), so from the residual after block k the only way back is the residual itself and the frozen
+attention of block k. With the pre-attention norm frozen (``y_q = s_q · C(x_q) ⊙ w + b``) the transpose
+of that attention sublayer acts on a gradient ``G [P, d]`` as
+
+    G ↦ G + diag(s) · Σ_h pattern_hᵀ · G · W_Oᵀ_h · W_Vᵀ_h · diag(w) · C
+
+(C the centring projector for LayerNorm, identity for RMSNorm): per head, a position matrix times a
+feature matrix. A target at one position starts as a rank-1 gradient ``e_p ⊗ v``, so after m layers its
+gradient is a sum of at most (H + 1)^m outer products ``a ⊗ u`` (position profile ⊗ feature vector).
+Shallow targets (most feature rows) are therefore propagated in this factored form, which costs
+O(r·d²) per target instead of O(P·d² + P²·d), and switch to a dense ``[P, d]`` gradient only when the
+factored form would cost more. Position profiles depend only on the target's position, so targets at
+one position share them.
+
+Supported: pre-norm blocks ``x + attn(norm(x))`` with GPT-2's fused ``c_attn``/``c_proj`` or separate
+``v_proj``/``o_proj`` (Llama, Mistral, Qwen; grouped-query attention), attention SAEs (they cut the
+attention path, or pass it through their skip ``W_skip``), transcoders with or without skip connections
+(a skip adds a position-diagonal term between the residual after a block and its mid-point). Anything
+else (post-norms, QK targets) uses autograd; ``AdjointModel.build`` checks itself numerically against autograd once per
+model and dictionary set, so an unrecognised architecture falls back instead of giving wrong edges.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from workers.engine.linearise import Linearised, NormRecord, Trace, _norm_params, site_order
+from workers.engine.targets import tensor_site_bound
+
+# tensors a target may read for the adjoint path (queries/keys need gradients through W_Q/W_K: autograd)
+_STARTS = ("final", "resid:", "in:")
+
+
+@dataclass
+class _BlockWeights:
+    ln1: str  # module name of the pre-attention norm
+    ln2: str  # module name of the pre-MLP norm
+    Wo_t: torch.Tensor  # [d, H·hd]: gradient at the attention output -> gradient at the heads' outputs
+    Wv_t: torch.Tensor  # [H·hd, d]: gradient at the heads' values -> gradient at the normed input (GQA expanded)
+    n_heads: int
+
+
+@dataclass
+class _Norm:
+    scale: torch.Tensor  # [P] frozen per-position scale
+    F: torch.Tensor  # [d, d] = diag(w') · C: the norm's transpose on a row vector, without the scale
+
+
+@dataclass
+class _LayerOp:
+    """Transpose of block k between the residual after it (R_k) and the one before it (R_{k−1})."""
+
+    pattern: torch.Tensor  # [H, P, P] frozen softmax output
+    patT: torch.Tensor  # [H, P, P] its transpose, contiguous
+    scale: torch.Tensor  # [P] pre-attention norm scale
+    Wo: torch.Tensor  # [H, d, hd]: attention output gradient -> per-head output gradient
+    Wv: torch.Tensor  # [H, hd, d]: per-head value gradient -> residual, pre-attention norm's F folded in
+    Wv_t: torch.Tensor  # [H·hd, d] the same, flat
+    # from the residual: the attention output is read through an attention SAE's skip (W_skip) or not at
+    # all (an SAE without skip: None, the layer is cut)
+    Wo_res: torch.Tensor | None  # [H, d, hd]
+    Wo_res_t: torch.Tensor | None  # [d, H·hd]
+    # a transcoder's skip connection: R_k -> M_k adds s2 ⊙ (g · W_skip · F2)
+    mlp_skip: torch.Tensor | None  # [d, d]
+    ln2_scale: torch.Tensor  # [P]
+
+
+_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _module_names(model: nn.Module) -> dict[int, str]:
+    return {id(m): n for n, m in model.named_modules()}
+
+
+def _block_weights(lin: Linearised) -> list[_BlockWeights] | None:
+    """Per block, the names of its two norms and its value/output projections; None if not recognised."""
+    names = _module_names(lin.model)
+    out = []
+    for b in lin.blocks:
+        mod, attn = b.module, b.attn
+        if hasattr(mod, "pre_feedforward_layernorm") or hasattr(mod, "post_feedforward_layernorm"):
+            return None  # post-norms (Gemma 2/3): not in this form
+        ln1 = getattr(mod, "ln_1", None) or getattr(mod, "input_layernorm", None)
+        ln2 = getattr(mod, "ln_2", None) or getattr(mod, "post_attention_layernorm", None)
+        if ln1 is None or ln2 is None or id(ln1) not in names or id(ln2) not in names:
+            return None
+        H = lin.n_heads
+        c_attn, c_proj = getattr(attn, "c_attn", None), getattr(attn, "c_proj", None)
+        v_proj, o_proj = getattr(attn, "v_proj", None), getattr(attn, "o_proj", None)
+        if c_attn is not None and c_proj is not None and type(c_attn).__name__ == "Conv1D":
+            d = int(attn.split_size)
+            Wv_t = c_attn.weight.detach()[:, 2 * d:].T  # Conv1D: y = x @ W; value block [d_in, H·hd]
+            Wo_t = c_proj.weight.detach().T  # [d, H·hd]
+        elif isinstance(v_proj, nn.Linear) and isinstance(o_proj, nn.Linear):
+            hd = o_proj.weight.shape[1] // H
+            kvh = v_proj.weight.shape[0] // hd
+            if kvh * hd != v_proj.weight.shape[0] or H % kvh:
+                return None
+            # grouped-query attention: head h reads kv head h // (H / kvh)
+            Wv_t = v_proj.weight.detach().view(kvh, hd, -1).repeat_interleave(H // kvh, 0).reshape(H * hd, -1)
+            Wo_t = o_proj.weight.detach()  # nn.Linear: y = x @ Wᵀ, so ∂/∂x is g @ W
+        else:
+            return None
+        out.append(_BlockWeights(names[id(ln1)], names[id(ln2)], Wo_t.contiguous(), Wv_t.contiguous(), H))
+    return out
+
+
+def _final_norm_name(lin: Linearised) -> str | None:
+    names = _module_names(lin.model)
+    for attr in ("ln_f", "norm", "final_layernorm", "final_layer_norm"):
+        m = getattr(lin.base, attr, None)
+        if m is not None and id(m) in names:
+            return names[id(m)]
+    return None
+
+
+def _norm(trace: Trace, lin: Linearised, name: str, module: nn.Module) -> _Norm | None:
+    recs = trace.norms.get(name)
+    if not recs or len(recs) != 1:
+        return None
+    rec: NormRecord = recs[0]
+    w, _ = _norm_params(module)
+    d = lin.d_model
+    wv = torch.ones(d) if rec.weight_form == "none" or w is None else w.detach().float()
+    if rec.weight_form == "1+w":
+        wv = 1.0 + wv
+    F = torch.diag(wv)
+    if rec.centre:
+        F = F - wv[:, None] / d  # diag(w) · (I − 11ᵀ/d)
+    return _Norm(rec.scale.reshape(-1).float(), F.contiguous())
+
+
+class AdjointModel:
+    """The frozen model's transpose for one trace: build with ``AdjointModel.build(lin, trace)``."""
+
+    def __init__(self, lin: Linearised, trace: Trace, weights: list[_BlockWeights], final_name: str) -> None:
+        self.lin = lin
+        self.trace = trace
+        self.n_layers = lin.n_layers
+        self.d = lin.d_model
+        mods = dict(lin.model.named_modules())
+        self.layers: list[_LayerOp] = []
+        self.ln2: list[_Norm] = []
+        for k, bw in enumerate(weights):
+            n1 = _norm(trace, lin, bw.ln1, mods[bw.ln1])
+            n2 = _norm(trace, lin, bw.ln2, mods[bw.ln2])
+            if n1 is None or n2 is None or k not in trace.attn:
+                raise _Unsupported(f"layer {k}: norms or attention not traced once")
+            H = bw.n_heads
+            Wv_t = bw.Wv_t.float() @ n1.F  # fold the norm's transpose (without its per-position scale)
+            hd = Wv_t.shape[0] // H
+            pat = trace.attn[k].pattern.float()
+            if pat.shape[0] != H:
+                raise _Unsupported(f"layer {k}: pattern has {pat.shape[0]} heads, expected {H}")
+            Wo_t = bw.Wo_t.float()
+            sae = lin.dictionaries.get(k, "attn")
+            Wo_res_t: torch.Tensor | None = Wo_t
+            if sae is not None:
+                Wo_res_t = None if sae.W_skip is None else sae.W_skip.detach().float() @ Wo_t
+            tc = lin.dictionaries.get(k, "mlp")
+            mlp_skip = None if tc is None or tc.W_skip is None else (tc.W_skip.detach().float() @ n2.F).contiguous()
+
+            self.layers.append(_LayerOp(
+                pattern=pat.contiguous(), patT=pat.transpose(1, 2).contiguous(), scale=n1.scale,
+                Wo=_by_head(Wo_t, H), Wv=Wv_t.view(H, hd, self.d).contiguous(), Wv_t=Wv_t.contiguous(),
+                Wo_res=None if Wo_res_t is None else _by_head(Wo_res_t, H),
+                Wo_res_t=None if Wo_res_t is None else Wo_res_t.contiguous(),
+                mlp_skip=mlp_skip, ln2_scale=n2.scale))
+            self.ln2.append(n2)
+        nf = _norm(trace, lin, final_name, mods[final_name])
+        if nf is None:
+            raise _Unsupported("final norm not traced once")
+        self.final = nf
+        self.n_heads = weights[0].n_heads if weights else 0
+
+    # -- construction ------------------------------------------------------------------------------
+    @staticmethod
+    def build(lin: Linearised, trace: Trace) -> AdjointModel | None:
+        """The adjoint for this trace, or None if the model is not of a supported form (then use autograd).
+        The first call per model and dictionary set compares it with autograd on probe targets."""
+        key = tuple(sorted((k, id(d)) for k, d in lin.dictionaries.dictionaries.items()))
+        cached = _CACHE.get(lin)
+        if cached is not None and cached[0] == key and not cached[1]:
+            return None
+        weights = _block_weights(lin)
+        final_name = _final_norm_name(lin)
+        if weights is None or final_name is None:
+            _CACHE[lin] = (key, False)
+            return None
+        try:
+            adj = AdjointModel(lin, trace, weights, final_name)
+        except _Unsupported:
+            return None
+        if cached is None or cached[0] != key:
+            ok = adj._agrees_with_autograd()
+            _CACHE[lin] = (key, ok)
+            if not ok:
+                return None
+        return adj
+
+    def supports(self, tensor: str) -> bool:
+        return tensor.startswith(_STARTS)
+
+    # -- propagation -------------------------------------------------------------------------------
+    def _start(self, tensor: str, pos: torch.Tensor, vec: torch.Tensor, P: int):
+        """Initial factored gradient of n targets reading ``tensor``: (point k, at_mid, position profiles
+        A [m, 1, P] for the m unique positions, index inv [n] into them, feature vectors U [n, 1, d]).
+        Point k is the residual after block k (R_k; −1: the embeddings), or with ``at_mid`` the one between
+        its attention and its MLP (M_k)."""
+        upos, inv = torch.unique(pos, return_inverse=True)
+        m = len(upos)
+        A = torch.zeros(m, 1, P)
+        at_mid = False
+        if tensor == "final":
+            k, nrm = self.n_layers - 1, self.final
+        elif tensor.startswith("resid:L"):
+            k, nrm = int(tensor[7:]), None
+        elif tensor.endswith(".mlp"):
+            k = int(tensor[4:].split(".")[0])
+            nrm, at_mid = self.ln2[k], True
+        else:  # in:L{l}.attn: the gradient enters the attention of layer l at its output
+            layer = int(tensor[4:].split(".")[0])
+            A[torch.arange(m), 0, upos] = 1.0
+            op = self.layers[layer]
+            A, U = self._heads(A, vec[:, None, :].float(), op, op.Wo, P, identity=False)
+            return layer - 1, False, A, inv, U
+        A[torch.arange(m), 0, upos] = 1.0 if nrm is None else nrm.scale[upos]
+        U = vec.float() if nrm is None else vec.float() @ nrm.F
+        return k, at_mid, A, inv, U[:, None, :]
+
+    def _heads(self, A: torch.Tensor, U: torch.Tensor, op: _LayerOp, Wo: torch.Tensor, P: int, identity: bool):
+        """One attention layer on the factored form: every term (a, u) gives (a, u) (if ``identity``)
+        and, per head, (s ⊙ a·pattern_h, u·Wo_h·Wv_h). A [m, r, P], U [n, r, d] -> r·H (+ r) terms."""
+        m, r, _ = A.shape
+        n = U.shape[0]
+        H = op.pattern.shape[0]
+        Ah = torch.matmul(A.reshape(1, m * r, P), op.pattern[:, :P, :P]) * op.scale[:P]  # [H, m·r, P]
+        Ah = Ah.view(H, m, r, P).transpose(0, 1).reshape(m, H * r, P)
+        Uh = torch.matmul(torch.matmul(U.reshape(1, n * r, self.d), Wo), op.Wv)  # [H, n·r, d]
+        Uh = Uh.view(H, n, r, self.d).transpose(0, 1).reshape(n, H * r, self.d)
+        if not identity:
+            return Ah, Uh
+        return torch.cat([A, Ah], 1), torch.cat([U, Uh], 1)
+
+    def _dense_attn(self, G: torch.Tensor, op: _LayerOp, P: int) -> torch.Tensor:
+        """G [n, P, d] at M_k -> G at R_{k−1} (see module doc)."""
+        assert op.Wo_res_t is not None
+        n, _, d = G.shape
+        H, hd = op.Wv.shape[0], op.Wv.shape[1]
+        Y = (G.reshape(n * P, d) @ op.Wo_res_t).view(n, P, H, hd).permute(2, 1, 0, 3).reshape(H, P, n * hd)
+        Z = torch.bmm(op.patT[:, :P, :P], Y)  # [H, P, n·hd]: pattern_hᵀ mixes positions, batch in columns
+        Z = Z.view(H, P, n, hd).permute(2, 1, 0, 3).reshape(n * P, H * hd)
+        return G + (Z @ op.Wv_t).view(n, P, d) * op.scale[:P, None]
+
+    def _factored_is_cheaper(self, r: int, P: int, heads: int) -> bool:
+        """Cost per target of one more step in factored form (products, plus materialising the
+        (heads+1)·r terms for the read-out) against the dense step. Depends on (r, P) only, never on the
+        batch, so every target is computed the same way whatever batch it is in."""
+        d = self.d
+        factored = 2 * r * d * d + r * (heads + 1) * P * d + r * P * P * heads
+        dense = (P * d * d) if heads == 1 else (2 * P * d * d + P * P * d)
+        return factored < dense
+
+    def leaf_gradients(self, tensor: str, pos: torch.Tensor, vec: torch.Tensor, P: int) -> dict[str, torch.Tensor]:
+        """Gradients of n targets ``vec [n, d]·tensor[pos [n]]`` with respect to every upstream leaf, on the
+        first P positions: {"delta:L{k}.{site}" | "emb" | "pos": [n, P, d]} (the same keys as autograd)."""
+        k, at_mid, A, inv, U = self._start(tensor, pos, vec, P)
+        out: dict[str, torch.Tensor] = {}
+        # the factored form (A, U) until the dense one pays; G is the dense gradient at point G_at
+        G: torch.Tensor | None = None
+        G_at: tuple[int, bool] | None = None
+        dense = False
+
+        def here() -> torch.Tensor:
+            nonlocal G, G_at
+            if G_at != (k, at_mid):
+                assert not dense
+                G = torch.bmm(A[inv].transpose(1, 2), U)  # G[t] = A[idx[t]]ᵀ U[t]
+                G_at = (k, at_mid)
+            assert G is not None
+            return G
+
+        while True:
+            if not at_mid:  # at R_k
+                if k < 0:
+                    out["emb"] = out["pos"] = here()
+                    return out
+                out[f"delta:L{k}.mlp"] = here()
+                op = self.layers[k]
+                if op.mlp_skip is not None:  # R_k -> M_k through the transcoder's skip connection
+                    if not dense and self._factored_is_cheaper(U.shape[1], P, 1):
+                        A = torch.cat([A, A * op.ln2_scale[:P]], 1)
+                        U = torch.cat([U, U @ op.mlp_skip], 1)
+                    else:
+                        Gk = here()
+                        G, G_at, dense = Gk + (Gk @ op.mlp_skip) * op.ln2_scale[:P, None], (k, True), True
+                elif G_at == (k, False):
+                    G_at = (k, True)  # no skip: the same gradient at the mid-point
+                at_mid = True
+            op = self.layers[k]
+            out[f"delta:L{k}.attn"] = here()
+            if op.Wo_res is not None:  # M_k -> R_{k−1} through the attention
+                if not dense and self._factored_is_cheaper(U.shape[1], P, op.pattern.shape[0]):
+                    A, U = self._heads(A, U, op, op.Wo_res, P, identity=True)
+                else:
+                    G, G_at, dense = self._dense_attn(here(), op, P), (k - 1, False), True
+            elif G_at == (k, True):
+                G_at = (k - 1, False)
+            k, at_mid = k - 1, False
+
+    # -- self-check --------------------------------------------------------------------------------
+    def _agrees_with_autograd(self) -> bool:
+        """Leaf gradients of probe targets (every tensor kind, random vectors, the last positions) against
+        autograd through the frozen forward."""
+        tr, P = self.trace, self.trace.n_pos
+        gen = torch.Generator().manual_seed(0)
+        tensors = ["final"] + [f"in:L{k}.mlp" for k in range(self.n_layers)] + [f"resid:L{self.n_layers - 2}"]
+        tensors += [f"in:L{k}.attn" for k in range(self.n_layers) if (k, "attn") in tr.sites]
+        run = self.lin.frozen_forward(tr, P, value_only=True)
+        leaves = list(run.leaves_out)
+        for tensor in tensors:
+            if tensor not in run.tensors:
+                return False
+            p = torch.tensor([P - 1, max(P - 2, 0)])
+            vec = torch.randn(2, self.d, generator=gen)
+            mine = self.leaf_gradients(tensor, p, vec, P)
+            for b in range(2):
+                g_out = torch.zeros_like(run.tensors[tensor])
+                g_out[0, p[b]] = vec[b]
+                ref = torch.autograd.grad(run.tensors[tensor], [run.leaves_out[n] for n in leaves], g_out,
+                                          retain_graph=True, allow_unused=True)
+                bound = tensor_site_bound(tensor)
+                for name, g in zip(leaves, ref, strict=True):
+                    if name.startswith("delta:"):
+                        layer, site = name[7:].split(".")
+                        if site_order((int(layer), site)) >= bound:
+                            continue  # not upstream: the read-out never looks at it
+                    if g is None:
+                        g = torch.zeros_like(run.leaves_out[name])
+                    if name not in mine:
+                        return False
+                    tol = 1e-4 * max(1.0, float(g.abs().max()))
+                    if float((mine[name][b] - g[0].float()).abs().max()) > tol:
+                        return False
+        return True
+
+
+def _by_head(W: torch.Tensor, H: int) -> torch.Tensor:
+    """[d, H·hd] -> [H, d, hd] (head-major, for one batched product per layer)."""
+    d = W.shape[0]
+    return W.view(d, H, -1).permute(1, 0, 2).contiguous()
+
+
+class _Unsupported(Exception):
+    pass
