@@ -30,26 +30,34 @@ from neo4j import Driver
 Direction = Literal["upstream", "downstream"]
 RankBy = Literal["norm_w", "sum_abs_w", "n"]
 
-# Upstream: AGG edges into the feature; downstream: out of it. Per neighbour, the aggregate sums over the
-# selected corpora and the *source's* activation mass over the same corpora.
+# Upstream: AGG edges into the feature, each normalised by its own source's activation mass; downstream: out
+# of it, all normalised by the feature's own mass, read once (not once per neighbour: hot features have
+# hundreds). AGG edges join features only, so the far end needs no label check. PROFILEd on the 5M-edge bench
+# (bench/README.md): the per-neighbour OCCURS lookups are most of an upstream read's cost.
 _NEIGHBOURS = {
     "upstream": """
-MATCH (f:Feature {fkey: $fkey})<-[a:AGG]-(s:Feature)
+MATCH (f:Feature {fkey: $fkey})<-[a:AGG]-(other)
 WHERE $corpus_id IS NULL OR a.corpus = $corpus_id
-WITH f, s AS other, s AS src, sum(a.sum_w) AS sum_w, sum(a.sum_abs_w) AS sum_abs_w, sum(a.n) AS n
-""",
-    "downstream": """
-MATCH (f:Feature {fkey: $fkey})-[a:AGG]->(t:Feature)
-WHERE $corpus_id IS NULL OR a.corpus = $corpus_id
-WITH f, t AS other, f AS src, sum(a.sum_w) AS sum_w, sum(a.sum_abs_w) AS sum_abs_w, sum(a.n) AS n
-""",
-}
-_NEIGHBOURS_TAIL = """
-CALL (src) {
-  OPTIONAL MATCH (src)-[o:OCCURS]->(:Corpus)
+WITH other, sum(a.sum_w) AS sum_w, sum(a.sum_abs_w) AS sum_abs_w, sum(a.n) AS n
+CALL (other) {
+  OPTIONAL MATCH (other)-[o:OCCURS]->()
   WHERE $corpus_id IS NULL OR o.corpus = $corpus_id
   RETURN sum(o.sum_act) AS mass
 }
+""",
+    "downstream": """
+MATCH (f:Feature {fkey: $fkey})
+CALL (f) {
+  OPTIONAL MATCH (f)-[o:OCCURS]->()
+  WHERE $corpus_id IS NULL OR o.corpus = $corpus_id
+  RETURN sum(o.sum_act) AS mass
+}
+MATCH (f)-[a:AGG]->(other)
+WHERE $corpus_id IS NULL OR a.corpus = $corpus_id
+WITH other, mass, sum(a.sum_w) AS sum_w, sum(a.sum_abs_w) AS sum_abs_w, sum(a.n) AS n
+""",
+}
+_NEIGHBOURS_TAIL = """
 WITH other, sum_w, sum_abs_w, n, mass, CASE WHEN mass <> 0 THEN sum_w / mass ELSE null END AS norm_w
 WITH other, sum_w, sum_abs_w, n, mass, norm_w,
      CASE $rank_by WHEN 'norm_w' THEN coalesce(abs(norm_w), -1.0)
