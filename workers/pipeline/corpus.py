@@ -12,13 +12,20 @@ from neo4j import Driver
 def summarise_corpus(driver: Driver, corpus_id: str, database: str | None = None) -> dict[str, Any]:
     """Per AGG edge of the corpus: mean_w = sum_w / n and share of the source's total |w| (the corpus-level
     "which features feed F" ranking); on the Corpus: counts of graphs, nodes, edges and aggregate pairs."""
-    driver.execute_query(
-        """
-        MATCH (a:Feature)-[e:AGG {corpus: $c}]->(:Feature)
-        WITH a, collect(e) AS es, sum(e.sum_abs_w) AS total
-        UNWIND es AS e
-        SET e.mean_w = e.sum_w / e.n, e.share_abs_w = CASE WHEN total > 0 THEN e.sum_abs_w / total ELSE 0.0 END
-        """, c=corpus_id, database_=database)
+    # Per source feature, in batches: a corpus can hold millions of AGG edges, beyond one transaction's memory;
+    # the values are recomputed from the sums, so a batch repeated after a crash changes nothing.
+    with driver.session(database=database) as session:
+        session.run(
+            """
+            MATCH (a:Feature)-[:AGG {corpus: $c}]->()
+            WITH DISTINCT a
+            CALL (a) {
+              MATCH (a)-[e:AGG]->() WHERE e.corpus = $c
+              WITH collect(e) AS es, sum(e.sum_abs_w) AS total
+              UNWIND es AS e
+              SET e.mean_w = e.sum_w / e.n, e.share_abs_w = CASE WHEN total > 0 THEN e.sum_abs_w / total ELSE 0.0 END
+            } IN TRANSACTIONS OF 500 ROWS
+            """, c=corpus_id).consume()
     rec = driver.execute_query(
         """
         MATCH (c:Corpus {corpus_id: $c})

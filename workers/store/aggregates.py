@@ -49,6 +49,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 from neo4j import Driver, ManagedTransaction
 
 FOLD_CHUNK_PAIRS = 20_000  # aggregate pairs per chunk transaction (bounded by Neo4j's transaction memory)
@@ -152,16 +153,17 @@ def _plan(tx: ManagedTransaction, corpus_id: str, token: str, lease_s: float, ma
 
 # -- 2. read the contributions back from the stored graphs --------------------------------------------------
 
-# Feature -> feature edges of one graph, grouped by source feature key (the fold sums them per key pair).
-# (a:Node:Feat {graph_id}) seeks the Node(graph_id) index; the Feat label of b is read from its node record.
-_EDGES = """
-MATCH (a:Node:Feat {graph_id: $graph_id})-[r:ATTR]->(b:Feat)
-RETURN a.fkey AS s, collect(b.fkey) AS d, collect(r.w) AS w
-"""
-
+# Feature instances of one graph, and its feature -> feature edges grouped by source node, as internal ids:
+# the fold maps ids to feature keys client-side instead of reading a key per edge.
+# (n:Node:Feat {graph_id}) seeks the Node(graph_id) index; the Feat label of b is read from its node record.
 _INSTANCES = """
 MATCH (n:Node:Feat {graph_id: $graph_id})
-RETURN n.fkey AS fkey, count(n) AS n, sum(n.activation) AS act
+RETURN collect(id(n)) AS ids, collect(n.fkey) AS fkeys, collect(coalesce(n.activation, 0.0)) AS acts
+"""
+
+_EDGES = """
+MATCH (a:Node:Feat {graph_id: $graph_id})-[r:ATTR]->(b:Feat)
+RETURN id(a) AS a, collect(id(b)) AS b, collect(r.w) AS w
 """
 
 _GRAPH_EDGES = "UNWIND $graphs AS gid MATCH (g:Graph {graph_id: gid}) RETURN count(g) AS n, sum(g.n_edges) AS edges"
@@ -169,63 +171,83 @@ _GRAPH_EDGES = "UNWIND $graphs AS gid MATCH (g:Graph {graph_id: gid}) RETURN cou
 
 @dataclass
 class Contribution:
-    """The summed contribution of a fold's graphs, sorted by key (so chunking is deterministic)."""
+    """The summed contribution of a fold's graphs. Features are indexed by their position in the sorted
+    ``fkeys``; pairs are sorted by (source, target) index, so the chunking is deterministic."""
 
-    pairs: list[tuple[str, str]]
-    sum_w: list[float]
-    sum_abs_w: list[float]
-    n: list[int]
-    occ_fkeys: list[str]
-    occ_n: list[int]
-    occ_act: list[float]
-    occ_graphs: list[int]
+    fkeys: list[str]
+    src: np.ndarray  # [P] int64 source feature index
+    dst: np.ndarray  # [P] int64 target feature index
+    sum_w: np.ndarray  # [P] float64
+    sum_abs_w: np.ndarray  # [P] float64
+    n: np.ndarray  # [P] int64 edges summed
+    occ_n: np.ndarray  # [F] int64 instances per feature
+    occ_act: np.ndarray  # [F] float64 activation mass per feature
+    occ_graphs: np.ndarray  # [F] int64 graphs of the fold with the feature
     n_graphs: int
     n_edges: int
 
     def key_hash(self) -> str:
         """Hash of what must not change between attempts of one fold: the keys and the counts (float sums
         may differ in their last bits when a re-read returns edges in another order)."""
-        h = hashlib.sha256()
-        for (s, d), n in zip(self.pairs, self.n, strict=True):
-            h.update(f"{s}\t{d}\t{n}\n".encode())
-        h.update(b"--\n")
-        for k, n, g in zip(self.occ_fkeys, self.occ_n, self.occ_graphs, strict=True):
-            h.update(f"{k}\t{n}\t{g}\n".encode())
+        h = hashlib.sha256("\n".join(self.fkeys).encode())
+        for arr in (self.src, self.dst, self.n, self.occ_n, self.occ_graphs):
+            h.update(np.ascontiguousarray(arr, dtype=np.int64).tobytes())
         return h.hexdigest()
 
 
 def read_contribution(tx: ManagedTransaction, graphs: list[str]) -> Contribution:
-    pair_sums: dict[str, dict[str, list]] = {}
-    occ: dict[str, list] = {}
+    index: dict[str, int] = {}  # fkey -> provisional index (first seen); re-ranked by sorted key at the end
+    inst: list[tuple[np.ndarray, np.ndarray]] = []  # per graph: (feature index per instance, activation)
+    src_parts: list[np.ndarray] = []
+    dst_parts: list[np.ndarray] = []
+    w_parts: list[np.ndarray] = []
     for gid in graphs:
+        nodes = tx.run(_INSTANCES, graph_id=gid).single(strict=True)
+        ids = np.asarray(nodes["ids"], dtype=np.int64)
+        fidx = np.fromiter((index.setdefault(k, len(index)) for k in nodes["fkeys"]), dtype=np.int64, count=len(ids))
+        inst.append((fidx, np.asarray(nodes["acts"], dtype=np.float64)))
+        order = np.argsort(ids)
+        ids_sorted, fidx_sorted = ids[order], fidx[order]
+        a_ids: list[int] = []
+        b_ids: list[int] = []
+        ws: list[float] = []
         for rec in tx.run(_EDGES, graph_id=gid):
-            row = pair_sums.setdefault(rec["s"], {})
-            for d, w in zip(rec["d"], rec["w"], strict=True):
-                cell = row.get(d)
-                if cell is None:
-                    row[d] = [w, abs(w), 1]
-                else:
-                    cell[0] += w
-                    cell[1] += abs(w)
-                    cell[2] += 1
-        for rec in tx.run(_INSTANCES, graph_id=gid):
-            cell = occ.get(rec["fkey"])
-            if cell is None:
-                occ[rec["fkey"]] = [rec["n"], rec["act"] or 0.0, 1]
-            else:
-                cell[0] += rec["n"]
-                cell[1] += rec["act"] or 0.0
-                cell[2] += 1
+            a_ids.extend([rec["a"]] * len(rec["b"]))
+            b_ids.extend(rec["b"])
+            ws.extend(rec["w"])
+        for ends, parts in ((a_ids, src_parts), (b_ids, dst_parts)):
+            arr = np.asarray(ends, dtype=np.int64)
+            pos = np.searchsorted(ids_sorted, arr)
+            if len(arr) and (pos.max() >= len(ids_sorted) or not np.array_equal(ids_sorted[pos], arr)):
+                raise FoldConflict(f"graph {gid}: an edge ends at a feature node outside the graph")
+            parts.append(fidx_sorted[pos])
+        w_parts.append(np.asarray(ws, dtype=np.float64))
     stats = tx.run(_GRAPH_EDGES, graphs=graphs).single(strict=True)
     if stats["n"] != len(graphs):
         raise FoldConflict(f"{len(graphs) - stats['n']} graphs of the open fold no longer exist")
-    pairs = [(s, d) for s in sorted(pair_sums) for d in sorted(pair_sums[s])]
-    cells = [pair_sums[s][d] for s, d in pairs]
-    okeys = sorted(occ)
+
+    fkeys = sorted(index)
+    rank = np.empty(len(index), dtype=np.int64)
+    rank[[index[k] for k in fkeys]] = np.arange(len(fkeys), dtype=np.int64)
+    n_feat = max(1, len(fkeys))
+    src = rank[np.concatenate(src_parts)] if src_parts else np.zeros(0, dtype=np.int64)
+    dst = rank[np.concatenate(dst_parts)] if dst_parts else np.zeros(0, dtype=np.int64)
+    w = np.concatenate(w_parts) if w_parts else np.zeros(0)
+    keys, inverse = np.unique(src * n_feat + dst, return_inverse=True)
+    occ_n = np.zeros(len(fkeys), dtype=np.int64)
+    occ_act = np.zeros(len(fkeys))
+    occ_graphs = np.zeros(len(fkeys), dtype=np.int64)
+    for fidx, acts in inst:
+        ranked = rank[fidx]
+        occ_n += np.bincount(ranked, minlength=len(fkeys))
+        occ_act += np.bincount(ranked, weights=acts, minlength=len(fkeys))
+        occ_graphs[np.unique(ranked)] += 1
     return Contribution(
-        pairs=pairs, sum_w=[c[0] for c in cells], sum_abs_w=[c[1] for c in cells], n=[c[2] for c in cells],
-        occ_fkeys=okeys, occ_n=[occ[k][0] for k in okeys], occ_act=[occ[k][1] for k in okeys],
-        occ_graphs=[occ[k][2] for k in okeys], n_graphs=len(graphs), n_edges=stats["edges"] or 0)
+        fkeys=fkeys, src=keys // n_feat, dst=keys % n_feat,
+        sum_w=np.bincount(inverse, weights=w, minlength=len(keys)),
+        sum_abs_w=np.bincount(inverse, weights=np.abs(w), minlength=len(keys)),
+        n=np.bincount(inverse, minlength=len(keys)).astype(np.int64),
+        occ_n=occ_n, occ_act=occ_act, occ_graphs=occ_graphs, n_graphs=len(graphs), n_edges=stats["edges"] or 0)
 
 
 _FEATURE_IDS = "UNWIND $fkeys AS k MATCH (f:Feature {fkey: k}) RETURN k, id(f) AS e"
@@ -250,10 +272,12 @@ def _feature_ids(tx: ManagedTransaction, fkeys: list[str]) -> dict[str, int]:
     return ids
 
 
-def _existing_pairs(tx: ManagedTransaction, corpus_id: str) -> dict[tuple[int, int], int]:
-    """(source id, target id) -> AGG relationship id, for the corpus's existing aggregate pairs
-    (one scan of the AGG(corpus) relationship index per fold; a fresh corpus has none)."""
-    return {(rec["a"], rec["b"]): rec["e"] for rec in tx.run(_EXISTING_PAIRS, corpus_id=corpus_id)}
+def _existing_pairs(tx: ManagedTransaction, corpus_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(source ids, target ids, AGG relationship ids) of the corpus's existing aggregate pairs (one scan of
+    the AGG(corpus) relationship index per fold; a fresh corpus has none)."""
+    rows = [(rec["a"], rec["b"], rec["e"]) for rec in tx.run(_EXISTING_PAIRS, corpus_id=corpus_id)]
+    cols = np.asarray(rows, dtype=np.int64).reshape(-1, 3)
+    return cols[:, 0], cols[:, 1], cols[:, 2]
 
 
 def _existing_occurs(tx: ManagedTransaction, corpus_id: str) -> dict[int, int]:
@@ -344,19 +368,6 @@ RETURN n
 """
 
 
-def _occurs_params(contrib: Contribution, sl: slice, fid: dict[str, int], existing: dict[int, int]) -> dict:
-    out: dict[str, list] = {k: [] for k in ("occ_new", "occ_new_n", "occ_new_act", "occ_new_g",
-                                            "occ_upd", "occ_upd_n", "occ_upd_act", "occ_upd_g")}
-    for fkey, n, act, g in zip(contrib.occ_fkeys[sl], contrib.occ_n[sl], contrib.occ_act[sl], contrib.occ_graphs[sl],
-                               strict=True):
-        x = fid[fkey]
-        o = existing.get(x)
-        prefix = "occ_new" if o is None else "occ_upd"
-        for suffix, v in (("", x if o is None else o), ("_n", n), ("_act", act), ("_g", g)):
-            out[prefix + suffix].append(v)
-    return out
-
-
 def _chunks(n: int, size: int) -> list[slice]:
     return [slice(i, min(n, i + size)) for i in range(0, max(n, 1), size)]
 
@@ -366,36 +377,59 @@ def _fold_once(session, corpus_id: str, token: str, lease_s: float, fold: _Fold,
     t = time.perf_counter()
     contrib = session.execute_read(read_contribution, fold.graphs)
     key_hash = contrib.key_hash()
-    fkeys = sorted(set(contrib.occ_fkeys) | {k for pair in contrib.pairs for k in pair})
-    fid = session.execute_read(_feature_ids, fkeys)
-    existing = session.execute_read(_existing_pairs, corpus_id)
-    existing_occ = session.execute_read(_existing_occurs, corpus_id)
+    fid = session.execute_read(_feature_ids, contrib.fkeys)
+    node_of = np.asarray([fid[k] for k in contrib.fkeys], dtype=np.int64)  # feature index -> Feature node id
+    n_feat = max(1, len(contrib.fkeys))
+    pair_keys = contrib.src * n_feat + contrib.dst  # sorted (np.unique order)
+    # The AGG id of each pair the corpus already has (-1: new pair), and the OCCURS id of each feature.
+    by_node = np.argsort(node_of)
+
+    def fold_index(node_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Feature index of each node id, and whether the node is a feature of this fold at all."""
+        pos = np.minimum(np.searchsorted(node_of[by_node], node_ids), max(0, len(node_of) - 1))
+        found = node_of[by_node][pos] == node_ids if len(node_of) else np.zeros(len(node_ids), dtype=bool)
+        return by_node[pos] if len(node_of) else pos, found
+
+    agg_id = np.full(len(pair_keys), -1, dtype=np.int64)
+    ea, eb, ee = session.execute_read(_existing_pairs, corpus_id)
+    (ia, oka), (ib, okb) = fold_index(ea), fold_index(eb)
+    ekeys, erels = ia[oka & okb] * n_feat + ib[oka & okb], ee[oka & okb]
+    pos = np.minimum(np.searchsorted(pair_keys, ekeys), max(0, len(pair_keys) - 1))
+    hit = pair_keys[pos] == ekeys if len(pair_keys) else np.zeros(len(ekeys), dtype=bool)
+    agg_id[pos[hit]] = erels[hit]
+    occ_id = np.full(len(contrib.fkeys), -1, dtype=np.int64)
+    ox = session.execute_read(_existing_occurs, corpus_id)
+    ix, okx = fold_index(np.asarray(list(ox), dtype=np.int64))
+    occ_id[ix[okx]] = np.asarray(list(ox.values()), dtype=np.int64)[okx]
     result.phases["read"] = result.phases.get("read", 0.0) + time.perf_counter() - t
 
     t = time.perf_counter()
-    pair_slices = _chunks(len(contrib.pairs), fold.chunk_pairs)
-    n_occ_chunk = -(-len(contrib.occ_fkeys) // len(pair_slices)) or 1
+    pair_slices = _chunks(len(pair_keys), fold.chunk_pairs)
     n_chunks = len(pair_slices)
+    n_occ_chunk = -(-len(contrib.fkeys) // n_chunks) or 1
     for k in range(fold.applied, n_chunks):
         sl, osl = pair_slices[k], slice(k * n_occ_chunk, (k + 1) * n_occ_chunk)
-        new: dict[str, list] = {"new_a": [], "new_b": [], "new_w": [], "new_aw": [], "new_n": []}
-        upd: dict[str, list] = {"upd_e": [], "upd_w": [], "upd_aw": [], "upd_n": []}
-        for (s, d), w, aw, n in zip(contrib.pairs[sl], contrib.sum_w[sl], contrib.sum_abs_w[sl], contrib.n[sl],
-                                    strict=True):
-            a, b = fid[s], fid[d]
-            e = existing.get((a, b))
-            if e is None:
-                for key, v in zip(new, (a, b, w, aw, n), strict=True):
-                    new[key].append(v)
-            else:
-                for key, v in zip(upd, (e, w, aw, n), strict=True):
-                    upd[key].append(v)
-        params = {"corpus_id": corpus_id, "token": token, "fold_id": fold.fold_id, "chunk": k, "n_chunks": n_chunks,
-                  "key_hash": key_hash, "now": time.time(), "lease_s": lease_s, **new, **upd,
-                  **_occurs_params(contrib, osl, fid, existing_occ)}
+        new, old = agg_id[sl] < 0, agg_id[sl] >= 0
+        src, dst = node_of[contrib.src[sl]], node_of[contrib.dst[sl]]
+        w, aw, n = contrib.sum_w[sl], contrib.sum_abs_w[sl], contrib.n[sl]
+        occ_new, occ_old = occ_id[osl] < 0, occ_id[osl] >= 0
+        occ_nodes, occ_rels = node_of[osl], occ_id[osl]
+        on, oa, og = contrib.occ_n[osl], contrib.occ_act[osl], contrib.occ_graphs[osl]
+        params = {
+            "corpus_id": corpus_id, "token": token, "fold_id": fold.fold_id, "chunk": k, "n_chunks": n_chunks,
+            "key_hash": key_hash, "now": time.time(), "lease_s": lease_s,
+            "new_a": src[new].tolist(), "new_b": dst[new].tolist(), "new_w": w[new].tolist(),
+            "new_aw": aw[new].tolist(), "new_n": n[new].tolist(),
+            "upd_e": agg_id[sl][old].tolist(), "upd_w": w[old].tolist(), "upd_aw": aw[old].tolist(),
+            "upd_n": n[old].tolist(),
+            "occ_new": occ_nodes[occ_new].tolist(), "occ_new_n": on[occ_new].tolist(),
+            "occ_new_act": oa[occ_new].tolist(), "occ_new_g": og[occ_new].tolist(),
+            "occ_upd": occ_rels[occ_old].tolist(), "occ_upd_n": on[occ_old].tolist(),
+            "occ_upd_act": oa[occ_old].tolist(), "occ_upd_g": og[occ_old].tolist(),
+        }
         if session.execute_write(_apply_chunk, params):
-            result.pairs_created += len(new["new_a"])
-            result.pairs_updated += len(upd["upd_e"])
+            result.pairs_created += len(params["new_a"])
+            result.pairs_updated += len(params["upd_e"])
             continue
         state = session.execute_read(lambda tx: tx.run(_FOLD_STATE, corpus_id=corpus_id).single(strict=True))
         if state["writer"] != token or state["fold_id"] != fold.fold_id:
