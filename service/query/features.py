@@ -185,31 +185,47 @@ def parse_feature_query(q: str) -> FeatureQuery:
 
 
 # Ranking of key matches: graphs the feature appears in (OCCURS.n_graphs, over the corpus or every corpus),
-# then its mean activation (OCCURS.sum_act / OCCURS.n), then fkey. Keyset pagination on that triple.
-_SEARCH_KEYS = """
-MATCH (f:Feature)
-WHERE ($prefix IS NULL OR f.fkey STARTS WITH $prefix)
-  AND ($dset IS NULL OR f.dictionary_set = $dset)
-  AND ($dictionary IS NULL OR f.dictionary = $dictionary)
-  AND ($dict_prefix IS NULL OR f.dictionary STARTS WITH $dict_prefix)
-  AND ($dict_suffix IS NULL OR f.dictionary ENDS WITH $dict_suffix)
-  AND ($index IS NULL OR f.index = $index)
-CALL (f) {
-  OPTIONAL MATCH (f)-[o:OCCURS]->(:Corpus)
-  WHERE $corpus_id IS NULL OR o.corpus = $corpus_id
-  RETURN coalesce(sum(o.n_graphs), 0) AS n_graphs, coalesce(sum(o.n), 0) AS n_instances,
-         coalesce(sum(o.sum_act), 0.0) AS sum_act, count(o) AS n_corpora
+# then its mean activation (OCCURS.sum_act / OCCURS.n), then fkey. Keyset pagination on that triple. The WHERE
+# holds only the predicates the query has (``_KEY_PREDICATES``, constant strings; values are parameters), so that
+# a prefix seeks the fkey constraint's index; with a corpus the walk starts from the corpus' OCCURS edges.
+_KEY_PREDICATES = {
+    "prefix": "f.fkey STARTS WITH $prefix",
+    "dset": "f.dictionary_set = $dset",
+    "dictionary": "f.dictionary = $dictionary",
+    "dict_prefix": "f.dictionary STARTS WITH $dict_prefix",
+    "dict_suffix": "f.dictionary ENDS WITH $dict_suffix",
+    "index": "f.index = $index",
 }
-WITH f, n_graphs, n_instances, n_corpora,
-     CASE WHEN n_instances > 0 THEN sum_act / n_instances ELSE 0.0 END AS activation
-WHERE ($corpus_id IS NULL OR n_corpora > 0)
-  AND ($after_n IS NULL OR n_graphs < $after_n OR (n_graphs = $after_n AND
-       (activation < $after_a OR (activation = $after_a AND f.fkey > $after_f))))
+_KEYS_ALL_CORPORA = """
+MATCH (f:Feature)
+WHERE {where}
+CALL (f) {{
+  OPTIONAL MATCH (f)-[o:OCCURS]->(:Corpus)
+  RETURN coalesce(sum(o.n_graphs), 0) AS n_graphs, coalesce(sum(o.n), 0) AS n_instances,
+         coalesce(sum(o.sum_act), 0.0) AS sum_act
+}}
+"""
+_KEYS_ONE_CORPUS = """
+MATCH (:Corpus {{corpus_id: $corpus_id}})<-[o:OCCURS]-(f:Feature)
+WHERE o.corpus = $corpus_id AND {where}
+WITH f, sum(o.n_graphs) AS n_graphs, sum(o.n) AS n_instances, sum(o.sum_act) AS sum_act
+"""
+_KEYS_RANKED = """
+WITH f, n_graphs, n_instances, CASE WHEN n_instances > 0 THEN toFloat(sum_act) / n_instances ELSE 0.0 END AS activation
+WHERE $after_n IS NULL OR n_graphs < $after_n OR (n_graphs = $after_n AND
+      (activation < $after_a OR (activation = $after_a AND f.fkey > $after_f)))
 RETURN f.fkey AS fkey, f.dictionary_set AS dictionary_set, f.dictionary AS dictionary, f.index AS index,
        n_graphs, n_instances, activation
 ORDER BY n_graphs DESC, activation DESC, fkey ASC
 LIMIT $limit
 """
+
+
+def _key_search_query(params: dict, corpus_id: str | None) -> str:
+    where = " AND ".join(p for name, p in _KEY_PREDICATES.items() if params.get(name) is not None) or "true"
+    head = _KEYS_ONE_CORPUS if corpus_id is not None else _KEYS_ALL_CORPORA
+    return head.format(where=where) + _KEYS_RANKED
+
 
 # Ranking of token matches: over complete graphs (of the corpus), the instances at positions whose token is
 # the query (case-insensitive, surrounding spaces ignored: tokenizers keep a word's leading space); graphs
@@ -292,9 +308,9 @@ def search_features(driver: Driver, q: str, corpus_id: str | None = None, *, lim
     common = {"corpus_id": corpus_id, "after_n": after_n, "after_a": after_a, "after_f": after_f,
               "limit": int(limit) + 1}
     if fq.mode == "key":
-        records, _, _ = driver.execute_query(
-            _SEARCH_KEYS, prefix=fq.fkey_prefix, dset=fq.dictionary_set, index=fq.index, **_dictionary_filters(fq),
-            **common, database_=database, routing_="r")
+        params = {"prefix": fq.fkey_prefix, "dset": fq.dictionary_set, "index": fq.index, **_dictionary_filters(fq)}
+        records, _, _ = driver.execute_query(_key_search_query(params, corpus_id), **params, **common,
+                                             database_=database, routing_="r")
     else:
         records, _, _ = driver.execute_query(_SEARCH_TOKEN, token=(fq.token or "").strip().lower(), **common,
                                              database_=database, routing_="r")

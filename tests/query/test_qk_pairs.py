@@ -57,9 +57,10 @@ def worker() -> Iterator[object]:
 
 
 @pytest.fixture(scope="module")
-def zoo_graph(client, zoo, worker, neo4j_driver, settings) -> dict:  # noqa: ANN001
-    """An IOI prompt of the zoo's held-out set attributed by the pipeline; returns its graph id and tokens."""
-    from workers.pipeline.jobs import graph_id_for, prompt_id_for
+def zoo_graph(client, zoo, worker, neo4j_driver, settings) -> Iterator[dict]:  # noqa: ANN001
+    """An IOI prompt of the zoo's held-out set attributed by the pipeline; yields its graph id and tokens."""
+    from workers.pipeline.jobs import delete_job, graph_id_for, prompt_id_for
+    from workers.store.writer import delete_graph
     from workers.zoo.build import DICTIONARY_MODEL
     from workers.zoo.corpus import read_jsonl
 
@@ -84,7 +85,9 @@ def zoo_graph(client, zoo, worker, neo4j_driver, settings) -> dict:  # noqa: ANN
                                         database_=settings.neo4j_database).records[0]["t"]
     stored = {r["n"] for r in neo4j_driver.execute_query("MATCH (n:Node {graph_id: $g}) RETURN n.node_id AS n",
                                                          g=gid, database_=settings.neo4j_database).records}
-    return {"graph_id": gid, "tokens": list(tokens), "stored": stored, "model_dir": zoo.models[DICTIONARY_MODEL]}
+    yield {"graph_id": gid, "tokens": list(tokens), "stored": stored, "model_dir": zoo.models[DICTIONARY_MODEL]}
+    delete_graph(neo4j_driver, gid, database=settings.neo4j_database)
+    delete_job(neo4j_driver, accepted["job_id"], settings.neo4j_database)
 
 
 @pytest.fixture(scope="module")
