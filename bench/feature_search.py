@@ -62,6 +62,8 @@ def main() -> None:
     ap.add_argument("--positions", type=int, default=16)
     ap.add_argument("--dict-size", type=int, default=2000)
     ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--top-tokens", type=int, default=3, help="top_tokens per hit (0: the ranking query alone)")
+    ap.add_argument("--keep", action="store_true", help="leave the graphs in the database (to profile queries)")
     args = ap.parse_args()
     settings = get_settings()
     db = settings.neo4j_database
@@ -89,7 +91,8 @@ def main() -> None:
         ]
         print(f"{'query':34} {'p50 ms':>8} {'p95 ms':>8} {'hits':>5}")
         for name, q, c in cases:
-            p50, p95, n = timed(lambda q=q, c=c: features.search_features(driver, q, c, limit=20, database=db),
+            p50, p95, n = timed(lambda q=q, c=c: features.search_features(driver, q, c, limit=20,
+                                                                               top_tokens=args.top_tokens, database=db),
                                 args.reps)
             print(f"{name:34} {p50:8.1f} {p95:8.1f} {n:5d}")
         p50, p95, n = timed(lambda: corpora.list_corpora(driver, 0, 50, database=db), args.reps)
@@ -97,6 +100,9 @@ def main() -> None:
         p50, p95, n = timed(lambda: corpora.list_jobs(driver, 0, 50, database=db), args.reps)
         print(f"{'GET /jobs (50)':34} {p50:8.1f} {p95:8.1f} {n:5d}")
         print(f"load average after: {os.getloadavg()}")
+        if args.keep:
+            print(f"kept corpus {corpus} (dictionary set {dset})")
+            return
         for rec in recs:
             delete_graph(driver, rec.graph_id, database=db)
         driver.execute_query("MATCH (c:Corpus {corpus_id: $c}) DETACH DELETE c", c=corpus, database_=db)
