@@ -223,6 +223,24 @@ def test_qk_panel_shows_pairs_summing_to_the_score(browser, api_url, api, qk_set
     check_against_api(api, browser, heads)
     browser.save_screenshot(str(artifacts_dir / "qk_circuit_heads.png"))
 
+    # From an attention edge: "QK" next to an input from an earlier position opens the form for that position pair.
+    view = open_graph(browser, api_url, gid, 60)
+    target = browser.execute_script("""const c = window.atlas.graph.circuit;
+        const pos = new Map(c.nodes.map(n => [n.node_id, n.pos]));
+        const e = c.edges.filter(e => pos.get(e.source) != null && pos.get(e.source) < pos.get(e.target))
+            .sort((a, b) => Math.abs(b.weight) - Math.abs(a.weight))[0];
+        return e && {node: e.target, q: pos.get(e.target)};""")
+    assert target, "the zoo graph's circuit has a cross-position edge"
+    click_node(browser, target["node"])
+    wait_js(browser, "return document.querySelector('#node-panel a.qk-link')", what="a QK link in the node panel")
+    link = browser.find_element(By.CSS_SELECTOR, "#node-panel a.qk-link")
+    source = link.find_element(By.XPATH, "preceding-sibling::a").text
+    link.click()
+    form = wait_js(browser, """const f = document.getElementById('qk-form');
+        return f && {graph: f.graph_id.value, q: f.query_position.value, k: f.key_position.value};""")
+    source_pos = int(source.split(":p")[1].split(":")[0])
+    assert form == {"graph": gid, "q": str(target["q"]), "k": str(source_pos)}
+
     # A request the API refuses shows its reason (the field it names), not an empty table.
     browser.get("about:blank")
     browser.get(f"{api_url}/ui/#/qk?graph_id={quote(gid)}&layer=1&head=0&query_position=2&key_position=5")
