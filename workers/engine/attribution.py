@@ -270,7 +270,7 @@ def build_graph(
         counts[r] = c
     writer = CSRWriter(counts)
     _edges(lin, trace, row_targets, index, emb_cols, pos_cols, site_cols, settings, progress,
-           extra=(bias_c, bias_v), sink=writer.write)
+           extra=(bias_c, bias_v), sink=writer.write_rows)
     t_edges = time.perf_counter()
     adj = writer.finish()
     value = torch.full((n,), float("nan"))
@@ -307,7 +307,7 @@ def _edges(
     progress: Callable[[int, int], None] | None,
     value_only: bool = True,
     extra: tuple[torch.Tensor, torch.Tensor] | None = None,
-    sink: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
+    sink: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
 ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Every edge into ``rows``, as chunks (row node int32, column node int32, weight fp32) grouped by row
     with columns ascending, one chunk per backward batch; each row lies in exactly one chunk. ``extra`` = (columns
@@ -327,11 +327,11 @@ def _edges(
 
     def emit(chunk: list[int], gmap: dict[str, torch.Tensor | None], P: int) -> None:
         nonlocal done
-        R, C, V = readout(chunk, gmap, P)
+        rnodes, cnt, C, V = readout(chunk, gmap, P)
         if sink is not None:
-            sink(R, C, V)
+            sink(rnodes, cnt, C, V)
         else:
-            chunks.append((R, C, V))
+            chunks.append((rnodes.repeat_interleave(cnt).int(), C, V))
         done += len(chunk)
         if progress is not None:
             progress(done, len(rows))
@@ -397,8 +397,13 @@ def _cone_groups(rows: list[Target], members: list[int], cone_chunk: int) -> lis
     for i in members:
         groups.setdefault(rows[i].pos // max(cone_chunk, 1), []).append(i)
     return [sorted(g, key=lambda i: (tensor_site_bound(rows[i].tensor), rows[i].tensor, rows[i].pos,
-                                     rows[i].node_id))
+                                     _feature_number(rows[i].node_id), rows[i].node_id))
             for _, g in sorted(groups.items())]
+
+
+def _feature_number(node_id: str) -> int:
+    """f of a feature id (−1 otherwise): feature rows at one position then come in node order."""
+    return int(node_id.rsplit(":f", 1)[1]) if node_id.startswith("feat:") else -1
 
 
 class _ReadOut:
@@ -408,74 +413,103 @@ class _ReadOut:
 
     Node columns come in blocks (emb, pos, bias, then per site its errors and its features), each sorted by
     position, so a row's sources are a prefix of every block and its entries, block after block, are
-    already in column order: one [nb, sources] value matrix and one mask give the CSR entries, no sort."""
+    already in column order: one [nb, sources] value matrix and one mask give the CSR entries, no sort.
+    Per leaf, every source vector at a position (its error / embedding value and its features' a_s W_dec[s])
+    sits in one [pos, d, slots] tensor, so a leaf's edges are one batched product over positions."""
 
     def __init__(self, rows, index, emb_cols, pos_cols, site_cols, trace, extra, n_cols) -> None:
         self.rows, self.index, self.extra, self.n_cols = rows, index, extra, n_cols
-        self.trace = trace
-        self.err_vals = {s.key: trace.sites[s.key].err.float() for s in site_cols}
-        # (kind, leaf name, payload, columns [n], source positions [n], site rank) in column order
-        blocks: list[tuple[str, str, object, torch.Tensor, torch.Tensor, int]] = []
         n_pos = trace.n_pos
-        for which, cols, clean in (("emb", emb_cols, trace.emb), ("pos", pos_cols, trace.pos_emb)):
-            if cols is not None and clean is not None:
-                blocks.append(("leaf", which, clean.float(), cols, torch.arange(n_pos), -1))
+        # per leaf: source vectors [pos, slots, d]; blocks: (leaf, flat index into [pos·slots] per source,
+        # columns [n], source positions [n], site rank) in column order
+        self.vectors: dict[str, torch.Tensor] = {}
+        blocks: list[tuple[str, torch.Tensor | None, torch.Tensor, torch.Tensor, int]] = []
+        ar = torch.arange(n_pos)
+        leaves = [(w, c, v) for w, c, v in (("emb", emb_cols, trace.emb), ("pos", pos_cols, trace.pos_emb))
+                  if c is not None and v is not None]
+        if leaves:  # emb and pos read the same gradient: one tensor with a slot each
+            self.vectors["emb"] = torch.stack([v.float() for _, _, v in leaves], 1).contiguous()
+        for slot, (_, cols, _) in enumerate(leaves):
+            blocks.append(("emb", ar * len(leaves) + slot, cols, ar, -1))
         if extra is not None:
-            blocks.append(("bias", "", None, extra[0], torch.full((len(extra[0]),), -1), -1))
+            blocks.append(("bias", None, extra[0], torch.full((len(extra[0]),), -1), -1))
         for sc in site_cols:
             name = f"delta:L{sc.key[0]}.{sc.key[1]}"
             rank = _site_rank(site_order(sc.key))
-            blocks.append(("leaf", name, self.err_vals[sc.key], sc.err_cols, torch.arange(n_pos), rank))
             K = sc.feat_cols.shape[1]
+            vec = torch.cat([trace.sites[sc.key].err.float()[:, None, :], sc.feat_dec], 1)
+            self.vectors[name] = vec.contiguous()  # [pos, 1 + K, d]: slot 0 the error, then the features
+            blocks.append((name, ar * (K + 1), sc.err_cols, ar, rank))
             if K:
                 ok = sc.feat_cols >= 0  # [pos, K]; features are numbered by (position, slot)
-                flat = ok.flatten().nonzero().flatten()  # index into [pos·K] in column order
-                blocks.append(("feat", name, (sc, flat), sc.feat_cols.flatten()[flat], flat // K, rank))
-        if any(bool((b[3][1:] < b[3][:-1]).any()) for b in blocks):
+                flat = ok.flatten().nonzero().flatten()
+                q, slot = flat // K, flat % K
+                blocks.append((name, q * (K + 1) + 1 + slot, sc.feat_cols.flatten()[flat], q, rank))
+        if any(bool((b[2][1:] < b[2][:-1]).any()) for b in blocks):
             raise RuntimeError("node columns are not sorted within a block (engine bug)")
         self.blocks = blocks
-        self._layout: dict[int, tuple[list[int], torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self._layout: dict[tuple[int, int], tuple[list[int], torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
-    def layout(self, P: int):
-        """Per block the number of sources at positions < P; columns, positions and site ranks of those."""
-        lay = self._layout.get(P)
+    def layout(self, P: int, rank_limit: int):
+        """Blocks of sources upstream of some row (site rank < ``rank_limit``): per block the number of its
+        sources at positions < P (0 if not upstream); columns, positions and site ranks of those."""
+        lay = self._layout.get((P, rank_limit))
         if lay is None:
-            counts = [int((b[4] < P).sum()) for b in self.blocks]
-            cols = torch.cat([b[3][:c] for b, c in zip(self.blocks, counts, strict=True)])
-            spos = torch.cat([b[4][:c] for b, c in zip(self.blocks, counts, strict=True)])
-            rank = torch.cat([torch.full((c,), b[5]) for b, c in zip(self.blocks, counts, strict=True)])
-            lay = self._layout[P] = (counts, cols, spos, rank)
+            counts = [int((b[3] < P).sum()) if b[4] < rank_limit else 0 for b in self.blocks]
+            cols = torch.cat([b[2][:c] for b, c in zip(self.blocks, counts, strict=True)])
+            spos = torch.cat([b[3][:c] for b, c in zip(self.blocks, counts, strict=True)])
+            rank = torch.cat([torch.full((c,), b[4]) for b, c in zip(self.blocks, counts, strict=True)])
+            lay = self._layout[(P, rank_limit)] = (counts, cols, spos, rank)
         return lay
 
     def __call__(self, chunk: list[int], gmap: dict[str, torch.Tensor | None], P: int):
+        """(row nodes [nb] ascending, entries per row [nb], columns, values), rows one after another."""
         rows = self.rows
-        nb = len(chunk)
-        counts, cols, spos, rank = self.layout(P)
         row_nodes = torch.tensor([self.index[rows[i].node_id] for i in chunk])
+        # output rows ascending, so that consecutive ones fill one CSR slice (feature rows come in node
+        # order already); values are computed in the batch's canonical order and only then permuted, so
+        # every product sees its rows where it always does (bit-identical results for any target order)
+        identity = bool((row_nodes[1:] > row_nodes[:-1]).all())
+        perm = torch.argsort(row_nodes)
+        nb = len(chunk)
         row_pos = torch.tensor([rows[i].pos for i in chunk])
-        row_rank = torch.tensor([_site_rank(tensor_site_bound(rows[i].tensor)) for i in chunk])
-        parts: list[torch.Tensor] = []
-        for (kind, name, payload, _, _, _), c in zip(self.blocks, counts, strict=True):
+        ranks = [_site_rank(tensor_site_bound(rows[i].tensor)) for i in chunk]
+        row_rank = torch.tensor(ranks)
+        counts, cols, spos, rank = self.layout(P, max(ranks))
+        products: dict[str, torch.Tensor] = {}
+        by_grad: dict[int, torch.Tensor] = {}
+        parts: list[torch.Tensor] = []  # [sources, nb] each
+        for (leaf, flat, _, _, _), c in zip(self.blocks, counts, strict=True):
             if c == 0:
                 continue
-            if kind == "bias":
+            if leaf == "bias":
                 assert self.extra is not None
-                parts.append(self.extra[1][chunk].float())
+                parts.append(self.extra[1][chunk].float().T)
                 continue
-            g = gmap.get(name)
-            if g is None:  # no path from this leaf to any row of the batch
-                parts.append(torch.zeros(nb, c))
-            elif kind == "leaf":
-                parts.append(torch.einsum("bpd,pd->bp", g, payload[:P]))  # type: ignore[index]
-            else:
-                sc, flat = payload  # type: ignore[misc]
-                # [P, nb, d] @ [P, d, K] -> [P, nb, K]: one small matmul per position
-                wf = torch.bmm(g.transpose(0, 1), sc.feat_dec[:P].transpose(1, 2))
-                parts.append(wf.permute(1, 0, 2).reshape(nb, -1)[:, flat[:c]])
-        values = torch.cat(parts, 1)  # [nb, sources at positions < P], column order
-        mask = (spos[None] <= row_pos[:, None]) & (rank[None] < row_rank[:, None])
-        R = row_nodes.repeat_interleave(mask.sum(1))
-        return R.int(), cols[None].expand(nb, -1)[mask].int(), values[mask].float()
+            wf = products.get(leaf)
+            if wf is None:
+                g = gmap.get(leaf)  # "emb": the embeddings' gradient, which the positional ones share
+                if g is None:  # no path from this leaf to any row of the batch
+                    parts.append(torch.zeros(c, nb))
+                    continue
+                gt = by_grad.get(id(g))
+                if gt is None:  # [P, d, nb]
+                    gt = by_grad[id(g)] = g.permute(1, 2, 0)
+                vec = self.vectors[leaf][:P]
+                # per position, [slots, d] @ [d, nb]: every source at that position against every row
+                wf = products[leaf] = torch.bmm(vec, gt).reshape(-1, nb)  # [P·slots, nb]
+            assert flat is not None
+            parts.append(wf.index_select(0, flat[:c]))
+        values = torch.cat(parts, 0).T  # [nb, sources at positions < P], column order
+        if not identity:
+            values, row_nodes, row_pos, row_rank = values[perm], row_nodes[perm], row_pos[perm], row_rank[perm]
+        if min(ranks) == max(ranks):  # every row reads the same tensor: sources differ by position only
+            mask = spos[None] <= row_pos[:, None]
+        else:
+            mask = (spos[None] <= row_pos[:, None]) & (rank[None] < row_rank[:, None])
+        idx = mask.flatten().nonzero().flatten()
+        return (row_nodes, mask.sum(1), cols.repeat(nb).index_select(0, idx).int(),
+                values.reshape(-1).index_select(0, idx).float())
 
 
 def _site_rank(order: tuple[int, int]) -> int:
@@ -508,17 +542,23 @@ class CSRWriter:
         self.cols = torch.empty(nnz, dtype=torch.int32)
         self.vals = torch.empty(nnz, dtype=torch.float32)
 
-    def write(self, r: torch.Tensor, c: torch.Tensor, v: torch.Tensor) -> None:
-        if r.numel() == 0:
+    def write_rows(self, rows: torch.Tensor, cnt: torch.Tensor, c: torch.Tensor, v: torch.Tensor) -> None:
+        """Whole rows ``rows [m]`` (ascending), ``cnt [m]`` entries each, their columns and values one row
+        after another."""
+        if rows.numel() == 0:
             return
-        rl = r.long()
-        rows, cnt = torch.unique_consecutive(rl, return_counts=True)
         if not torch.equal(cnt, self.counts[rows]) or bool(self.filled[rows].any()):
             raise RuntimeError("edge chunk does not match the expected row lengths (engine bug)")
-        starts = torch.cumsum(cnt, 0) - cnt
-        dest = self.crow[rl] + torch.arange(rl.numel()) - torch.repeat_interleave(starts, cnt)
-        self.cols[dest] = c
-        self.vals[dest] = v
+        first, m = int(rows[0]), rows.numel()
+        if int(rows[-1]) - first == m - 1 and bool((rows[1:] > rows[:-1]).all()):
+            a = int(self.crow[first])  # consecutive rows: one contiguous slice of the CSR arrays
+            self.cols[a:a + c.numel()] = c
+            self.vals[a:a + c.numel()] = v
+        else:
+            starts = torch.cumsum(cnt, 0) - cnt
+            dest = (self.crow[rows] - starts).repeat_interleave(cnt) + torch.arange(c.numel())
+            self.cols[dest] = c
+            self.vals[dest] = v
         self.filled[rows] = cnt
 
     def finish(self) -> torch.Tensor:
