@@ -4,6 +4,9 @@ real `atlas worker` processes, timed from submission to the job's final state.
 
     python bench/pipeline_e2e.py [--prompts 200] [--workers 1 2] [--tiny]
 
+The clock stops at the job's final state, which now comes after the corpus-done task folded the corpus
+aggregates (workers/store/aggregates.py); ``aggregation_s`` is the part after the last prompt finished.
+
 Uses the built zoo (gpt2-4l + its dictionaries; `ensure_zoo()` builds it if needed) or, with --tiny, the
 tiny random GPT-2 of workers/pipeline/tiny_model.py with zoo-task prompts. Needs Neo4j and Redis up
 (`atlas services up`); registers the model under a bench-specific id.
@@ -88,8 +91,14 @@ def main() -> None:
             finally:
                 for p in procs:
                     stop_worker_process(p)
+            times = driver.execute_query("MATCH (j:Job {job_id: $j}) RETURN j.finished_at AS f, j.aggregated_at AS a",
+                                         j=created.job_id, database_=settings.neo4j_database).records[0]
+            edges = driver.execute_query("MATCH (g:Graph {corpus_id: $c}) RETURN sum(g.n_edges) AS e",
+                                         c=created.corpus_id, database_=settings.neo4j_database).records[0]["e"]
             row = {"workers": n_workers, "prompts": len(prompts), "done": st["done"], "failed": st["failed"],
                    "seconds": round(wall, 1), "prompts_per_min": round(st["done"] / wall * 60, 1),
+                   "aggregation_s": None if times["a"] is None else round(times["a"] - times["f"], 2),
+                   "edges": edges, "loadavg_1m": round(os.getloadavg()[0], 2),
                    "model": "tiny" if args.tiny else "zoo gpt2-4l", "failures": st["failures"]}
             results.append(row)
             print(json.dumps(row), flush=True)
