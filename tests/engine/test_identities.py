@@ -236,8 +236,10 @@ def test_adjoint_self_check_rejects_a_wrong_transpose(lin):
         assert "Gemma" in type(lin.model).__name__
         return
     assert adj._agrees_with_autograd()
-    adj.layers[0].Wv_t = adj.layers[0].Wv_t * 1.01
-    adj.layers[0].Wv = adj.layers[0].Wv * 1.01
+    op = adj.layers[0]  # layer 0's maps 1% off (the fixtures' attention SAEs cut the residual path there)
+    for name in ("Wv", "Wo_res", "M_res", "M_out", "mlp_skip"):
+        if getattr(op, name) is not None:
+            setattr(op, name, getattr(op, name) * 1.01)
     assert not adj._agrees_with_autograd()
 
 

@@ -27,7 +27,7 @@ model and dictionary set, so an unrecognised architecture falls back instead of 
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -59,18 +59,28 @@ class _LayerOp:
     """Transpose of block k between the residual after it (R_k) and the one before it (R_{k−1})."""
 
     pattern: torch.Tensor  # [H, P, P] frozen softmax output
-    patT: torch.Tensor  # [H, P, P] its transpose, contiguous
     scale: torch.Tensor  # [P] pre-attention norm scale
-    Wo: torch.Tensor  # [H, d, hd]: attention output gradient -> per-head output gradient
     Wv: torch.Tensor  # [H, hd, d]: per-head value gradient -> residual, pre-attention norm's F folded in
-    Wv_t: torch.Tensor  # [H·hd, d] the same, flat
     # from the residual: the attention output is read through an attention SAE's skip (W_skip) or not at
     # all (an SAE without skip: None, the layer is cut)
     Wo_res: torch.Tensor | None  # [H, d, hd]
-    Wo_res_t: torch.Tensor | None  # [d, H·hd]
     # a transcoder's skip connection: R_k -> M_k adds s2 ⊙ (g · W_skip · F2)
     mlp_skip: torch.Tensor | None  # [d, d]
     ln2_scale: torch.Tensor  # [P]
+    # feature maps of the factored step, per head: Wo_h · Wv_h [H, d, d] (from the residual / from the
+    # attention output); position maps per cone length P: diag(s) · pattern_hᵀ as [H, P, P] (contiguous)
+    M_res: torch.Tensor | None = None
+    M_out: torch.Tensor | None = None
+    _pos_maps: dict = field(default_factory=dict)
+
+    def position_maps(self, P: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pattern_h[:P, :P] · diag(s) for the factored profiles a ↦ a·pattern_h ⊙ s, and its transpose
+        diag(s) · pattern_hᵀ for the dense step), both [H, P, P] contiguous."""
+        maps = self._pos_maps.get(P)
+        if maps is None:
+            pat = self.pattern[:, :P, :P] * self.scale[:P]
+            maps = self._pos_maps[P] = (pat.contiguous(), pat.transpose(1, 2).contiguous())
+        return maps
 
 
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -169,11 +179,11 @@ class AdjointModel:
             mlp_skip = None if tc is None or tc.W_skip is None else (tc.W_skip.detach().float() @ n2.F).contiguous()
 
             self.layers.append(_LayerOp(
-                pattern=pat.contiguous(), patT=pat.transpose(1, 2).contiguous(), scale=n1.scale,
-                Wo=_by_head(Wo_t, H), Wv=Wv_t.view(H, hd, self.d).contiguous(), Wv_t=Wv_t.contiguous(),
+                pattern=pat.contiguous(), scale=n1.scale, Wv=Wv_t.view(H, hd, self.d).contiguous(),
                 Wo_res=None if Wo_res_t is None else _by_head(Wo_res_t, H),
-                Wo_res_t=None if Wo_res_t is None else Wo_res_t.contiguous(),
-                mlp_skip=mlp_skip, ln2_scale=n2.scale))
+                mlp_skip=mlp_skip, ln2_scale=n2.scale,
+                M_res=None if Wo_res_t is None else torch.bmm(_by_head(Wo_res_t, H), Wv_t.view(H, hd, self.d)),
+                M_out=torch.bmm(_by_head(Wo_t, H), Wv_t.view(H, hd, self.d))))
             self.ln2.append(n2)
         nf = _norm(trace, lin, final_name, mods[final_name])
         if nf is None:
@@ -212,12 +222,15 @@ class AdjointModel:
     # -- propagation -------------------------------------------------------------------------------
     def _start(self, tensor: str, pos: torch.Tensor, vec: torch.Tensor, P: int):
         """Initial factored gradient of n targets reading ``tensor``: (point k, at_mid, position profiles
-        A [m, 1, P] for the m unique positions, index inv [n] into them, feature vectors U [n, 1, d]).
-        Point k is the residual after block k (R_k; −1: the embeddings), or with ``at_mid`` the one between
-        its attention and its MLP (M_k)."""
-        upos, inv = torch.unique(pos, return_inverse=True)
+        A [r, m, P] for the m unique positions, their target counts [m], feature vectors U [r, n, d]; r = 1
+        term, or H for a target inside an attention). Targets come sorted by position. Point k is the
+        residual after block k (R_k; −1: the embeddings), or with ``at_mid`` the one between its attention
+        and its MLP (M_k)."""
+        upos, counts = torch.unique_consecutive(pos, return_counts=True)
+        if len(torch.unique(upos)) != len(upos):
+            raise ValueError("targets must come sorted by position")
         m = len(upos)
-        A = torch.zeros(m, 1, P)
+        A = torch.zeros(1, m, P)
         at_mid = False
         if tensor == "final":
             k, nrm = self.n_layers - 1, self.final
@@ -228,62 +241,79 @@ class AdjointModel:
             nrm, at_mid = self.ln2[k], True
         else:  # in:L{l}.attn: the gradient enters the attention of layer l at its output
             layer = int(tensor[4:].split(".")[0])
-            A[torch.arange(m), 0, upos] = 1.0
+            A[0, torch.arange(m), upos] = 1.0
             op = self.layers[layer]
-            A, U = self._heads(A, vec[:, None, :].float(), op, op.Wo, P, identity=False)
-            return layer - 1, False, A, inv, U
-        A[torch.arange(m), 0, upos] = 1.0 if nrm is None else nrm.scale[upos]
+            assert op.M_out is not None
+            A, U = self._step(A, vec[None].float(), op.position_maps(P)[0], op.M_out, identity=False)
+            return layer - 1, False, A, counts, U
+        A[0, torch.arange(m), upos] = 1.0 if nrm is None else nrm.scale[upos]
         U = vec.float() if nrm is None else vec.float() @ nrm.F
-        return k, at_mid, A, inv, U[:, None, :]
+        return k, at_mid, A, counts, U[None]
 
-    def _heads(self, A: torch.Tensor, U: torch.Tensor, op: _LayerOp, Wo: torch.Tensor, P: int, identity: bool):
-        """One attention layer on the factored form: every term (a, u) gives (a, u) (if ``identity``)
-        and, per head, (s ⊙ a·pattern_h, u·Wo_h·Wv_h). A [m, r, P], U [n, r, d] -> r·H (+ r) terms."""
-        m, r, _ = A.shape
-        n = U.shape[0]
-        H = op.pattern.shape[0]
-        Ah = torch.matmul(A.reshape(1, m * r, P), op.pattern[:, :P, :P]) * op.scale[:P]  # [H, m·r, P]
-        Ah = Ah.view(H, m, r, P).transpose(0, 1).reshape(m, H * r, P)
-        Uh = torch.matmul(torch.matmul(U.reshape(1, n * r, self.d), Wo), op.Wv)  # [H, n·r, d]
-        Uh = Uh.view(H, n, r, self.d).transpose(0, 1).reshape(n, H * r, self.d)
-        if not identity:
-            return Ah, Uh
-        return torch.cat([A, Ah], 1), torch.cat([U, Uh], 1)
+    @staticmethod
+    def _step(A: torch.Tensor, U: torch.Tensor, pos_maps: torch.Tensor, feat_maps: torch.Tensor,
+              identity: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """One linear step on the factored form: every term (a, u) gives (a, u) (if ``identity``) and, per
+        map h, (a·pos_maps[h], u·feat_maps[h]). A [r, m, P], U [r, n, d], pos_maps [H, P, P], feat_maps
+        [H, d, d] -> ((H (+1))·r, ...): new terms map-major, so every map is one product written in place."""
+        r, m, P = A.shape
+        n, d = U.shape[1], U.shape[2]
+        H = pos_maps.shape[0]
+        first = 1 if identity else 0
+        A2 = torch.empty(H + first, r * m, P)
+        U2 = torch.empty(H + first, r * n, d)
+        if identity:
+            A2[0] = A.reshape(r * m, P)
+            U2[0] = U.reshape(r * n, d)
+        for h in range(H):
+            torch.mm(A.reshape(r * m, P), pos_maps[h], out=A2[first + h])
+            torch.mm(U.reshape(r * n, d), feat_maps[h], out=U2[first + h])
+        return A2.view(-1, m, P), U2.view(-1, n, d)
 
     def _dense_attn(self, G: torch.Tensor, op: _LayerOp, P: int) -> torch.Tensor:
-        """G [n, P, d] at M_k -> G at R_{k−1} (see module doc)."""
-        assert op.Wo_res_t is not None
-        n, _, d = G.shape
+        """G [P, n, d] at M_k -> G at R_{k−1} (see module doc): per head three products, no copies."""
+        assert op.Wo_res is not None
+        _, n, d = G.shape
         H, hd = op.Wv.shape[0], op.Wv.shape[1]
-        Y = (G.reshape(n * P, d) @ op.Wo_res_t).view(n, P, H, hd).permute(2, 1, 0, 3).reshape(H, P, n * hd)
-        Z = torch.bmm(op.patT[:, :P, :P], Y)  # [H, P, n·hd]: pattern_hᵀ mixes positions, batch in columns
-        Z = Z.view(H, P, n, hd).permute(2, 1, 0, 3).reshape(n * P, H * hd)
-        return G + (Z @ op.Wv_t).view(n, P, d) * op.scale[:P, None]
+        patT = op.position_maps(P)[1]  # diag(s) · pattern_hᵀ [H, P, P]
+        G2 = G.reshape(P * n, d)
+        out = G2.clone()
+        for h in range(H):
+            Y = (G2 @ op.Wo_res[h]).view(P, n * hd)  # [P, n·hd]
+            Z = patT[h] @ Y  # positions mixed, the batch in columns
+            out.addmm_(Z.view(P * n, hd), op.Wv[h])
+        return out.view(P, n, d)
 
     def _factored_is_cheaper(self, r: int, P: int, heads: int) -> bool:
-        """Cost per target of one more step in factored form (products, plus materialising the
-        (heads+1)·r terms for the read-out) against the dense step. Depends on (r, P) only, never on the
-        batch, so every target is computed the same way whatever batch it is in."""
+        """Cost per target of one more step in factored form (its products, plus materialising the
+        (heads+1)·r terms for the read-out) against the dense step. Position profiles are shared by the
+        targets at one position (a dozen or so per layer in practice): counted once per 8 targets. Depends on
+        (r, P) only, never on the batch, so every target is computed the same way whatever batch it is in."""
         d = self.d
-        factored = 2 * r * d * d + r * (heads + 1) * P * d + r * P * P * heads
+        factored = heads * r * d * d + (heads + 1) * r * P * d + heads * r * P * P // 8
         dense = (P * d * d) if heads == 1 else (2 * P * d * d + P * P * d)
         return factored < dense
 
     def leaf_gradients(self, tensor: str, pos: torch.Tensor, vec: torch.Tensor, P: int) -> dict[str, torch.Tensor]:
-        """Gradients of n targets ``vec [n, d]·tensor[pos [n]]`` with respect to every upstream leaf, on the
-        first P positions: {"delta:L{k}.{site}" | "emb" | "pos": [n, P, d]} (the same keys as autograd)."""
-        k, at_mid, A, inv, U = self._start(tensor, pos, vec, P)
+        """Gradients of n targets ``vec [n, d]·tensor[pos [n]]`` (sorted by position) with respect to every
+        upstream leaf, on the first P positions: {"delta:L{k}.{site}" | "emb" | "pos": [P, n, d]}."""
+        k, at_mid, A, counts, U = self._start(tensor, pos, vec, P)
         out: dict[str, torch.Tensor] = {}
         # the factored form (A, U) until the dense one pays; G is the dense gradient at point G_at
         G: torch.Tensor | None = None
         G_at: tuple[int, bool] | None = None
         dense = False
+        bounds = [0] + torch.cumsum(counts, 0).tolist()
 
         def here() -> torch.Tensor:
             nonlocal G, G_at
             if G_at != (k, at_mid):
                 assert not dense
-                G = torch.bmm(A[inv].transpose(1, 2), U)  # G[t] = A[idx[t]]ᵀ U[t]
+                # per unique position j: G[:, targets at j] = A[:, j]ᵀ U[:, targets at j]  (one product)
+                r = A.shape[0]
+                parts = [(A[:, j].T @ U[:, a:b].reshape(r, -1)).view(P, b - a, self.d)
+                         for j, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True))]
+                G = parts[0] if len(parts) == 1 else torch.cat(parts, 1)
                 G_at = (k, at_mid)
             assert G is not None
             return G
@@ -296,20 +326,20 @@ class AdjointModel:
                 out[f"delta:L{k}.mlp"] = here()
                 op = self.layers[k]
                 if op.mlp_skip is not None:  # R_k -> M_k through the transcoder's skip connection
-                    if not dense and self._factored_is_cheaper(U.shape[1], P, 1):
-                        A = torch.cat([A, A * op.ln2_scale[:P]], 1)
-                        U = torch.cat([U, U @ op.mlp_skip], 1)
+                    if not dense and self._factored_is_cheaper(U.shape[0], P, 1):
+                        A, U = self._step(A, U, torch.diag(op.ln2_scale[:P])[None], op.mlp_skip[None], True)
                     else:
                         Gk = here()
-                        G, G_at, dense = Gk + (Gk @ op.mlp_skip) * op.ln2_scale[:P, None], (k, True), True
+                        G = Gk + (Gk @ op.mlp_skip) * op.ln2_scale[:P, None, None]
+                        G_at, dense = (k, True), True
                 elif G_at == (k, False):
                     G_at = (k, True)  # no skip: the same gradient at the mid-point
                 at_mid = True
             op = self.layers[k]
             out[f"delta:L{k}.attn"] = here()
-            if op.Wo_res is not None:  # M_k -> R_{k−1} through the attention
-                if not dense and self._factored_is_cheaper(U.shape[1], P, op.pattern.shape[0]):
-                    A, U = self._heads(A, U, op, op.Wo_res, P, identity=True)
+            if op.M_res is not None:  # M_k -> R_{k−1} through the attention
+                if not dense and self._factored_is_cheaper(U.shape[0], P, op.pattern.shape[0]):
+                    A, U = self._step(A, U, op.position_maps(P)[0], op.M_res, identity=True)
                 else:
                     G, G_at, dense = self._dense_attn(here(), op, P), (k - 1, False), True
             elif G_at == (k, True):
@@ -329,7 +359,7 @@ class AdjointModel:
         for tensor in tensors:
             if tensor not in run.tensors:
                 return False
-            p = torch.tensor([P - 1, max(P - 2, 0)])
+            p = torch.tensor([max(P - 2, 0), P - 1])
             vec = torch.randn(2, self.d, generator=gen)
             mine = self.leaf_gradients(tensor, p, vec, P)
             for b in range(2):
@@ -348,7 +378,7 @@ class AdjointModel:
                     if name not in mine:
                         return False
                     tol = 1e-4 * max(1.0, float(g.abs().max()))
-                    if float((mine[name][b] - g[0].float()).abs().max()) > tol:
+                    if float((mine[name][:, b] - g[0].float()).abs().max()) > tol:
                         return False
         return True
 

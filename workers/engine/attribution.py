@@ -382,7 +382,7 @@ def _edges(
                                             allow_unused=True, is_grads_batched=vmap)
             if vmap:
                 grads = tuple(None if g is None else g[:, 0] for g in grads)
-            emit(chunk, {k: (g[:nb].float() if g is not None else None)
+            emit(chunk, {k: (g[:nb].float().transpose(0, 1) if g is not None else None)  # [P, nb, D]
                          for k, g in zip(leaf_names, grads, strict=True)}, P)
         del run
         _release_freed_memory()
@@ -463,7 +463,7 @@ class _ReadOut:
         return lay
 
     def __call__(self, chunk: list[int], gmap: dict[str, torch.Tensor | None], P: int):
-        """(row nodes [nb] ascending, entries per row [nb], columns, values), rows one after another."""
+        """``gmap``: leaf gradients [P, nb, d] (rows in chunk order). Returns (row nodes [nb] ascending, entries per row [nb], columns, values), rows one after another."""
         rows = self.rows
         row_nodes = torch.tensor([self.index[rows[i].node_id] for i in chunk])
         # output rows ascending, so that consecutive ones fill one CSR slice (feature rows come in node
@@ -493,8 +493,8 @@ class _ReadOut:
                     parts.append(torch.zeros(c, nb))
                     continue
                 gt = by_grad.get(id(g))
-                if gt is None:  # [P, d, nb]
-                    gt = by_grad[id(g)] = g.permute(1, 2, 0)
+                if gt is None:  # [P, nb, d] -> [P, d, nb]
+                    gt = by_grad[id(g)] = g.transpose(1, 2)
                 vec = self.vectors[leaf][:P]
                 # per position, [slots, d] @ [d, nb]: every source at that position against every row
                 wf = products[leaf] = torch.bmm(vec, gt).reshape(-1, nb)  # [P·slots, nb]
