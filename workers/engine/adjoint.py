@@ -310,10 +310,11 @@ class AdjointModel:
             if G_at != (k, at_mid):
                 assert not dense
                 # per unique position j: G[:, targets at j] = A[:, j]ᵀ U[:, targets at j]  (one product)
-                r = A.shape[0]
-                parts = [(A[:, j].T @ U[:, a:b].reshape(r, -1)).view(P, b - a, self.d)
-                         for j, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True))]
-                G = parts[0] if len(parts) == 1 else torch.cat(parts, 1)
+                r, n, d = U.shape
+                G = torch.empty(P, n, d)
+                for j, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+                    # written in place: a column block of G viewed [P, n·d] (beta=0: G's contents ignored)
+                    G.view(P, n * d)[:, a * d:b * d].addmm_(A[:, j].T, U[:, a:b].reshape(r, -1), beta=0)
                 G_at = (k, at_mid)
             assert G is not None
             return G
