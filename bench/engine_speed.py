@@ -4,7 +4,7 @@ and 256 tokens (all active features), plus the floor: one forward + backward of 
 Build the model first (bench/make_bench_model.py), then::
 
     ~/.cache/circuit-atlas/venv/bin/python bench/engine_speed.py [--bench DIR] [--lengths 16 64 256]
-        [--batch-size 32] [--cone-chunk 32] [--threads 1] [--repeats 2] [--bf16]
+        [--batch-size 32] [--cone-chunk 16] [--threads 1] [--repeats 2] [--bf16] [--backward adjoint|vmap]
 
 Each length runs in a fresh subprocess, so its peak RSS (ru_maxrss: imports and loading included) is its
 own. Prints one line per length and a JSON summary.
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -21,7 +22,8 @@ import time
 from pathlib import Path
 
 
-def _one(bench: Path, length: int, batch_size: int, cone_chunk: int, threads: int, repeats: int, bf16: bool) -> dict:
+def _one(bench: Path, length: int, batch_size: int, cone_chunk: int, threads: int, repeats: int, bf16: bool,
+         backward: str = "adjoint") -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -36,7 +38,8 @@ def _one(bench: Path, length: int, batch_size: int, cone_chunk: int, threads: in
     lin = Linearised(model, dicts)
     prompts = json.loads((bench / "prompts.json").read_text())
     ids = torch.tensor(prompts[str(length)] if str(length) in prompts else prompts["prompts"][str(length)])
-    settings = AttributionSettings(batch_size=batch_size, cone_chunk=cone_chunk, dtype="bf16" if bf16 else "fp32")
+    settings = AttributionSettings(batch_size=batch_size, cone_chunk=cone_chunk, dtype="bf16" if bf16 else "fp32",
+                                   backward=backward)  # type: ignore[arg-type]
     g = attribute(lin, ids, settings=settings)  # warm-up
     times, cpu = [], []
     for _ in range(repeats):
@@ -68,6 +71,8 @@ def _one(bench: Path, length: int, batch_size: int, cone_chunk: int, threads: in
         "timings_s": g.provenance["timings_s"],
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
         "rss_after_imports_gb": rss_imports,
+        "peak_rss_above_imports_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6 - rss_imports,
+        "backward": g.provenance["settings"]["backward"],
         "settings": settings.to_dict(),
         "threads": threads,
     }
@@ -95,23 +100,27 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--bf16", action="store_true")
+    ap.add_argument("--backward", default="adjoint", choices=["adjoint", "vmap", "replicate"])
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.one is not None:
-        print(json.dumps(_one(a.bench, a.one, a.batch_size, a.cone_chunk, a.threads, a.repeats, a.bf16)))
+        print(json.dumps(_one(a.bench, a.one, a.batch_size, a.cone_chunk, a.threads, a.repeats, a.bf16, a.backward)))
         return
     if not (a.bench / "model").is_dir():
         sys.exit(f"no benchmark model at {a.bench}: run bench/make_bench_model.py first")
     results = []
+    print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     for length in a.lengths:
         cmd = [sys.executable, __file__, "--one", str(length), "--bench", str(a.bench), "--batch-size",
                str(a.batch_size), "--cone-chunk", str(a.cone_chunk), "--threads", str(a.threads),
-               "--repeats", str(a.repeats)] + (["--bf16"] if a.bf16 else [])
+               "--repeats", str(a.repeats), "--backward", a.backward] + (["--bf16"] if a.bf16 else [])
         out = subprocess.run(cmd, check=True, capture_output=True, text=True)
         r = json.loads(out.stdout.strip().splitlines()[-1])
         results.append(r)
+        r["load_average_after"] = os.getloadavg()
         print(f"{length:4d} tokens: {r['seconds_per_graph']:.3f} s/graph ({r['cpu_seconds_per_graph']:.3f} CPU s; floor fwd+bwd {r['floor_forward_backward_s']:.4f} s), "
-              f"peak RSS {r['peak_rss_gb']:.2f} GB, {r['n_features']} features, {r['nnz']} edges"
+              f"peak RSS {r['peak_rss_gb']:.2f} GB ({r['peak_rss_above_imports_gb']:.2f} above imports), "
+              f"{r['n_features']} features, {r['nnz']} edges, load {r['load_average_after'][0]:.2f}"
               + (f", bf16 rel err {r['bf16_rel_err_l2']:.2e}" if 'bf16_rel_err_l2' in r else ""), flush=True)
     print(json.dumps(results, indent=1))
 
