@@ -4,6 +4,7 @@ exactly when its counter reaches the total, prompts that keep dying failed after
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 
 import redis
@@ -81,3 +82,28 @@ def test_job_queries_do_not_log_unknown_property_warnings(neo4j_driver, caplog):
     with caplog.at_level(logging.INFO, logger="neo4j.notifications"):
         assert jobs.quiet_records(neo4j_driver, query, None, write=False)[0]["c"] == 0
     assert caplog.records == []  # ... but not for the job queries
+
+
+def test_reaper_resends_the_corpus_done_task_of_a_job_stuck_aggregating(client, neo4j_driver, redis_client,
+                                                                       registered):
+    from workers.pipeline.reaper import reap_once, stuck_aggregations
+
+    model, dset = registered
+    acc = _submit(client, model, dset, ["the cat sat"])
+    pid = f"{acc['corpus_id']}-0"
+    write_graph(neo4j_driver, random_record(jobs.graph_id_for(pid), acc["corpus_id"], "d", seed=3), fold=False)
+    assert jobs.finish_prompt(neo4j_driver, pid, "done").job_finished  # its corpus-done message "lost"
+    assert acc["job_id"] not in stuck_aggregations(neo4j_driver, stale_after_s=60)  # not stale yet
+    neo4j_driver.execute_query("MATCH (j:Job {job_id: $j}) SET j.finished_at = j.finished_at - 120", j=acc["job_id"])
+    # A folder at work on the corpus (live lease): nothing to re-send.
+    neo4j_driver.execute_query("MERGE (f:AggFold {corpus_id: $c}) SET f.writer = 'busy', f.lease_until = $t",
+                               c=acc["corpus_id"], t=time.time() + 60)
+    assert acc["job_id"] not in stuck_aggregations(neo4j_driver, stale_after_s=60)
+    neo4j_driver.execute_query("MATCH (f:AggFold {corpus_id: $c}) SET f.lease_until = $t", c=acc["corpus_id"],
+                               t=time.time() - 1)
+    sent: list[str] = []
+    assert reap_once(neo4j_driver, redis_client, lambda *a: None, 60, enqueue_finish=sent.append) == []
+    assert acc["job_id"] in sent
+    fold_corpus(neo4j_driver, acc["corpus_id"])  # what the re-sent task does, then the job completes
+    assert jobs.complete_aggregation(neo4j_driver, acc["job_id"]) == "complete"
+    assert acc["job_id"] not in stuck_aggregations(neo4j_driver, stale_after_s=60)
