@@ -1,5 +1,6 @@
 """The demo's pipeline steps (real uvicorn over HTTP, real worker, Neo4j) on the tiny model with prompts of
-the three zoo task families: the job completes and a circuit is read back from Neo4j."""
+the three zoo task families: the job completes and a circuit and the corpus aggregates are read back from
+Neo4j."""
 
 from __future__ import annotations
 
@@ -30,3 +31,6 @@ def test_demo_pipeline_steps_end_to_end(settings, neo4j_driver, tiny_model, uniq
     assert circuit["targets"].startswith('["diff:')  # the IOI graph is the one shown
     assert circuit["into_target"] and circuit["features"]
     assert any("strongest direct effects" in line for line in lines)
+    # The job is final only once its aggregates are folded: the demo's aggregate lines are never empty.
+    assert circuit["aggregates"] and all(a["n"] >= 1 for a in circuit["aggregates"])
+    assert any(line.strip().startswith("sum_w") for line in lines)
