@@ -53,7 +53,8 @@ import numpy as np
 from neo4j import Driver, ManagedTransaction
 
 FOLD_CHUNK_PAIRS = 20_000  # aggregate pairs per chunk transaction (bounded by Neo4j's transaction memory)
-FOLD_MAX_EDGES = 2_000_000  # stored edges planned into one fold (bounds the folder's memory)
+FOLD_MAX_EDGES = 1_000_000  # stored edges planned into one fold (bounds the folder's memory: ~0.3 GB at most;
+# a single larger graph is folded alone)
 FOLD_MAX_GRAPHS = 5_000
 DEFAULT_FOLD_LEASE_S = 120.0
 
