@@ -78,6 +78,7 @@ class _LayerOp:
         diag(s) · pattern_hᵀ for the dense step), both [H, P, P] contiguous."""
         maps = self._pos_maps.get(P)
         if maps is None:
+            self._pos_maps.clear()  # cone groups come in order of P: keep one length's maps only (memory)
             pat = self.pattern[:, :P, :P] * self.scale[:P]
             maps = self._pos_maps[P] = (pat.contiguous(), pat.transpose(1, 2).contiguous())
         return maps

@@ -348,6 +348,7 @@ def _edges(
                     pos = torch.tensor([rows[i].pos for i in chunk])
                     vec = torch.stack([rows[i].vector for i in chunk])
                     emit(chunk, dict(adjoint.leaf_gradients(tensor, pos, vec, P)), P)
+            _release_freed_memory()
     autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if settings.dtype == "bf16" else None)
     vmap = settings.backward != "replicate"
     for members in _cone_groups(rows, slow, settings.cone_chunk):
@@ -455,6 +456,8 @@ class _ReadOut:
         sources at positions < P (0 if not upstream); columns, positions and site ranks of those."""
         lay = self._layout.get((P, rank_limit))
         if lay is None:
+            if any(key[0] != P for key in self._layout):
+                self._layout.clear()  # batches come in order of P: keep the current length's layouts only
             counts = [int((b[3] < P).sum()) if b[4] < rank_limit else 0 for b in self.blocks]
             cols = torch.cat([b[2][:c] for b, c in zip(self.blocks, counts, strict=True)])
             spos = torch.cat([b[3][:c] for b, c in zip(self.blocks, counts, strict=True)])
