@@ -1,11 +1,12 @@
-"""Direct-effect adjacency by batched backward passes through the frozen model (DESIGN.md §2).
+"""Direct-effect adjacency from batched leaf gradients of the frozen model (DESIGN.md §2).
 
 ``A[t, s] = a_s · (W_dec[s] · ∂t/∂(site output))`` with every other node a constant. Each feature is also a
 row (read at its pre-activation ``W_enc[f]·x + b_enc[f]``). Rows are processed in causal-cone groups: all
-rows whose position is < P share one frozen forward on the first P tokens; within a group, rows are
-back-propagated ``batch_size`` at a time, each batch row of the replicated prompt carrying one target's
-gradient. Rows are put in a canonical order first, so results do not depend on the order targets were
-given in; the cone grouping depends only on positions, not on the batch size.
+rows whose position is < P share P positions. Leaf gradients come from the explicit adjoint
+(``adjoint.py``: matrix products through the frozen attention patterns) where the architecture and the
+row's tensor allow it, else from autograd through one frozen forward per group (vmap-batched, or the
+prompt replicated). Rows are put in a canonical order first, so results do not depend on the order targets
+were given in; the cone grouping depends only on positions, not on the batch size.
 
 Leaves: token / positional embeddings, error nodes (site, pos), features (their activation is the
 leaf), and the bias leaf — everything the frozen model adds that is not a leaf, obtained exactly as
