@@ -354,7 +354,7 @@ class AdjointModel:
         autograd through the frozen forward."""
         tr, P = self.trace, self.trace.n_pos
         gen = torch.Generator().manual_seed(0)
-        tensors = ["final"] + [f"in:L{k}.mlp" for k in range(self.n_layers)] + [f"resid:L{self.n_layers - 2}"]
+        tensors = ["final"] + [f"in:L{k}.mlp" for k in range(self.n_layers)] + [f"resid:L{max(self.n_layers - 2, 0)}"]
         tensors += [f"in:L{k}.attn" for k in range(self.n_layers) if (k, "attn") in tr.sites]
         run = self.lin.frozen_forward(tr, P, value_only=True)
         leaves = list(run.leaves_out)
