@@ -1,6 +1,8 @@
 """Corpus-level (global) circuits: the aggregated feature -> feature graph of one corpus.
 
-Aggregates are written once per completed graph by the store writer (``workers/store/writer.py``):
+Aggregates are folded in exactly once per stored graph by the corpus' folder (``workers/store/aggregates.py``;
+the pipeline folds every ``ATLAS_PIPELINE_FOLD_EVERY`` graphs and once more when the corpus is done, so
+while a job is ``aggregating`` or running they cover the graphs folded so far):
 ``(:Feature)-[:AGG {corpus, sum_w, sum_abs_w, n}]->(:Feature)`` sums the signed direct effects of every
 source-instance -> target-instance edge of the corpus' graphs, and
 ``(:Feature)-[:OCCURS {corpus, n, sum_act, n_graphs}]->(:Corpus)`` sums the source feature's activations
