@@ -4,6 +4,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from service.schemas.corpora import CorpusJobOut
+
 
 class PromptFailure(BaseModel):
     prompt_id: str
@@ -34,18 +36,11 @@ class JobStatus(BaseModel):
     failures: list[PromptFailure]
 
 
-class JobSummaryOut(BaseModel):
-    job_id: str
+class JobSummaryOut(CorpusJobOut):
+    """One job of the listing: its state and prompt counters, and the corpus it belongs to."""
+
     corpus_id: str
     corpus_name: str | None = None
-    state: str
-    total: int
-    done: int
-    failed: int
-    cancelled: int
-    created_at: float | None = None
-    started_at: float | None = None
-    finished_at: float | None = None
     model: str | None = None
     dictionary_set: str | None = None
 
