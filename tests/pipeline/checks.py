@@ -1,8 +1,25 @@
-"""Assertions about what the pipeline stored, shared by the pipeline tests and the demo's self-check."""
+"""Assertions about what the pipeline stored, shared by the pipeline tests and the demo's self-check, and
+jobs moved through the pipeline's own state functions for the listing and viewer tests."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+
+
+def played_job(driver, corpus, outcomes: Sequence[str], *, worker: str, error: str = "boom",  # noqa: ANN001
+               seconds: float = 0.1, database: str | None = None):  # noqa: ANN201
+    """Create ``corpus``'s job, queue it, and run its first ``len(outcomes)`` prompts to those final states
+    with the pipeline's own ``start_prompt``/``finish_prompt`` (the rest stay queued). Returns the CreatedJob."""
+    from workers.pipeline import jobs
+
+    created = jobs.create_job(driver, corpus, database)
+    assert jobs.set_job_state(driver, created.job_id, "queued", ("submitting",), database)
+    for pid, outcome in zip(created.prompt_ids, outcomes, strict=False):
+        assert jobs.start_prompt(driver, pid, worker, database)[0] == "run"
+        jobs.finish_prompt(driver, pid, outcome, error=error if outcome == "failed" else None, seconds=seconds,
+                           database=database)
+    return created
 
 
 def graphs_per_prompt(driver, corpus_id: str) -> dict[str, list[str]]:  # noqa: ANN001

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.pipeline.checks import played_job
 from tests.query.graphs import make_records
 from workers.store.records import NodeRow
 
@@ -35,13 +36,7 @@ def three_jobs(neo4j_driver, settings, unique_id) -> Iterator[list]:  # noqa: AN
     for k, (n, outcomes) in enumerate(((2, ()), (3, ("done", "failed")), (2, ("done", "done")))):
         corpus = ValidatedCorpus(f"{unique_id}-m", f"{unique_id}-d", f"{unique_id} corpus {k}", {},
                                  [PromptSpec(f"prompt {k}.{i}") for i in range(n)], [[1, 2]] * n, [])
-        created = jobs.create_job(neo4j_driver, corpus, db)
-        made.append(created)
-        assert jobs.set_job_state(neo4j_driver, created.job_id, "queued", ("submitting",), db)
-        for pid, outcome in zip(created.prompt_ids, outcomes, strict=False):
-            assert jobs.start_prompt(neo4j_driver, pid, "listing-test", db)[0] == "run"
-            jobs.finish_prompt(neo4j_driver, pid, outcome, error="boom" if outcome == "failed" else None,
-                               seconds=0.1, database=db)
+        made.append(played_job(neo4j_driver, corpus, outcomes, worker="listing-test", database=db))
     yield made
     for created in made:
         jobs.delete_job(neo4j_driver, created.job_id, db)

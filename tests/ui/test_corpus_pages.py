@@ -13,6 +13,7 @@ from urllib.parse import quote
 import pytest
 from selenium.webdriver.common.by import By
 
+from tests.pipeline.checks import played_job
 from tests.ui.test_viewer import click_node, open_graph, wait_js
 
 pytestmark = pytest.mark.usefixtures("services")
@@ -30,13 +31,7 @@ def jobs_in_states(neo4j_driver, settings) -> Iterator[list]:  # noqa: ANN001
         n = 4
         corpus = ValidatedCorpus("ui-model", "ui-dset", f"ui corpus {k}", {},
                                  [PromptSpec(f"ui prompt {k}.{i}") for i in range(n)], [[1, 2]] * n, [])
-        created = jobs.create_job(neo4j_driver, corpus, db)
-        made.append(created)
-        assert jobs.set_job_state(neo4j_driver, created.job_id, "queued", ("submitting",), db)
-        for pid, outcome in zip(created.prompt_ids, outcomes, strict=False):
-            assert jobs.start_prompt(neo4j_driver, pid, "ui-test", db)[0] == "run"
-            jobs.finish_prompt(neo4j_driver, pid, outcome, error="boom" if outcome == "failed" else None,
-                               seconds=0.1, database=db)
+        made.append(played_job(neo4j_driver, corpus, outcomes, worker="ui-test", database=db))
     yield made
     for created in made:
         jobs.delete_job(neo4j_driver, created.job_id, db)

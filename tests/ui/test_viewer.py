@@ -19,6 +19,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 
 from service.ui import STATIC_DIR
+from tests.pipeline.checks import played_job
 
 pytestmark = pytest.mark.usefixtures("services")
 
@@ -257,14 +258,9 @@ def test_job_progress_page(browser, api_url, api, neo4j_driver, settings, artifa
     db = settings.neo4j_database
     corpus = ValidatedCorpus("ui-model", "ui-dset", "ui job test", {}, [PromptSpec(f"prompt {i}") for i in range(4)],
                              [[1, 2, 3]] * 4, [])
-    created = jobs.create_job(neo4j_driver, corpus, db)
+    created = played_job(neo4j_driver, corpus, ("done", "done", "failed"), worker="ui-test-worker",
+                         error="boom: out of memory", seconds=0.5, database=db)
     try:
-        assert jobs.set_job_state(neo4j_driver, created.job_id, "queued", ("submitting",), db)
-        for pid, outcome in zip(created.prompt_ids[:3], ("done", "done", "failed"), strict=True):
-            decision, _ = jobs.start_prompt(neo4j_driver, pid, "ui-test-worker", db)
-            assert decision == "run"
-            jobs.finish_prompt(neo4j_driver, pid, outcome, error="boom: out of memory" if outcome == "failed" else None,
-                               seconds=0.5, database=db)
         status = api.get(f"/jobs/{created.job_id}").json()
         assert (status["done"], status["failed"], status["queued"]) == (2, 1, 1)
 
