@@ -74,6 +74,18 @@ def redis_client(settings, services) -> Iterator[object]:  # noqa: ANN001
     client.close()
 
 
+@pytest.fixture(scope="session")
+def write_key(neo4j_driver, settings) -> Iterator[tuple[object, str]]:  # noqa: ANN001
+    """(ApiKey, plaintext) of a real 'write' key: the key tests submit, cancel and
+    request analyses with."""
+    from service.auth import create_key
+
+    key, plain = create_key(neo4j_driver, "tests-write", ("write",), database=settings.neo4j_database)
+    yield key, plain
+    neo4j_driver.execute_query("MATCH (k:ApiKey {key_id: $id}) DETACH DELETE k", id=key.key_id,
+                               database_=settings.neo4j_database)
+
+
 @pytest.fixture
 def unique_id() -> str:
     """A fresh id for data a test writes, so tests sharing the database never see each other's rows."""

@@ -33,17 +33,6 @@ def registered(neo4j_driver, tiny_model, unique_id, settings) -> tuple[str, str]
 
 
 @pytest.fixture(scope="session")
-def write_key(neo4j_driver, settings) -> Iterator[tuple[object, str]]:  # noqa: ANN001
-    """(ApiKey, plaintext) of a real 'write' key: the key the pipeline tests submit and cancel with."""
-    from service.auth import create_key
-
-    key, plain = create_key(neo4j_driver, "pipeline-tests", ("write",), database=settings.neo4j_database)
-    yield key, plain
-    neo4j_driver.execute_query("MATCH (k:ApiKey {key_id: $id}) DETACH DELETE k", id=key.key_id,
-                               database_=settings.neo4j_database)
-
-
-@pytest.fixture(scope="session")
 def client(settings, neo4j_driver, write_key) -> Iterator[object]:  # noqa: ANN001
     """The app in-process; every request carries ``write_key`` unless a test removes or overrides the header."""
     from fastapi.testclient import TestClient

@@ -30,22 +30,12 @@ def zoo(settings):  # noqa: ANN001, ANN201 - ZooPaths
 
 
 @pytest.fixture(scope="module")
-def key(neo4j_driver, settings) -> Iterator[str]:  # noqa: ANN001
-    from service.auth import create_key
-
-    k, plain = create_key(neo4j_driver, "qk-tests", ("write",), database=settings.neo4j_database)
-    yield plain
-    neo4j_driver.execute_query("MATCH (k:ApiKey {key_id: $id}) DETACH DELETE k", id=k.key_id,
-                               database_=settings.neo4j_database)
-
-
-@pytest.fixture(scope="module")
-def client(settings, neo4j_driver, key) -> Iterator[object]:  # noqa: ANN001
+def client(settings, neo4j_driver, write_key) -> Iterator[object]:  # noqa: ANN001
     from fastapi.testclient import TestClient
 
     from service.app import create_app
 
-    with TestClient(create_app(settings), headers={"Authorization": f"Bearer {key}"}) as c:
+    with TestClient(create_app(settings), headers={"Authorization": f"Bearer {write_key[1]}"}) as c:
         yield c
 
 
