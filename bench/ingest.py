@@ -17,6 +17,10 @@ and the load average. Uses the configured Neo4j (ATLAS_NEO4J_URI...) and deletes
 in the gpu-queue workers, folds in a cpu-queue worker): one thread writes the corpus's graphs one after the
 other while another folds whatever is pending until every graph is folded; ``total_edges_per_s`` is then
 the corpus's edges over the wall time from the first write to the last fold.
+
+``--writers N`` writes the corpus's graphs from N threads at once (each graph by one thread, as N pipeline
+workers do; a graph's own nodes and edges are never shared, only Feature nodes are merged), so the server
+can use more than one core for the writes; use it with ``--graphs-per-corpus`` >= N.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import sys
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
@@ -117,8 +122,11 @@ def main() -> None:
     ap.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=True,
                     help="first write and fold a 10k-edge graph, unreported (query plans, JIT)")
     ap.add_argument("--overlap", action="store_true", help="fold while writing (see the module docstring)")
+    ap.add_argument("--writers", type=int, default=1, help="threads writing graphs at once (see the docstring)")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
+    if args.writers < 1:
+        ap.error("--writers must be at least 1")
     settings = get_settings()
     db = settings.neo4j_database
     results = []
@@ -129,7 +137,7 @@ def main() -> None:
             recs = [synthetic_graph(n, 100 * i + k, corpus_id) for k in range(args.graphs_per_corpus)]
             load0 = os.getloadavg()[0]
             try:
-                row = (overlapped if args.overlap else sequential)(driver, settings, recs, corpus_id)
+                row = (overlapped if args.overlap else sequential)(driver, settings, recs, corpus_id, args.writers)
                 row["loadavg_1m"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
                 if kind == "run":
                     results.append(row)
@@ -146,17 +154,25 @@ def main() -> None:
         args.json.write_text(json.dumps({"results": results, "environment": env}, indent=2))
 
 
-def sequential(driver, settings, recs: list[GraphRecord], corpus_id: str) -> dict:  # noqa: ANN001
+def write_all(driver, recs: list[GraphRecord], db: str | None, writers: int) -> list[writer.WriteResult]:  # noqa: ANN001
+    """Write the graphs (fold=False), ``writers`` at a time."""
+    if writers == 1:
+        return [writer.write_graph(driver, rec, database=db, fold=False) for rec in recs]
+    with ThreadPoolExecutor(max_workers=writers) as pool:
+        return list(pool.map(lambda rec: writer.write_graph(driver, rec, database=db, fold=False), recs))
+
+
+def sequential(driver, settings, recs: list[GraphRecord], corpus_id: str, writers: int) -> dict:  # noqa: ANN001
     """Write every graph (fold=False), then fold the corpus once."""
     db = settings.neo4j_database
     with CpuClock(settings) as wclock:
-        writes = [writer.write_graph(driver, rec, database=db, fold=False) for rec in recs]
+        writes = write_all(driver, recs, db, writers)
     with CpuClock(settings) as fclock:
         fold = aggregates.fold_corpus(driver, corpus_id, database=db)
     edges = sum(len(rec.edge_w) for rec in recs)
     assert fold.graphs == len(recs) and fold.edges == edges, fold
-    return {"edges_per_graph": len(recs[0].edge_w), "graphs": len(recs), "nodes_per_graph": len(recs[0].nodes),
-            "agg_pairs": fold.pairs_created + fold.pairs_updated,
+    return {"edges_per_graph": len(recs[0].edge_w), "graphs": len(recs), "writers": writers,
+            "nodes_per_graph": len(recs[0].nodes), "agg_pairs": fold.pairs_created + fold.pairs_updated,
             "write_s": round(wclock.wall, 2), "fold_s": round(fclock.wall, 2),
             "write_edges_per_s": round(edges / wclock.wall), "fold_edges_per_s": round(edges / fclock.wall),
             "total_edges_per_s": round(edges / (wclock.wall + fclock.wall)),
@@ -166,8 +182,8 @@ def sequential(driver, settings, recs: list[GraphRecord], corpus_id: str) -> dic
                       "neo4j_fold": _r(fclock.server_cpu), "client_fold": _r(fclock.client_cpu)}}
 
 
-def overlapped(driver, settings, recs: list[GraphRecord], corpus_id: str) -> dict:  # noqa: ANN001
-    """Write the graphs in one thread while another folds what is pending, until all are folded."""
+def overlapped(driver, settings, recs: list[GraphRecord], corpus_id: str, writers: int) -> dict:  # noqa: ANN001
+    """Write the graphs (``writers`` threads) while another thread folds what is pending, until all are folded."""
     db = settings.neo4j_database
     writing_done = threading.Event()
     folds: list[aggregates.FoldResult] = []
@@ -189,8 +205,7 @@ def overlapped(driver, settings, recs: list[GraphRecord], corpus_id: str) -> dic
         folder.start()
         t = time.perf_counter()
         try:
-            for rec in recs:
-                writer.write_graph(driver, rec, database=db, fold=False)
+            write_all(driver, recs, db, writers)
         finally:
             write_s = time.perf_counter() - t
             writing_done.set()
@@ -199,8 +214,8 @@ def overlapped(driver, settings, recs: list[GraphRecord], corpus_id: str) -> dic
         raise errors[0]
     edges = sum(len(rec.edge_w) for rec in recs)
     assert sum(f.graphs for f in folds) == len(recs), folds
-    return {"edges_per_graph": len(recs[0].edge_w), "graphs": len(recs), "nodes_per_graph": len(recs[0].nodes),
-            "overlap": True, "agg_pairs": sum(f.pairs_created + f.pairs_updated for f in folds),
+    return {"edges_per_graph": len(recs[0].edge_w), "graphs": len(recs), "writers": writers,
+            "nodes_per_graph": len(recs[0].nodes), "overlap": True, "agg_pairs": sum(f.pairs_created + f.pairs_updated for f in folds),
             "folds": sum(f.folds for f in folds), "write_s": round(write_s, 2), "total_s": round(clock.wall, 2),
             "write_edges_per_s": round(edges / write_s), "total_edges_per_s": round(edges / clock.wall),
             "cpu_s": {"neo4j": _r(clock.server_cpu), "client": _r(clock.client_cpu)}}
