@@ -58,6 +58,7 @@ def _one(bench: Path, length: int, batch_size: int, cone_chunk: int, threads: in
         out.backward()
         floor.append(time.perf_counter() - t0)
     n_feat = sum(1 for k in g.kinds if k == "feat")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # Linux reports KiB
     res = {
         "length": length,
         "seconds_per_graph": min(times),
@@ -69,9 +70,9 @@ def _one(bench: Path, length: int, batch_size: int, cone_chunk: int, threads: in
         "n_targets": len(g.targets),
         "nnz": int(g.adjacency.values().numel()),
         "timings_s": g.provenance["timings_s"],
-        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+        "peak_rss_gb": peak,
         "rss_after_imports_gb": rss_imports,
-        "peak_rss_above_imports_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6 - rss_imports,
+        "peak_rss_above_imports_gb": peak - rss_imports,
         "backward": g.provenance["settings"]["backward"],
         "settings": settings.to_dict(),
         "threads": threads,

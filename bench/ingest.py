@@ -156,8 +156,6 @@ def main() -> None:
 
 def write_all(driver, recs: list[GraphRecord], db: str | None, writers: int) -> list[writer.WriteResult]:  # noqa: ANN001
     """Write the graphs (fold=False), ``writers`` at a time."""
-    if writers == 1:
-        return [writer.write_graph(driver, rec, database=db, fold=False) for rec in recs]
     with ThreadPoolExecutor(max_workers=writers) as pool:
         return list(pool.map(lambda rec: writer.write_graph(driver, rec, database=db, fold=False), recs))
 

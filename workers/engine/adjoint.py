@@ -227,9 +227,9 @@ class AdjointModel:
         term, or H for a target inside an attention). Targets come sorted by position. Point k is the
         residual after block k (R_k; −1: the embeddings), or with ``at_mid`` the one between its attention
         and its MLP (M_k)."""
-        upos, counts = torch.unique_consecutive(pos, return_counts=True)
-        if len(torch.unique(upos)) != len(upos):
+        if bool((pos[1:] < pos[:-1]).any()):
             raise ValueError("targets must come sorted by position")
+        upos, counts = torch.unique_consecutive(pos, return_counts=True)
         m = len(upos)
         A = torch.zeros(1, m, P)
         at_mid = False

@@ -467,7 +467,8 @@ class _ReadOut:
         return lay
 
     def __call__(self, chunk: list[int], gmap: dict[str, torch.Tensor | None], P: int):
-        """``gmap``: leaf gradients [P, nb, d] (rows in chunk order). Returns (row nodes [nb] ascending, entries per row [nb], columns, values), rows one after another."""
+        """``gmap``: leaf gradients [P, nb, d] (rows in chunk order). Returns (row nodes [nb] ascending,
+        entries per row [nb], columns, values), rows one after another."""
         rows = self.rows
         row_nodes = torch.tensor([self.index[rows[i].node_id] for i in chunk])
         # output rows ascending, so that consecutive ones fill one CSR slice (feature rows come in node
