@@ -154,3 +154,9 @@ def test_real_zoo_gpt2_4l_does_induction() -> None:
     with torch.no_grad():
         scores = evaluate(model, read_jsonl(paths.heldout), tok)
     assert scores["accuracy"]["induction"] >= 0.95, scores
+
+
+def test_build_leaves_the_callers_deterministic_mode_alone(tmp_path) -> None:
+    torch.use_deterministic_algorithms(False)
+    ensure_zoo(_settings(tmp_path), spec=TINY, progress=False)  # builds in this process (one model slot)
+    assert not torch.are_deterministic_algorithms_enabled()

@@ -208,7 +208,13 @@ def ensure_zoo(
             return done
         partial = settings.zoo_dir / f"{key}.partial"
         shutil.rmtree(partial, ignore_errors=True)
-        report = _build(partial, spec, key, trainer, progress)
+        # The build runs torch in deterministic mode; the caller's mode is its own business afterwards.
+        deterministic = torch.are_deterministic_algorithms_enabled()
+        warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+        try:
+            report = _build(partial, spec, key, trainer, progress)
+        finally:
+            torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
         (partial / MARKER).write_text(key + "\n")
         if root.exists():
             shutil.rmtree(root)
