@@ -66,12 +66,17 @@ def test_position_shares_sum_to_the_target(shares_by_task, task):
         assert abs(sum(res.shares.values()) + res.bias - res.value) < 1e-3 * max(1.0, abs(res.value)), e.prompt
 
 
-# Known failure, kept visible (strict: it fails the suite the day it starts passing, so the marker goes).
-# Measured on zoo build 3cf1561cf5672653: induction ~15% (the zoo's models have not learned induction:
-# held-out accuracy 0.2%), brackets ~28%, IOI ~30% (for IO − S the second S position usually carries the
-# largest share, the S-inhibition path). Issue #4's ground-truth acceptance is open until this passes.
-@pytest.mark.xfail(strict=True, reason="ground-truth bar not met on the current zoo (issue #4 open); see comment")
-@pytest.mark.parametrize("task", ["induction", "brackets", "ioi"])
+# Brackets and IOI: known failures, kept visible (strict: each fails the suite the day it starts passing,
+# so its marker goes). Measured on zoo build 164930e7e4060c89 (induction learnt, held-out accuracy 1.00 on
+# all three tasks): induction passes; brackets 57% (the best position is often the bracket pair closed
+# just before the prompt's end), IOI 52% (for IO − S the second S position usually carries the largest
+# share, the S-inhibition path). Issue #4's ground-truth acceptance is open until these pass.
+_NOT_MET = pytest.mark.xfail(strict=True, reason="ground-truth bar not met on the current zoo (issue #4 open)")
+
+
+@pytest.mark.parametrize(
+    "task", ["induction", pytest.param("brackets", marks=_NOT_MET), pytest.param("ioi", marks=_NOT_MET)]
+)
 def test_answer_source_position_carries_the_largest_share(shares_by_task, task):
     rows = shares_by_task[task]
     hits = [res.best in e.source_positions for e, res in rows]

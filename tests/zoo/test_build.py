@@ -111,8 +111,6 @@ def test_real_zoo_gpt2_4l_meets_the_accuracy_bar() -> None:
     with torch.no_grad():
         scores = evaluate(model, heldout, tok)
     for task in SCORED_TASKS:
-        if task == "induction":
-            continue  # a known failure, asserted on its own below
         assert scores["accuracy"][task] >= 0.95, scores
     assert scores["ioi_logit_diff"] > 0
     llama = AutoModelForCausalLM.from_pretrained(str(paths.models["llama-2l"]))
@@ -140,20 +138,6 @@ def test_dictionary_token_batches_have_no_padding_and_start_with_bos() -> None:
         assert b.dim() == 2 and b.shape[0] <= 16
         assert (b[:, 0] == vocab["<bos>"]).all()
         assert not (b == vocab["<pad>"]).any()
-
-
-# Known failure, kept visible (strict: it fails the suite the day it passes, so the marker goes). The zoo's
-# models stay at chance on held-out induction (gpt2-4l 0.2%, build 3cf1561cf5672653): the training budget
-# here ends before induction heads form. Issue #3 stays open until this passes.
-@pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="zoo models have not learned induction yet (issue #3 open)")
-def test_real_zoo_gpt2_4l_does_induction() -> None:
-    paths = ensure_zoo()
-    model = AutoModelForCausalLM.from_pretrained(str(paths.models["gpt2-4l"]))
-    tok = AutoTokenizer.from_pretrained(str(paths.models["gpt2-4l"]), local_files_only=True)
-    with torch.no_grad():
-        scores = evaluate(model, read_jsonl(paths.heldout), tok)
-    assert scores["accuracy"]["induction"] >= 0.95, scores
 
 
 def test_build_leaves_the_callers_deterministic_mode_alone(tmp_path) -> None:

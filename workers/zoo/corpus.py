@@ -35,6 +35,9 @@ class Example:
     s_name: str | None = None  # IOI only: the subject (repeated) name, for logit difference IO - S
     template: str = ""  # IOI template id and order (e.g. "t3-ABBA"); bracket depth etc. for others
     completion: tuple[str, ...] = ()  # tokens after the answer in the training text (brackets only)
+    # How many leading next-token targets of the training text are random draws no model can predict
+    # (induction: the run and the first copied token). Training puts no loss on them.
+    noise_targets: int = 0
 
     def training_tokens(self) -> list[str]:
         """The full training sequence: prompt, answer, the rest of the text, EOS."""
@@ -128,7 +131,9 @@ def induction_example(rng: random.Random, symbols: Sequence[str]) -> Example:
     j = rng.choice(unique)  # A = run[j], B = run[j + 1]
     i = rng.randint(max(0, j - 2 * (n // 3)), j)  # copy starts at run[i]: usually a long stretch
     words = [*head, *run[i : j + 1]]
-    return _example("induction", words, run[j + 1], [j + 2], template=f"copy{j + 1 - i}")
+    return _example(
+        "induction", words, run[j + 1], [j + 2], template=f"copy{j + 1 - i}", noise_targets=len(head) + 1
+    )
 
 
 # -------------------------------------------------------------------------------------------------- IOI

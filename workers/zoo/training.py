@@ -25,6 +25,11 @@ from workers.zoo.tokenizer import token_ids
 Arch = Literal["gpt2", "llama"]
 CONTEXT_LENGTH = 128
 
+# The heads the attention hints shape: (layer, head). Layer 0's head 0 attends to the previous
+# token; layer 1's head 0 attends, from a token seen once before, to the token that followed it then.
+PREVIOUS_TOKEN_HEAD = (0, 0)
+INDUCTION_HEAD = (1, 0)
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -45,7 +50,19 @@ class ModelSpec:
     # previous-token head, the first half of an induction circuit, forms far sooner when positions
     # already have relative structure; the embeddings remain ordinary trained parameters.
     sinusoidal_positions: bool = True
+    # Token embedding init. Larger than HF's 0.02, so tokens are not drowned by the position codes.
+    embedding_std: float = 0.1
+    # Attention hints: an auxiliary loss, weighted by this, that pulls two heads' patterns towards the
+    # two halves of an induction circuit (see ``hint_loss``). 0 turns them off.
+    attention_hint_weight: float = 0.0
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.attention_hint_weight > 0 and self.n_layer <= INDUCTION_HEAD[0]:
+            raise ValueError(
+                f"attention hints need at least {INDUCTION_HEAD[0] + 1} layers (the induction head is in "
+                f"layer {INDUCTION_HEAD[0]}); {self.name!r} has n_layer={self.n_layer}"
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -53,6 +70,16 @@ class ModelSpec:
 
 def make_model(spec: ModelSpec, vocab_size: int) -> PreTrainedModel:
     """A freshly initialised model for ``spec`` (dropout off: the zoo is about clean circuits)."""
+    model = _make_model(spec, vocab_size)
+    embeddings = model.get_input_embeddings()
+    with torch.no_grad():
+        embeddings.weight.normal_(0.0, spec.embedding_std)
+        if embeddings.padding_idx is not None:
+            embeddings.weight[embeddings.padding_idx].zero_()
+    return model
+
+
+def _make_model(spec: ModelSpec, vocab_size: int) -> PreTrainedModel:
     torch.manual_seed(spec.seed)
     common = dict(vocab_size=vocab_size, bos_token_id=1, eos_token_id=2, pad_token_id=0)
     if spec.arch == "gpt2":
@@ -104,17 +131,41 @@ def _sinusoids(n_pos: int, d: int, scale: float = 0.1) -> torch.Tensor:
 class EncodedExample:
     ids: list[int]  # full training sequence (BOS … answer … EOS)
     answer_index: int | None  # index in ids of a scored task's answer (predicted from answer_index - 1)
+    noise_targets: int = 0  # leading next-token targets with no loss (Example.noise_targets)
+    # Per position, the key position the induction head should attend to, or -1 for none.
+    induction_keys: list[int] | None = None
+
+
+def induction_keys(ids: Sequence[int], symbol_ids: set[int]) -> list[int]:
+    """For each position t holding an induction symbol that occurred exactly once before, at j, with
+    j + 1 < t: the position j + 1 (the token that followed it). -1 everywhere else."""
+    keys = [-1] * len(ids)
+    seen: dict[int, list[int]] = {}
+    for t, x in enumerate(ids):
+        earlier = seen.setdefault(x, [])
+        if x in symbol_ids and len(earlier) == 1 and earlier[0] + 1 < t:
+            keys[t] = earlier[0] + 1
+        earlier.append(t)
+    return keys
 
 
 def encode_examples(examples: Sequence[Example], tokenizer) -> list[EncodedExample]:
     out = []
     vocab = tokenizer.get_vocab()
+    symbol_ids = {vocab[s] for s in V.induction_symbols()}
     for ex in examples:
         ids = token_ids(vocab, ex.training_tokens())
         if len(ids) > CONTEXT_LENGTH:
             raise ValueError(f"example of {len(ids)} tokens exceeds the context length {CONTEXT_LENGTH}")
         scored = ex.task in SCORED_TASKS  # filler's "answer" is just its full stop: no extra weight
-        out.append(EncodedExample(ids, len(ex.prompt_tokens) if scored else None))
+        out.append(
+            EncodedExample(
+                ids,
+                len(ex.prompt_tokens) if scored else None,
+                ex.noise_targets,
+                induction_keys(ids, symbol_ids),
+            )
+        )
     return out
 
 
@@ -134,24 +185,55 @@ def batches(encoded: Sequence[EncodedExample], batch_size: int, seed: int) -> It
                 yield [encoded[i] for i in b]
 
 
-def collate(
-    batch: Sequence[EncodedExample], answer_weight: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded ``input_ids`` [batch, seq], next-token ``targets`` [batch, seq] (-100 = ignore) and
-    per-token loss ``weights`` [batch, seq]. Right padding needs no attention mask: causal attention
-    never lets a real token see the padding after it."""
+@dataclass
+class Batch:
+    ids: torch.Tensor  # [batch, seq] right-padded input ids
+    targets: torch.Tensor  # [batch, seq] next-token targets, -100 = ignore
+    weights: torch.Tensor  # [batch, seq] per-token loss weights
+    induction_keys: torch.Tensor  # [batch, seq] key position for the induction head, -1 = none
+
+
+def collate(batch: Sequence[EncodedExample], answer_weight: float) -> Batch:
+    """Right padding needs no attention mask: causal attention never lets a real token see the
+    padding after it."""
     seq = max(len(e.ids) for e in batch)
     ids = torch.zeros(len(batch), seq, dtype=torch.long)
     targets = torch.full((len(batch), seq), -100, dtype=torch.long)
     weights = torch.zeros(len(batch), seq)
+    keys = torch.full((len(batch), seq), -1, dtype=torch.long)
     for r, e in enumerate(batch):
         n = len(e.ids)
         ids[r, :n] = torch.tensor(e.ids)
         targets[r, : n - 1] = ids[r, 1:n]
-        weights[r, : n - 1] = 1.0
+        weights[r, e.noise_targets : n - 1] = 1.0
         if e.answer_index is not None:
             weights[r, e.answer_index - 1] = answer_weight
-    return ids, targets, weights
+        if e.induction_keys is not None:
+            keys[r, :n] = torch.tensor(e.induction_keys)
+    return Batch(ids, targets, weights, keys)
+
+
+def hint_loss(attentions: Sequence[torch.Tensor], batch: Batch) -> torch.Tensor:
+    """Mean negative log attention of the hinted heads on their intended keys.
+
+    The zoo trains on a CPU budget of a few thousand steps. Left alone, a tiny model sits on the
+    induction plateau longer than that (it copies "some earlier symbol" and stays near 20%), because
+    neither half of the circuit pays off before the other exists. These hints name the two heads'
+    jobs: ``PREVIOUS_TOKEN_HEAD`` attends from each real token to the one before it, and
+    ``INDUCTION_HEAD`` attends from a repeated induction symbol to the token after its earlier
+    occurrence. What the heads read and write (their OV circuits, and every other weight) is learnt
+    from the language-model loss alone; the hints only say where to look.
+    """
+    (l0, h0), (l1, h1) = PREVIOUS_TOKEN_HEAD, INDUCTION_HEAD
+    real = batch.targets[:, 1:] != -100  # query positions 1.. that have a next token
+    prev = torch.diagonal(attentions[l0][:, h0, 1:, :-1], dim1=1, dim2=2)  # [batch, seq-1]: on t-1
+    loss = -(torch.log(prev + 1e-6) * real).sum() / real.sum().clamp(min=1)
+    has_key = batch.induction_keys >= 0
+    if has_key.any():
+        pattern = attentions[l1][:, h1][has_key]  # [n, seq]
+        on_key = pattern.gather(1, batch.induction_keys[has_key][:, None])
+        loss = loss - torch.log(on_key + 1e-6).mean()
+    return loss
 
 
 @dataclass
@@ -170,6 +252,10 @@ def train_model(
 ) -> TrainResult:
     """Train a fresh model on ``train``; ``progress(step, loss, model)`` is called after every step."""
     model = make_model(spec, len(tokenizer.get_vocab()))
+    hinted = spec.attention_hint_weight > 0
+    attn_implementation = model.config._attn_implementation
+    if hinted:  # attention weights are returned only by the eager implementation
+        model.config._attn_implementation = "eager"
     encoded = encode_examples(train, tokenizer)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
@@ -191,15 +277,17 @@ def train_model(
     t0 = time.perf_counter()
     it = batches(encoded, spec.batch_size, spec.seed)
     for step in range(spec.steps):
-        ids, targets, weights = collate(next(it), spec.answer_weight)
+        batch = collate(next(it), spec.answer_weight)
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
-        logits = model(input_ids=ids).logits
+        out = model(input_ids=batch.ids, output_attentions=hinted)
         per_tok = F.cross_entropy(
-            logits.flatten(0, 1), targets.flatten(), reduction="none", ignore_index=-100
+            out.logits.flatten(0, 1), batch.targets.flatten(), reduction="none", ignore_index=-100
         )
-        w = weights.flatten()
+        w = batch.weights.flatten()
         loss = (per_tok * w).sum() / w.sum()
+        if hinted:
+            loss = loss + spec.attention_hint_weight * hint_loss(out.attentions, batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -207,6 +295,7 @@ def train_model(
         losses.append(loss.item())
         if progress is not None:
             progress(step, losses[-1], model)
+    model.config._attn_implementation = attn_implementation
     model.eval()
     return TrainResult(model, time.perf_counter() - t0, sum(losses[-50:]) / min(50, len(losses)), losses)
 
