@@ -86,12 +86,13 @@ def _attentions(batch, prev_mass: float, induction_mass: float) -> list[torch.Te
         for r in range(b):
             for q in range(s):
                 pattern[r, :, q, : q + 1] = 1.0 / (q + 1)
-                want = q - 1 if layer == PREVIOUS_TOKEN_HEAD[0] else int(batch.induction_keys[r, q])
-                mass = prev_mass if layer == PREVIOUS_TOKEN_HEAD[0] else induction_mass
+                is_prev = layer == PREVIOUS_TOKEN_HEAD[0]
+                want = q - 1 if is_prev else int(batch.induction_keys[r, q])
+                mass = prev_mass if is_prev else induction_mass
                 if want >= 0 and q > 0:
                     row = torch.full((q + 1,), (1 - mass) / q)
                     row[want] = mass
-                    head = PREVIOUS_TOKEN_HEAD[1] if layer == 0 else INDUCTION_HEAD[1]
+                    head = PREVIOUS_TOKEN_HEAD[1] if is_prev else INDUCTION_HEAD[1]
                     pattern[r, head, q, : q + 1] = row
         out.append(pattern)
     return out
