@@ -15,7 +15,7 @@ from workers.engine.evaluation import example_target, position_shares
 
 pytestmark = pytest.mark.slow
 
-N_PER_TASK = 40
+N_PER_TASK = 100
 
 
 @pytest.fixture(scope="module")
@@ -66,17 +66,7 @@ def test_position_shares_sum_to_the_target(shares_by_task, task):
         assert abs(sum(res.shares.values()) + res.bias - res.value) < 1e-3 * max(1.0, abs(res.value)), e.prompt
 
 
-# Brackets and IOI: known failures, kept visible (strict: each fails the suite the day it starts passing,
-# so its marker goes). Measured on zoo build 164930e7e4060c89 (induction learnt, held-out accuracy 1.00 on
-# all three tasks): induction passes; brackets 57% (the best position is often the bracket pair closed
-# just before the prompt's end), IOI 52% (for IO − S the second S position usually carries the largest
-# share, the S-inhibition path). Issue #4's ground-truth acceptance is open until these pass.
-_NOT_MET = pytest.mark.xfail(strict=True, reason="ground-truth bar not met on the current zoo (issue #4 open)")
-
-
-@pytest.mark.parametrize(
-    "task", ["induction", pytest.param("brackets", marks=_NOT_MET), pytest.param("ioi", marks=_NOT_MET)]
-)
+@pytest.mark.parametrize("task", ["induction", "brackets", "ioi"])
 def test_answer_source_position_carries_the_largest_share(shares_by_task, task):
     rows = shares_by_task[task]
     hits = [res.best in e.source_positions for e, res in rows]

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -144,3 +145,61 @@ def test_build_leaves_the_callers_deterministic_mode_alone(tmp_path) -> None:
     torch.use_deterministic_algorithms(False)
     ensure_zoo(_settings(tmp_path), spec=TINY, progress=False)  # builds in this process (one model slot)
     assert not torch.are_deterministic_algorithms_enabled()
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (from /proc's children lists)."""
+    out, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            children = Path(f"/proc/{p}/task/{p}/children").read_text().split()
+        except OSError:  # the process is gone
+            continue
+        for c in map(int, children):
+            out.add(c)
+            todo.append(c)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_a_terminated_build_leaves_no_training_processes(tmp_path) -> None:
+    """SIGTERM to a build that trains models in worker processes: the build exits and takes its
+    trainings with it (they used to run on, orphaned, until their models were done)."""
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from dataclasses import replace
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_build import TINY, _settings
+        from pathlib import Path
+        from workers.zoo.build import ensure_zoo
+        slow = replace(TINY, models=tuple(replace(m, steps=1_000_000) for m in TINY.models), max_parallel_models=2)
+        ensure_zoo(_settings(Path({str(tmp_path)!r})), spec=slow, progress=False)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while len(_descendants(proc.pid)) < 2:  # the two training workers (and the resource tracker)
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "the build never started its training workers"
+            time.sleep(0.2)
+        time.sleep(3)  # let them get into their training loops
+        children = _descendants(proc.pid)
+        proc.terminate()
+        assert proc.wait(timeout=60) != 0
+        deadline = time.monotonic() + 30
+        while any(_alive(c) for c in children) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [c for c in children if _alive(c)], "training processes outlived the build"
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -26,10 +26,11 @@ import os
 import platform
 import random
 import shutil
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -49,9 +50,13 @@ MARKER = "COMPLETE"
 
 
 # Small batches and many steps: on a CPU the circuits (IOI name movers, induction heads) appear after
-# a number of updates rather than of tokens; extra weight on the answers focuses those updates, and
-# the attention hints (training.hint_loss) get induction past its plateau inside the budget.
-_RECIPE = dict(batch_size=32, lr=1e-3, answer_weight=5.0, attention_hint_weight=1.0)
+# a number of updates rather than of tokens; extra weight on the answers focuses those updates. The
+# attention hints (training.hint_loss) get induction past its plateau inside the budget and, on the
+# 4-layer model the circuits are read from, make one head carry the bracket match and one the IO name,
+# so the answer's information comes from its source position rather than from every look-alike.
+_RECIPE = dict(batch_size=32, lr=1e-3, answer_weight=5.0)
+_INDUCTION_HINTS = ("previous_token", "induction")
+_ALL_HINTS = (*_INDUCTION_HINTS, "bracket", "name_mover")
 
 
 @dataclass(frozen=True)
@@ -60,9 +65,13 @@ class BuildSpec:
 
     corpus: CorpusSpec = field(default_factory=CorpusSpec)
     models: tuple[ModelSpec, ...] = (
-        ModelSpec(name="gpt2-4l", arch="gpt2", n_layer=4, steps=4000, **_RECIPE),
-        ModelSpec(name="gpt2-2l", arch="gpt2", n_layer=2, steps=3000, **_RECIPE),
-        ModelSpec(name="llama-2l", arch="llama", n_layer=2, steps=3000, **_RECIPE),
+        ModelSpec(name="gpt2-4l", arch="gpt2", n_layer=4, steps=4000, attention_hints=_ALL_HINTS, **_RECIPE),
+        ModelSpec(
+            name="gpt2-2l", arch="gpt2", n_layer=2, steps=3000, attention_hints=_INDUCTION_HINTS, **_RECIPE
+        ),
+        ModelSpec(
+            name="llama-2l", arch="llama", n_layer=2, steps=3000, attention_hints=_INDUCTION_HINTS, **_RECIPE
+        ),
     )
     dictionary_model: str = DICTIONARY_MODEL
     dictionary_batch_size: int = 32
@@ -172,6 +181,24 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+@contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """Inside the block, SIGTERM raises SystemExit (so ``with`` blocks clean up) instead of killing the
+    process outright. Only the main thread can install handlers; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _log(progress: bool, msg: str) -> None:
     if progress:
         print(msg, file=sys.stderr, flush=True)
@@ -256,13 +283,17 @@ def _build(out: Path, spec: BuildSpec, key: str, trainer: Callable | None, progr
         finally:
             torch.set_num_threads(threads)
     else:
+        # A Pool, not a ProcessPoolExecutor: leaving its block terminates the workers, so an interrupted or
+        # failed build (Ctrl-C, SIGTERM, an exception) does not leave trainings running on.
         ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx) as pool:
-            futures = {
-                pool.submit(_train_one, ms, spec.corpus, paths.models[ms.name], key, progress, i): ms
+        with _sigterm_raises(), ctx.Pool(n_workers) as pool:
+            pending = {
+                ms.name: pool.apply_async(
+                    _train_one, (ms, spec.corpus, paths.models[ms.name], key, progress, i)
+                )
                 for i, ms in enumerate(spec.models)
             }
-            model_reports = {futures[f].name: f.result() for f in futures}
+            model_reports = {name: r.get() for name, r in pending.items()}
     timings["models (wall)"] = time.perf_counter() - t
     for name, info in model_reports.items():
         timings[f"train {name}"] = info["train_seconds"]
