@@ -233,6 +233,7 @@ def render_conf(settings: Settings, paths: Neo4jPaths) -> str:
         "server.https.enabled=false",
         f"server.memory.pagecache.size={settings.neo4j_pagecache}",
         f"db.transaction.timeout={settings.neo4j_tx_timeout_s}s",
+        f"db.relationship_grouping_threshold={settings.neo4j_dense_node_threshold}",
         # A stop should not wait long for client transactions; the driver retries on reconnect.
         "db.shutdown_transaction_end_timeout=2s",
         "dbms.security.auth_enabled=true",
