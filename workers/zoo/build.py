@@ -52,8 +52,9 @@ MARKER = "COMPLETE"
 # Small batches and many steps: on a CPU the circuits (IOI name movers, induction heads) appear after
 # a number of updates rather than of tokens; extra weight on the answers focuses those updates. The
 # attention hints (training.hint_loss) get induction past its plateau inside the budget and, on the
-# 4-layer model the circuits are read from, make one head carry the bracket match and one the IO name,
-# so the answer's information comes from its source position rather than from every look-alike.
+# 4-layer model the circuits are read from, make one head carry the bracket match and the heads of
+# layers 2-3 the IO name, so the answer's information comes from its source position rather than from
+# every look-alike (training.HINT_HEADS).
 _RECIPE = dict(batch_size=32, lr=1e-3, answer_weight=5.0)
 _INDUCTION_HINTS = ("previous_token", "induction")
 _ALL_HINTS = (*_INDUCTION_HINTS, "bracket", "name_mover")
@@ -294,6 +295,8 @@ def _build(out: Path, spec: BuildSpec, key: str, trainer: Callable | None, progr
                 for i, ms in enumerate(spec.models)
             }
             model_reports = {name: r.get() for name, r in pending.items()}
+            pool.close()  # done: let the workers exit on their own (leaving the block would kill them)
+            pool.join()
     timings["models (wall)"] = time.perf_counter() - t
     for name, info in model_reports.items():
         timings[f"train {name}"] = info["train_seconds"]

@@ -282,7 +282,7 @@ def hinted_attention(attentions: Sequence[torch.Tensor], batch: Batch, hint: str
 
 
 def hint_loss(attentions: Sequence[torch.Tensor], batch: Batch) -> torch.Tensor:
-    """Sum over the batch's hints of the mean negative log attention of the hinted head on its keys.
+    """Sum over the batch's hints of the mean negative log attention of the hinted heads on their keys.
 
     The zoo trains on a CPU budget of a few thousand steps. Left alone, a tiny model sits on the
     induction plateau longer than that (it copies "some earlier symbol" and stays near 20%), because
