@@ -14,6 +14,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel, LlamaForCausalLM
 
+from service.runtime.processes import process_cmdline
 from workers.settings import Settings
 from workers.zoo.build import MARKER, BuildSpec, build_key, ensure_zoo, find_dictionary_trainer
 from workers.zoo.corpus import SCORED_TASKS, CorpusSpec, read_jsonl
@@ -162,14 +163,6 @@ def _descendants(pid: int) -> set[int]:
     return out
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def test_a_terminated_build_leaves_no_training_processes(tmp_path) -> None:
     """SIGTERM to a build that trains models in worker processes: the build exits and takes its
     trainings with it (they used to run on, orphaned, until their models were done)."""
@@ -197,9 +190,11 @@ def test_a_terminated_build_leaves_no_training_processes(tmp_path) -> None:
         proc.terminate()
         assert proc.wait(timeout=60) != 0
         deadline = time.monotonic() + 30
-        while any(_alive(c) for c in children) and time.monotonic() < deadline:
+        while any(process_cmdline(c) is not None for c in children) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert not [c for c in children if _alive(c)], "training processes outlived the build"
+        assert not [c for c in children if process_cmdline(c) is not None], (
+            "training processes outlived the build"
+        )
     finally:
         if proc.poll() is None:
             proc.kill()
