@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # the store does not import the engine at run time (no torch 
 ENGINE_KINDS: dict[str, str] = {
     "feat": "feature",
     "err": "error",
+    "unexp": "unexpanded",
     "emb": "embedding",
     "pos": "pos_embedding",
     "logit": "logit",
