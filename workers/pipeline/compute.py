@@ -152,7 +152,9 @@ def compute_graph(loaded: Loaded, work: jobs.PromptWork, check: Callable[[str], 
     from workers.engine.pruning import prune
 
     st = work.settings
-    settings = AttributionSettings(batch_size=int(st.get("batch_size", 32)))
+    budget = st.get("max_feature_nodes")
+    settings = AttributionSettings(batch_size=int(st.get("batch_size", 32)),
+                                   max_feature_nodes=None if budget is None else int(budget))
     check("attribute")
     try:
         g = attribute(loaded.lin, work.tokens, work.targets or None, tokenizer=loaded.tokenizer, settings=settings)
