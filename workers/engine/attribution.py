@@ -80,13 +80,14 @@ class NodeTable:
 
 @dataclass
 class SiteColumns:
-    """Sources at one site. feat_cols [pos, K] node index (−1 = padding), feat_dec [pos, K, d_out] =
-    a_s W_dec[s] (zero on padding), err_cols [pos]."""
+    """Sources at one site. feat_cols [pos, K] node index (−1 = padding), err_cols [pos], vectors
+    [pos, 1 + K, d_out]: slot 0 the error vector, slot 1 + k the k-th feature's a_s W_dec[s] (zero on
+    padding): the read-out's product operand, built once (no second copy)."""
 
     key: tuple[int, str]
     err_cols: torch.Tensor
     feat_cols: torch.Tensor
-    feat_dec: torch.Tensor
+    vectors: torch.Tensor
 
 
 def _feature_rows(d, layer: int, site: str, fids: list[str], pos: list[int], feats: torch.Tensor) -> list[Target]:
@@ -219,7 +220,8 @@ def build_graph(
         K = int(counts.max()) if rec.n_active else 0
         feat_cols = torch.full((n_pos, K), -1, dtype=torch.long)
         d_out = rec.out.shape[-1]
-        feat_dec = torch.zeros(n_pos, K, d_out)
+        vectors = torch.zeros(n_pos, 1 + K, d_out)
+        vectors[:, 0] = rec.err.float()
         if d is not None and rec.n_active:
             order = torch.argsort(rec.pos_idx * (d.cfg.d_dict + 1) + rec.feat_idx)
             ps, fs, acts = rec.pos_idx[order], rec.feat_idx[order], rec.acts[order]
@@ -236,10 +238,10 @@ def build_graph(
             nodes.feature += fl
             nodes.activation += al
             feat_cols[ps, slot] = torch.arange(first, first + len(fids))
-            feat_dec[ps, slot] = acts[:, None] * d.W_dec.detach()[fs]
+            vectors[ps, 1 + slot] = acts[:, None] * d.W_dec.detach()[fs]
             if settings.feature_rows and budget is None:
                 feature_rows += _feature_rows(d, layer, site, fids, pl, fs)
-        site_cols.append(SiteColumns(rec.key, err_cols, feat_cols, feat_dec))
+        site_cols.append(SiteColumns(rec.key, err_cols, feat_cols, vectors))
 
     # target nodes that are not features already in the table
     index = {n: i for i, n in enumerate(nodes.ids)}
@@ -655,8 +657,7 @@ class _ReadOut:
             name = f"delta:L{sc.key[0]}.{sc.key[1]}"
             rank = _site_rank(site_order(sc.key))
             K = sc.feat_cols.shape[1]
-            vec = torch.cat([trace.sites[sc.key].err.float()[:, None, :], sc.feat_dec], 1)
-            self.vectors[name] = vec.contiguous()  # [pos, 1 + K, d]: slot 0 the error, then the features
+            self.vectors[name] = sc.vectors  # [pos, 1 + K, d]: slot 0 the error, then the features
             blocks.append((name, ar * (K + 1), sc.err_cols, ar, rank))
             if K:
                 ok = sc.feat_cols >= 0  # [pos, K]; features are numbered by (position, slot)
