@@ -8,6 +8,9 @@ services itself. A service that cannot start fails the tests that need it: never
 from __future__ import annotations
 
 import os
+import socket
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -84,6 +87,35 @@ def write_key(neo4j_driver, settings) -> Iterator[tuple[object, str]]:  # noqa: 
     yield key, plain
     neo4j_driver.execute_query("MATCH (k:ApiKey {key_id: $id}) DETACH DELETE k", id=key.key_id,
                                database_=settings.neo4j_database)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def api_url(settings, services) -> Iterator[str]:  # noqa: ANN001
+    """Base URL of the real FastAPI app served by uvicorn (a thread of this process) on a free port."""
+    import uvicorn
+
+    from service.app import create_app
+
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning",
+                                           lifespan="on"))
+    thread = threading.Thread(target=server.run, name="test-uvicorn", daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            pytest.fail("uvicorn did not start the API for the tests (see its log above)", pytrace=False)
+        time.sleep(0.05)
+    yield base
+    server.should_exit = True
+    thread.join(timeout=10)
 
 
 @pytest.fixture
