@@ -98,8 +98,8 @@ class Atlas:
     # -- HTTP ------------------------------------------------------------------------------------------------
 
     def request(self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
-                json_body: Any = None) -> Any:
-        """One API call; the decoded JSON answer, or AtlasError with the API's message."""
+                json_body: Any = None, decode: bool = True) -> Any:
+        """One API call; the decoded JSON answer (None without ``decode``), or AtlasError with the API's message."""
         params = {k: v for k, v in (params or {}).items() if v is not None}
         try:
             response = self._http.request(method, path, params=params, json=json_body)
@@ -108,7 +108,7 @@ class Atlas:
                                               "running?") from None
         if response.status_code >= 400:
             raise AtlasError(response.status_code, method, path, _message(response))
-        return response.json()
+        return response.json() if decode else None
 
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, params=params)
@@ -178,6 +178,14 @@ class Atlas:
         """The feature page: top activations with context, upstream/downstream aggregates, circuit frequency."""
         return self.get(f"/features/{quote(fkey, safe='/')}", corpus_id=corpus_id, top=top, neighbours=neighbours,
                         before=before, after=after)
+
+    def label_feature(self, fkey: str, label: str, note: str = "") -> dict:
+        """Attach a label and a note to a feature (a ``write`` key; the key's id is stored as the author)."""
+        return self.request("PUT", f"/features/{quote(fkey, safe='/')}/label", json_body={"label": label, "note": note})
+
+    def unlabel_feature(self, fkey: str) -> None:
+        """Remove a feature's label and note."""
+        self.request("DELETE", f"/features/{quote(fkey, safe='/')}/label", decode=False)
 
     def search_features(self, q: str, corpus_id: str | None = None, limit: int = 20) -> pd.DataFrame:
         """Feature search by key, prefix or token (GET /features?q=), ranked."""

@@ -1,17 +1,26 @@
-"""Feature pages and feature search. Feature keys contain '/' and '#': send '#' as %23
+"""Feature pages, feature search and feature labels. Feature keys contain '/' and '#': send '#' as %23
 (``/features/dset/L1.mlp%2317``). ``GET /features?q=`` (no trailing slash) is the search; every path below
-``/features/`` is a feature key, so the two never collide."""
+``/features/`` is a feature key, so the two never collide. Labelling (``PUT``/``DELETE
+/features/{fkey}/label``) needs a ``write`` key, whose key_id is stored as the label's author."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.responses import JSONResponse, Response
 
 from service.api.deps import driver_of, settings_of
+from service.auth import ApiKey, require_scope
 from service.query import features as q
+from service.query import labels
 from service.query.features import MAX_QUERY_CHARS, BadSearch
 from service.query.features import search_features as run_search
-from service.schemas.features import ActivationPageOut, FeaturePageOut, FeatureSearchOut
+from service.schemas.features import (
+    ActivationPageOut,
+    FeatureLabelIn,
+    FeatureLabelOut,
+    FeaturePageOut,
+    FeatureSearchOut,
+)
 
 router = APIRouter(prefix="/features", tags=["features"])
 
@@ -22,8 +31,9 @@ def search_features(
     request: Request,
     q: str = Query(..., min_length=1, max_length=MAX_QUERY_CHARS, examples=["L2.mlp", "mlp/L2/", "L2:123", "John"],
                    description="A feature key or prefix (dset/L1.mlp#17, L2, L2.mlp, L2:123, L2.mlp#123, mlp/L2/, "
-                               "#123; 'key:' forces this reading) or a token the features fire on ('token:' forces "
-                               "it; case-insensitive, surrounding spaces ignored)."),
+                               "#123; 'key:' forces this reading), 'label:' and text a feature label contains "
+                               "(case-insensitive), or a token the features fire on ('token:' forces it; "
+                               "case-insensitive, surrounding spaces ignored)."),
     corpus_id: str | None = Query(None, description="Only graphs of this corpus count (and only features in it)."),
     limit: int = Query(20, ge=1, le=200),
     cursor: str | None = Query(None, description="next_cursor of the previous page."),
@@ -63,3 +73,29 @@ def feature_page(request: Request, fkey: str, corpus_id: str | None = Query(None
     except q.FeatureNotFound as exc:
         raise HTTPException(404, str(exc)) from None
     return FeaturePageOut(**page)
+
+
+_WRITE_RESPONSES = {401: {"description": "No or invalid API key"}, 403: {"description": "Key lacks 'write'"},
+                    404: {"description": "Unknown feature"}}
+
+
+@router.put("/{fkey:path}/label", response_model=FeatureLabelOut, responses=_WRITE_RESPONSES)
+def label_feature(request: Request, fkey: str, body: FeatureLabelIn,
+                  key: ApiKey = Depends(require_scope("write"))) -> FeatureLabelOut:
+    """Attach a label and a note to a feature (replacing any); circuits, the Neuronpedia export (``clerp``),
+    feature search and the viewer show it."""
+    try:
+        return FeatureLabelOut(**labels.set_label(driver_of(request), fkey, body.label, body.note, key.key_id,
+                                                  database=settings_of(request).neo4j_database))
+    except q.FeatureNotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+
+
+@router.delete("/{fkey:path}/label", status_code=204, responses=_WRITE_RESPONSES)
+def unlabel_feature(request: Request, fkey: str, key: ApiKey = Depends(require_scope("write"))) -> Response:
+    """Remove a feature's label and note."""
+    try:
+        labels.clear_label(driver_of(request), fkey, database=settings_of(request).neo4j_database)
+    except q.FeatureNotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+    return Response(status_code=204)

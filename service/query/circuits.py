@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 
 from neo4j import Driver
 
+from service.query.labels import labels_of
+
 DEFAULT_KEEP_KINDS: tuple[str, ...] = ("logit", "target", "embedding")
 NODE_FIELDS = ("node_id", "kind", "layer", "pos", "feature", "dictionary", "fkey", "activation", "influence",
                "token")
@@ -53,7 +55,7 @@ class Pruning:
 @dataclass
 class Circuit:
     graph: dict  # the Graph node's properties, JSON fields decoded
-    nodes: list[dict]  # NODE_FIELDS each, ordered by node_id
+    nodes: list[dict]  # NODE_FIELDS each and the feature's label (service/query/labels.py), ordered by node_id
     edges: list[dict]  # {source, target, weight}, ordered by |weight| desc, then source, target
     pruning: Pruning
     stats: dict = field(default_factory=dict)
@@ -215,6 +217,9 @@ def circuit(driver: Driver, graph_id: str, pruning: Pruning | None = None, *, da
         edges = [{"source": s, "target": t, "weight": w} for s, t, w in zip(row["src"], row["dst"], row["w"], strict=True)]
         edges.sort(key=lambda e: (-abs(e["weight"]), e["source"], e["target"]))
     ordered = [nodes[k] for k in sorted(nodes)]
+    labels = labels_of(driver, [n["fkey"] for n in ordered if n.get("fkey")], database=database)
+    for n in ordered:
+        n["label"] = labels.get(n.get("fkey"))
     return Circuit(graph=graph, nodes=ordered, edges=edges, pruning=pruning,
                    stats={"n_nodes": len(ordered), "n_edges": len(edges),
                           "graph_n_nodes": graph.get("n_nodes"), "graph_n_edges": graph.get("n_edges")})
@@ -255,7 +260,7 @@ def to_neuronpedia(c: Circuit, slug: str | None = None) -> dict:
             "is_target_logit": kind in ("logit", "target") and (not probs or n["node_id"] in probs),
             "influence": n["influence"],
             "activation": n["activation"] if kind == "feature" else None,
-            "clerp": n["fkey"] or n["token"] or n["node_id"],
+            "clerp": n.get("label") or n["fkey"] or n["token"] or n["node_id"],
         })
     p = c.pruning
     return {

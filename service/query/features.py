@@ -20,6 +20,7 @@ from typing import Literal
 from neo4j import Driver
 
 from service.query.global_circuits import aggregate_neighbours
+from workers.pipeline.jobs import quiet_records
 
 # Hot features have tens of thousands of instances. Step 1 finds the activation of the (offset+limit)-th
 # instance from the (fkey, activation) index alone (migrations/0011), touching graphs lazily in activation
@@ -51,7 +52,9 @@ RETURN n.graph_id AS graph_id, g.corpus_id AS corpus_id, g.prompt_id AS prompt_i
        n.pos AS pos, n.activation AS activation, n.influence AS influence, context
 """
 
-_FEATURE = "MATCH (f:Feature {fkey: $fkey}) RETURN f {.fkey, .dictionary, .index, .dictionary_set} AS f"
+_FEATURE = """MATCH (f:Feature {fkey: $fkey})
+RETURN f {.fkey, .dictionary, .index, .dictionary_set, .label, note: f.label_note, label_by: f.label_by,
+          label_at: CASE WHEN f.label IS NULL THEN null ELSE f.label_at END} AS f"""
 
 # Circuit frequency: per corpus, the graphs the feature appears in over the corpus' complete graphs.
 _FREQUENCY = """
@@ -96,7 +99,7 @@ def circuit_frequency(driver: Driver, fkey: str, corpus_id: str | None = None, *
 def feature_page(driver: Driver, fkey: str, corpus_id: str | None = None, *, top: int = 10, neighbours: int = 10,
                  before: int = 4, after: int = 1, database: str | None = None) -> dict:
     """Everything the feature page shows, in one dict. Raises FeatureNotFound."""
-    records, _, _ = driver.execute_query(_FEATURE, fkey=fkey, database_=database, routing_="r")
+    records = quiet_records(driver, _FEATURE, database, write=False, fkey=fkey)  # quiet: no label yet
     if not records:
         raise FeatureNotFound(f"no feature {fkey!r}; feature keys look like '<dictionary_set>/<dictionary>#<index>'")
     return {
@@ -118,6 +121,7 @@ def feature_page(driver: Driver, fkey: str, corpus_id: str | None = None, *, top
 #   L2, L2.mlp, L2:123, L2.mlp#123, L2.mlp:123, dset/L2.mlp#17   -> layer [site] [index] [dictionary set]
 #   mlp/L2/, mlp/L2/123                                          -> site, layer [index]
 #   #123                                                         -> index in every dictionary
+#   label:<text>                                                 -> features whose label contains the text
 #   anything else, or token:<text>                               -> features that fire on that token
 # (``key:<text>`` forces the key reading.) Dictionaries are named L<layer>.<site> (workers/store/from_engine.py)
 # and sites are those of the engine's node ids (workers/engine/ids.py).
@@ -145,6 +149,7 @@ class FeatureQuery:
 
     mode: Literal["key", "token"]
     fkey_prefix: str | None = None
+    label: str | None = None  # lower-cased text the feature's label contains (``label:`` queries)
     dictionary_set: str | None = None
     layer: int | None = None
     site: str | None = None
@@ -160,6 +165,11 @@ def parse_feature_query(q: str) -> FeatureQuery:
     if len(text) > MAX_QUERY_CHARS:
         raise BadSearch("q", f"q has {len(text)} characters; the limit is {MAX_QUERY_CHARS}")
     low = text.lower()
+    if low.startswith("label:"):
+        words = low[6:].strip()
+        if not words:
+            raise BadSearch("q", "'label:' needs text after it, e.g. label:name mover")
+        return FeatureQuery("key", label=words)
     if low.startswith("token:"):
         token = text[6:].strip()
         if not token:
@@ -195,6 +205,7 @@ _KEY_PREDICATES = {
     "dict_prefix": "f.dictionary STARTS WITH $dict_prefix",
     "dict_suffix": "f.dictionary ENDS WITH $dict_suffix",
     "index": "f.index = $index",
+    "label": "toLower(f.label) CONTAINS $label",
 }
 _KEYS_ALL_CORPORA = """
 MATCH (f:Feature)
@@ -215,7 +226,7 @@ WITH f, n_graphs, n_instances, CASE WHEN n_instances > 0 THEN toFloat(sum_act) /
 WHERE $after_n IS NULL OR n_graphs < $after_n OR (n_graphs = $after_n AND
       (activation < $after_a OR (activation = $after_a AND f.fkey > $after_f)))
 RETURN f.fkey AS fkey, f.dictionary_set AS dictionary_set, f.dictionary AS dictionary, f.index AS index,
-       n_graphs, n_instances, activation
+       f.label AS label, n_graphs, n_instances, activation
 ORDER BY n_graphs DESC, activation DESC, fkey ASC
 LIMIT $limit
 """
@@ -251,8 +262,8 @@ WHERE $after_n IS NULL OR n_graphs < $after_n OR (n_graphs = $after_n AND
       (activation < $after_a OR (activation = $after_a AND fkey > $after_f)))
 WITH fkey, n_graphs, n_instances, activation ORDER BY n_graphs DESC, activation DESC, fkey ASC LIMIT $limit
 MATCH (f:Feature {fkey: fkey})
-RETURN fkey, f.dictionary_set AS dictionary_set, f.dictionary AS dictionary, f.index AS index, n_graphs,
-       n_instances, activation
+RETURN fkey, f.dictionary_set AS dictionary_set, f.dictionary AS dictionary, f.index AS index,
+       f.label AS label, n_graphs, n_instances, activation
 ORDER BY n_graphs DESC, activation DESC, fkey ASC
 """
 
@@ -316,7 +327,8 @@ def search_features(driver: Driver, q: str, corpus_id: str | None = None, *, lim
     common = {"corpus_id": corpus_id, "after_n": after_n, "after_a": after_a, "after_f": after_f,
               "limit": int(limit) + 1}
     if fq.mode == "key":
-        params = {"prefix": fq.fkey_prefix, "dset": fq.dictionary_set, "index": fq.index, **_dictionary_filters(fq)}
+        params = {"prefix": fq.fkey_prefix, "dset": fq.dictionary_set, "index": fq.index, "label": fq.label,
+                  **_dictionary_filters(fq)}
         records, _, _ = driver.execute_query(_key_search_query(params, corpus_id), **params, **common,
                                              database_=database, routing_="r")
     else:

@@ -18,6 +18,7 @@ class NodeOut(BaseModel):
     activation: float | None = None
     influence: float | None = None
     token: str | None = None
+    label: str | None = Field(None, description="The feature's label (PUT /features/{fkey}/label), if any.")
 
 
 class EdgeOut(BaseModel):

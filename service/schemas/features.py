@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from service.query.labels import MAX_LABEL_CHARS, MAX_NOTE_CHARS
 from service.schemas.circuits import PathOut
 
 
@@ -50,6 +51,33 @@ class FeatureInfo(BaseModel):
     dictionary: str | None = None
     index: int | None = None
     dictionary_set: str | None = None
+    label: str | None = None
+    note: str | None = None
+    label_by: str | None = Field(None, description="key_id of the API key that set the label.")
+    label_at: float | None = Field(None, description="When the label was set (epoch seconds).")
+
+
+class FeatureLabelIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    label: str = Field(min_length=1, max_length=MAX_LABEL_CHARS, examples=["IO name mover"],
+                       description="A short name for what the feature does (surrounding spaces are dropped).")
+    note: str = Field("", max_length=MAX_NOTE_CHARS, examples=["fires on the last token of IOI prompts"])
+
+    @field_validator("label")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("label is blank: give a few words")
+        return v.strip()
+
+
+class FeatureLabelOut(BaseModel):
+    fkey: str
+    label: str
+    note: str
+    set_by: str = Field(description="key_id of the API key that set it.")
+    set_at: float = Field(description="Epoch seconds.")
 
 
 class FeaturePageOut(BaseModel):
@@ -107,6 +135,7 @@ class FeatureHitOut(BaseModel):
     layer: int | None = None
     site: str | None = None
     index: int | None = None
+    label: str | None = None
     n_graphs: int = Field(description="Key search: graphs the feature appears in (corpus aggregates). Token "
                                       "search: graphs where it fires on the token.")
     n_instances: int

@@ -82,6 +82,15 @@ def test_submit_wait_circuit_cypher_feature_global_analysis(api_url, write_key, 
     assert [a["activation"] for a in page["top_activations"]] == pytest.approx(expected[:50], rel=1e-6)
     assert atlas.search_features(top["fkey"], job.corpus_id)["fkey"].iloc[0] == top["fkey"]
 
+    # A label set through the client is the circuit's, with the key's id as its author; then cleared.
+    out = atlas.label_feature(top["fkey"], "client label", "a note")
+    assert (out["label"], out["set_by"]) == ("client label", write_key[0].key_id)
+    labelled = atlas.circuit(gid, max_nodes=50)
+    assert {n["node_id"] for n in labelled.nodes if n["label"] == "client label"} == \
+        {n["node_id"] for n in c.nodes if n["fkey"] == top["fkey"]}
+    atlas.unlabel_feature(top["fkey"])
+    assert atlas.feature(top["fkey"])["feature"]["label"] is None
+
     # The global circuit is GET /global/neighbours' page.
     upstream = atlas.global_circuit(top["fkey"], job.corpus_id, limit=10)
     raw_up = httpx.get(f"{api_url}/global/neighbours",

@@ -2,7 +2,7 @@
 // feature, QK pairs of a head. Each reads the public API; an endpoint this server lacks is shown as
 // "not available" with the route it would need, never with invented data.
 
-import { ApiError, apiPaths, featureUrl, findGetEndpoint, getJSON, withQuery } from "./api.js";
+import { ApiError, KEY_STORE, apiPaths, featureUrl, findGetEndpoint, getJSON, sendJSON, withQuery } from "./api.js";
 
 const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
 const fmt = (v) => (v == null ? "–" : typeof v === "number" ? (Number.isInteger(v) ? String(v) : v.toPrecision(4)) : esc(v));
@@ -195,10 +195,10 @@ export async function featureSearch(root, params) {
     return;
   }
   box.innerHTML = `<form class="inline" id="feature-q"><label>search <input name="q" value="${esc(q)}" size="30"
-      placeholder="L2.mlp · mlp/L2/ · L2:123 · dset/L1.mlp#17 · a token"></label>
+      placeholder="L2.mlp · mlp/L2/ · L2:123 · dset/L1.mlp#17 · label:mover · a token"></label>
     <label>corpus <input name="corpus_id" value="${esc(corpus)}" placeholder="all corpora"></label><button>Search</button></form>
     <p class="hint">A key or prefix finds features by dictionary, layer and index (ranked by the graphs they appear in, then mean
-      activation); anything else finds the features that fire on that token (ranked by graphs, then their largest activation there).</p>
+      activation); <code>label:</code> and some words finds labelled features; anything else finds the features that fire on that token (ranked by graphs, then their largest activation there).</p>
     <div id="feature-results"></div>`;
   box.querySelector("#feature-q").addEventListener("submit", (e) => {
     e.preventDefault();
@@ -211,17 +211,18 @@ export async function featureSearch(root, params) {
   const load = async (cursor) => {
     const res = await getJSON(withQuery("/features", { q, corpus_id: corpus, limit: 25, cursor }));
     const rows = res.items.map((f) => `<tr class="feature-hit"><td><a class="feature-result" href="#/feature/${encodeURIComponent(f.fkey)}${corpus ? `?corpus_id=${encodeURIComponent(corpus)}` : ""}">${esc(f.fkey)}</a></td>
-      <td class="num">${f.n_graphs}</td><td class="num">${f.n_instances}</td><td class="num">${fmt(f.activation)}</td><td>${tokenList(f.top_tokens)}</td></tr>`).join("");
+      <td class="feature-label">${esc(f.label ?? "")}</td><td class="num">${f.n_graphs}</td><td class="num">${f.n_instances}</td><td class="num">${fmt(f.activation)}</td><td>${tokenList(f.top_tokens)}</td></tr>`).join("");
     return { res, rows };
   };
   try {
     const { res, rows } = await load(null);
-    const how = res.query.mode === "token" ? `features firing on the token <b>${esc(res.query.token)}</b>` : "features by key";
+    const how = res.query.mode === "token" ? `features firing on the token <b>${esc(res.query.token)}</b>`
+      : res.query.label ? `features labelled “${esc(res.query.label)}”` : "features by key";
     if (!res.items.length) {
       out.innerHTML = `<p class="no-results">No ${how}${corpus ? ` in corpus ${esc(corpus)}` : ""}.</p>`;
       return;
     }
-    out.innerHTML = `<p>${how}${corpus ? ` in corpus ${esc(corpus)}` : ""}</p><table class="data" id="feature-table"><thead><tr><th>feature</th>
+    out.innerHTML = `<p>${how}${corpus ? ` in corpus ${esc(corpus)}` : ""}</p><table class="data" id="feature-table"><thead><tr><th>feature</th><th>label</th>
       <th>${res.query.mode === "token" ? "graphs (on token)" : "graphs"}</th><th>instances</th><th>${res.query.mode === "token" ? "max activation" : "mean activation"}</th>
       <th>fires on</th></tr></thead><tbody>${rows}</tbody></table><p><button id="feature-more" ${res.next_cursor ? "" : "hidden"}>more</button></p>`;
     let next = res.next_cursor;
@@ -258,6 +259,7 @@ export async function featurePage(root, fkey, params) {
   const box = el.querySelector("#feature-box");
   try {
     const p = await getJSON(withQuery(featureUrl(fkey), { corpus_id: corpus, top: 12, neighbours: 10 }));
+    el.querySelector("h2").insertAdjacentElement("afterend", labelBox(fkey, p.feature));
     const ctx = (a) => a.context.map((t) => (t.pos === a.pos ? `<mark>${esc(t.token)}</mark>` : esc(t.token))).join(" ");
     box.innerHTML = `
       <h3>Top activations</h3>${p.top_activations.length ? `<table class="data"><tr><th>activation</th><th>context</th><th>graph</th></tr>
@@ -270,6 +272,42 @@ export async function featurePage(root, fkey, params) {
   } catch (err) {
     box.innerHTML = errorBox(err);
   }
+}
+
+/** The feature's label and note, and a form to set or clear them (a write key, kept in this tab). */
+function labelBox(fkey, feature) {
+  const box = document.createElement("div");
+  box.id = "feature-label";
+  const show = (f) => {
+    box.innerHTML = `<p class="label-line">${f.label
+      ? `<b class="label-text">${esc(f.label)}</b>${f.note ? ` <span class="label-note">— ${esc(f.note)}</span>` : ""}
+         <small class="label-by">(key ${esc(f.label_by)}, ${new Date(f.label_at * 1000).toISOString().slice(0, 16).replace("T", " ")} UTC)</small>`
+      : "<i>no label</i>"}</p>
+      <form class="inline" id="label-form"><label>label <input name="label" maxlength="120" size="24" value="${esc(f.label ?? "")}" required></label>
+        <label>note <input name="note" size="40" value="${esc(f.note ?? "")}"></label>
+        <label>API key <input name="api_key" type="password" size="24" value="${esc(sessionStorage.getItem(KEY_STORE) || "")}"></label>
+        <button>Save label</button>${f.label ? ' <button type="button" id="label-clear">Clear</button>' : ""}</form><div class="label-error"></div>`;
+    const form = box.querySelector("#label-form");
+    const url = `${featureUrl(fkey)}/label`;
+    const run = async (method, body) => {
+      const key = new FormData(form).get("api_key").trim();
+      sessionStorage.setItem(KEY_STORE, key);
+      try {
+        const out = await sendJSON(url, method, body, key);
+        show(method === "PUT" ? { label: out.label, note: out.note, label_by: out.set_by, label_at: out.set_at } : {});
+      } catch (err) {
+        box.querySelector(".label-error").innerHTML = errorBox(err);
+      }
+    };
+    form.addEventListener("submit", (e) => {
+      e.preventDefault();
+      const f2 = new FormData(form);
+      run("PUT", { label: f2.get("label"), note: f2.get("note") });
+    });
+    box.querySelector("#label-clear")?.addEventListener("click", () => run("DELETE"));
+  };
+  show(feature);
+  return box;
 }
 
 // -- global circuit around a feature -------------------------------------------------------------------------
@@ -325,7 +363,6 @@ export async function globalPage(root, params) {
 
 // -- QK pairs of a head --------------------------------------------------------------------------------------
 
-const KEY_STORE = "atlas.apiKey";
 const QK_FIELDS = ["layer", "head", "query_position", "key_position"];
 
 function qkHeadTable(h) {
@@ -380,10 +417,7 @@ export async function qkPage(root, params) {
     else for (const k of QK_FIELDS) if (f.get(k) !== "") body[k] = Number(f.get(k));
     out.innerHTML = "<p class=\"qk-status\">queueing…</p>";
     try {
-      const job = await getJSON(`/graphs/${encodeURIComponent(f.get("graph_id").trim())}/qk`, {
-        method: "POST", body: JSON.stringify(body),
-        headers: { Accept: "application/json", "Content-Type": "application/json", ...(key ? { Authorization: `Bearer ${key}` } : {}) },
-      });
+      const job = await sendJSON(`/graphs/${encodeURIComponent(f.get("graph_id").trim())}/qk`, "POST", body, key);
       out.dataset.analysisId = job.analysis_id;
       let a = job;
       while (a.status === "queued" || a.status === "running") {
