@@ -136,10 +136,13 @@ class Atlas:
         """Corpora, newest first (one row each; ``job`` is the job's state and counters)."""
         return pd.DataFrame(self.get("/corpora", limit=limit)["items"])
 
-    def graphs(self, corpus_id: str | None = None, limit: int = 1000) -> pd.DataFrame:
-        """Complete graphs (of one corpus), ordered by graph_id."""
-        items = self._pages("/graphs", {"corpus_id": corpus_id}, limit)
-        return pd.DataFrame(items, columns=["graph_id", "corpus_id", "prompt_id", "model", "n_nodes", "n_edges"])
+    def graphs(self, corpus_id: str | None = None, *, model: str | None = None, text: str | None = None,
+               limit: int = 1000) -> pd.DataFrame:
+        """Complete graphs (of one corpus or model, or whose prompt contains ``text``), ordered by graph_id, with
+        their prompt's text and targets."""
+        items = self._pages("/graphs", {"corpus_id": corpus_id, "model": model, "text": text}, limit)
+        return pd.DataFrame(items, columns=["graph_id", "corpus_id", "prompt_id", "model", "prompt_text", "targets",
+                                            "n_nodes", "n_edges"])
 
     def _pages(self, path: str, params: dict[str, Any], limit: int) -> list[dict]:
         items: list[dict] = []
@@ -174,7 +177,7 @@ class Atlas:
     # -- features and global circuits -----------------------------------------------------------------------
 
     def feature(self, fkey: str, corpus_id: str | None = None, *, top: int = 10, neighbours: int = 10,
-                before: int = 4, after: int = 1) -> dict:
+                before: int = 8, after: int = 4) -> dict:
         """The feature page: top activations with context, upstream/downstream aggregates, circuit frequency."""
         return self.get(f"/features/{quote(fkey, safe='/')}", corpus_id=corpus_id, top=top, neighbours=neighbours,
                         before=before, after=after)

@@ -48,10 +48,15 @@ def _graph_or_404(request: Request, graph_id: str) -> dict:
 
 
 @router.get("", response_model=GraphPageOut)
-def list_graphs(request: Request, corpus_id: str | None = None, offset: int = Query(0, ge=0, le=10_000_000),
-                limit: int = Query(50, ge=1, le=1000)) -> GraphPageOut:
-    """Complete graphs (optionally of one corpus), ordered by graph_id."""
-    items = q.list_graphs(driver_of(request), corpus_id, offset, limit + 1, database=settings_of(request).neo4j_database)
+def list_graphs(request: Request, corpus_id: str | None = None,
+                model: str | None = Query(None, description="Only graphs of this model."),
+                text: str | None = Query(None, max_length=500, description="Only graphs whose prompt contains this "
+                                                                           "(case-insensitive)."),
+                offset: int = Query(0, ge=0, le=10_000_000), limit: int = Query(50, ge=1, le=1000)) -> GraphPageOut:
+    """Complete graphs (optionally of one corpus or model, or by prompt text), ordered by graph_id, each with its
+    prompt's text and its targets."""
+    items = q.list_graphs(driver_of(request), corpus_id, offset, limit + 1, model=model, text=text or None,
+                          database=settings_of(request).neo4j_database)
     more = len(items) > limit
     return GraphPageOut(items=items[:limit], offset=offset, limit=limit, next_offset=offset + limit if more else None)
 

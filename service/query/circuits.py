@@ -283,17 +283,40 @@ def to_neuronpedia(c: Circuit, slug: str | None = None) -> dict:
     }
 
 
+# The prompt's text is its (:Prompt)'s (graphs the pipeline made); a graph written outside the pipeline has
+# none, so its text comes from its provenance (decoded below) and a text filter never matches it.
 _LIST = """
 MATCH (g:Graph) WHERE g.status = 'complete' AND ($corpus_id IS NULL OR g.corpus_id = $corpus_id)
+  AND ($model IS NULL OR g.model = $model)
+OPTIONAL MATCH (p:Prompt {prompt_id: g.prompt_id})
+WITH g, p WHERE $text IS NULL OR toLower(p.text) CONTAINS $text
 RETURN g.graph_id AS graph_id, g.corpus_id AS corpus_id, g.prompt_id AS prompt_id, g.model AS model,
-       g.n_nodes AS n_nodes, g.n_edges AS n_edges
+       g.n_nodes AS n_nodes, g.n_edges AS n_edges, p.text AS prompt_text, g.target AS target,
+       CASE WHEN p IS NULL THEN g.provenance END AS provenance
 ORDER BY graph_id SKIP $offset LIMIT $limit
 """
 
 
-def list_graphs(driver: Driver, corpus_id: str | None, offset: int, limit: int, *,
-                database: str | None = None) -> list[dict]:
-    """Complete graphs, optionally of one corpus, ordered by graph_id (stable pages)."""
-    records, _, _ = driver.execute_query(_LIST, corpus_id=corpus_id, offset=offset, limit=limit,
+def _target_labels(target: object) -> list[str]:
+    decoded = _decode_graph({"target": target}).get("target")
+    if not isinstance(decoded, dict):
+        return []
+    return [str(t.get("label") or t.get("node_id")) for t in decoded.get("targets", []) if isinstance(t, dict)]
+
+
+def list_graphs(driver: Driver, corpus_id: str | None, offset: int, limit: int, *, model: str | None = None,
+                text: str | None = None, database: str | None = None) -> list[dict]:
+    """Complete graphs ordered by graph_id (stable pages), optionally of one corpus or model, or whose prompt
+    contains ``text`` (case-insensitive); each with its prompt's text and its targets' labels."""
+    records, _, _ = driver.execute_query(_LIST, corpus_id=corpus_id, model=model,
+                                         text=text.lower() if text else None, offset=offset, limit=limit,
                                          database_=database, routing_="r")
-    return [dict(r) for r in records]
+    out = []
+    for r in records:
+        row = dict(r)
+        provenance = _decode_graph({"provenance": row.pop("provenance")}).get("provenance")
+        if row["prompt_text"] is None and isinstance(provenance, dict):
+            row["prompt_text"] = provenance.get("prompt")
+        row["targets"] = _target_labels(row.pop("target"))
+        out.append(row)
+    return out

@@ -51,6 +51,10 @@ class GraphSummaryOut(BaseModel):
     model: str | None
     n_nodes: int | None
     n_edges: int | None
+    prompt_text: str | None = Field(None, description="The prompt (its Prompt node's text, else the graph's "
+                                                      "provenance).", examples=["When Mary and John went to the store"])
+    targets: list[str] = Field(default_factory=list, description="Labels of the graph's targets.",
+                               examples=[["logit(Mary)"]])
 
 
 class GraphPageOut(BaseModel):

@@ -11,6 +11,8 @@ from service.schemas.circuits import PathOut
 class ContextToken(BaseModel):
     pos: int
     token: str | None
+    activation: float | None = Field(None, description="The feature's activation at this position of the same "
+                                                       "graph; null where the stored graph has no instance.")
 
 
 class ActivationOut(BaseModel):
@@ -80,6 +82,19 @@ class FeatureLabelOut(BaseModel):
     set_at: float = Field(description="Epoch seconds.")
 
 
+class HistogramOut(BaseModel):
+    n_instances: int = Field(description="Stored instances (complete graphs, of the corpus if given).")
+    n_tokens: int | None = Field(description="Token positions of the corpus' complete graphs (null without "
+                                             "corpus_id).")
+    density: float | None = Field(description="n_instances / n_tokens: how often the feature fires (is stored) "
+                                              "per token.")
+    min: float | None
+    max: float | None
+    mean: float | None
+    bin_edges: list[float] = Field(description="bins + 1 edges, min to max (numpy.histogram).")
+    counts: list[int]
+
+
 class FeaturePageOut(BaseModel):
     feature: FeatureInfo
     corpus_id: str | None
@@ -87,6 +102,7 @@ class FeaturePageOut(BaseModel):
     upstream: list[NeighbourOut]
     downstream: list[NeighbourOut]
     frequency: list[FrequencyOut]
+    histogram: HistogramOut
 
 
 class ActivationPageOut(BaseModel):

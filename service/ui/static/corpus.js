@@ -3,6 +3,7 @@
 // "not available" with the route it would need, never with invented data.
 
 import { ApiError, KEY_STORE, apiPaths, featureUrl, findGetEndpoint, getJSON, sendJSON, withQuery } from "./api.js";
+import { histogramSVG, shade } from "./plots.js";
 
 const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
 const fmt = (v) => (v == null ? "–" : typeof v === "number" ? (Number.isInteger(v) ? String(v) : v.toPrecision(4)) : esc(v));
@@ -28,27 +29,31 @@ export function notAvailable(what, route) {
 // -- graph list ----------------------------------------------------------------------------------------------
 
 export async function graphList(root, params) {
-  const corpus = params.get("corpus_id") || "";
+  const filters = { corpus_id: params.get("corpus_id") || "", model: params.get("model") || "", text: params.get("text") || "" };
   const offset = Number(params.get("offset") || 0);
   const el = section(root, `<h2>Graphs</h2>
-    <form class="inline" id="graph-filter"><label>corpus <input name="corpus_id" value="${esc(corpus)}" placeholder="all corpora"></label>
+    <form class="inline" id="graph-filter"><label>corpus <input name="corpus_id" value="${esc(filters.corpus_id)}" placeholder="all corpora"></label>
+    <label>model <input name="model" value="${esc(filters.model)}" placeholder="all models" size="14"></label>
+    <label>prompt contains <input name="text" value="${esc(filters.text)}" size="20"></label>
     <button>Filter</button></form><div id="graph-table">loading…</div>`);
   el.querySelector("#graph-filter").addEventListener("submit", (e) => {
     e.preventDefault();
-    location.hash = `#/graphs${withQuery("", { corpus_id: new FormData(e.target).get("corpus_id") })}`;
+    const f = new FormData(e.target);
+    location.hash = `#/graphs${withQuery("", Object.fromEntries(Object.keys(filters).map((k) => [k, f.get(k).trim()])))}`;
   });
   const box = el.querySelector("#graph-table");
   try {
-    const page = await getJSON(withQuery("/graphs", { corpus_id: corpus, offset, limit: 50 }));
+    const page = await getJSON(withQuery("/graphs", { ...filters, offset, limit: 50 }));
     if (!page.items.length) {
-      box.innerHTML = "<p>No complete graphs" + (corpus ? ` in corpus ${esc(corpus)}` : "") + ".</p>";
+      box.innerHTML = "<p class=\"no-results\">No complete graphs match.</p>";
       return;
     }
-    const rows = page.items.map((g) => `<tr><td><a class="graph-link" href="#/graph/${encodeURIComponent(g.graph_id)}">${esc(g.graph_id)}</a></td>
-      <td><a href="#/graphs?corpus_id=${encodeURIComponent(g.corpus_id ?? "")}">${esc(g.corpus_id)}</a></td><td>${esc(g.prompt_id)}</td>
+    const rows = page.items.map((g) => `<tr class="graph-row" data-id="${esc(g.graph_id)}"><td><a class="graph-link" href="#/graph/${encodeURIComponent(g.graph_id)}">${esc(g.graph_id)}</a></td>
+      <td class="prompt-text">${esc(g.prompt_text ?? g.prompt_id)}</td><td class="targets">${esc(g.targets.join(", "))}</td>
+      <td><a href="#/graphs?corpus_id=${encodeURIComponent(g.corpus_id ?? "")}">${esc(g.corpus_id)}</a></td>
       <td>${esc(g.model)}</td><td class="num">${fmt(g.n_nodes)}</td><td class="num">${fmt(g.n_edges)}</td></tr>`).join("");
-    const nav = (o, label) => `<a href="#/graphs${withQuery("", { corpus_id: corpus, offset: o })}">${label}</a>`;
-    box.innerHTML = `<table class="data"><thead><tr><th>graph</th><th>corpus</th><th>prompt</th><th>model</th><th>nodes</th><th>edges</th></tr></thead>
+    const nav = (o, label) => `<a href="#/graphs${withQuery("", { ...filters, offset: o })}">${label}</a>`;
+    box.innerHTML = `<table class="data"><thead><tr><th>graph</th><th>prompt</th><th>target</th><th>corpus</th><th>model</th><th>nodes</th><th>edges</th></tr></thead>
       <tbody>${rows}</tbody></table><p>${offset > 0 ? nav(Math.max(0, offset - 50), "← previous") : ""}
       ${page.next_offset != null ? nav(page.next_offset, "next →") : ""}</p>`;
   } catch (err) {
@@ -258,13 +263,20 @@ export async function featurePage(root, fkey, params) {
     <div id="feature-box">loading…</div>`);
   const box = el.querySelector("#feature-box");
   try {
-    const p = await getJSON(withQuery(featureUrl(fkey), { corpus_id: corpus, top: 12, neighbours: 10 }));
+    const p = await getJSON(withQuery(featureUrl(fkey), { corpus_id: corpus, top: 12, neighbours: 10, before: 10, after: 4 }));
     el.querySelector("h2").insertAdjacentElement("afterend", labelBox(fkey, p.feature));
-    const ctx = (a) => a.context.map((t) => (t.pos === a.pos ? `<mark>${esc(t.token)}</mark>` : esc(t.token))).join(" ");
+    // Every context token is shaded by the feature's activation there (scale: the strongest shown instance).
+    const top = Math.max(0, ...p.top_activations.map((a) => a.activation ?? 0));
+    const tok = (a, t) => `<span class="ctx-token${t.pos === a.pos ? " peak" : ""}" data-activation="${t.activation ?? ""}"
+      style="background: rgba(255, 140, 0, ${shade(t.activation, top).toFixed(3)})" title="position ${t.pos}: ${t.activation == null ? "not active (or pruned)" : fmt(t.activation)}">${esc(t.token)}</span>`;
+    const h = p.histogram;
     box.innerHTML = `
-      <h3>Top activations</h3>${p.top_activations.length ? `<table class="data"><tr><th>activation</th><th>context</th><th>graph</th></tr>
-        ${p.top_activations.map((a) => `<tr><td class="num">${fmt(a.activation)}</td><td>${ctx(a)}</td>
+      <h3>Top activations</h3>${p.top_activations.length ? `<table class="data" id="top-activations"><tr><th>activation</th><th>context</th><th>graph</th></tr>
+        ${p.top_activations.map((a) => `<tr class="activation-row"><td class="num">${fmt(a.activation)}</td><td class="context">${a.context.map((t) => tok(a, t)).join(" ")}</td>
         <td><a href="#/graph/${encodeURIComponent(a.graph_id)}">${esc(a.graph_id)}</a></td></tr>`).join("")}</table>` : "<p><i>no instances</i></p>"}
+      <h3>Activations</h3><p class="density">${h.n_instances} stored instances${h.density != null ? ` over ${h.n_tokens} tokens of the corpus:
+        fires on <b>${(100 * h.density).toPrecision(3)}%</b> of tokens` : ""}${h.mean != null ? ` · mean ${fmt(h.mean)}, max ${fmt(h.max)}` : ""}</p>
+      ${h.n_instances ? histogramSVG(h.counts, h.bin_edges, { xLabel: "activation", yLabel: "instances" }) : ""}
       <div class="cols"><div><h3>Upstream</h3>${neighbourTable(p.upstream)}</div><div><h3>Downstream</h3>${neighbourTable(p.downstream)}</div></div>
       <h3>Frequency</h3>${p.frequency.length ? `<table class="data"><tr><th>corpus</th><th>instances</th><th>graphs</th><th>fraction of graphs</th></tr>
         ${p.frequency.map((f) => `<tr><td>${esc(f.corpus_id)}</td><td class="num">${f.n_instances}</td><td class="num">${f.n_graphs} / ${f.corpus_graphs}</td>
