@@ -182,6 +182,12 @@ class Atlas:
         return self.get(f"/features/{quote(fkey, safe='/')}", corpus_id=corpus_id, top=top, neighbours=neighbours,
                         before=before, after=after)
 
+    def logit_effects(self, fkey: str, k: int = 10) -> pd.DataFrame:
+        """The tokens the feature promotes (``side`` promoted) and suppresses most through the direct path."""
+        out = self.get(f"/features/{quote(fkey, safe='/')}/logit-effects", k=k)
+        rows = [{**e, "side": side} for side in ("promoted", "suppressed") for e in out[side]]
+        return pd.DataFrame(rows, columns=["side", "token", "token_id", "effect"])
+
     def label_feature(self, fkey: str, label: str, note: str = "") -> dict:
         """Attach a label and a note to a feature (a ``write`` key; the key's id is stored as the author)."""
         return self.request("PUT", f"/features/{quote(fkey, safe='/')}/label", json_body={"label": label, "note": note})

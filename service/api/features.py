@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import threading
+
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response
 
@@ -20,6 +22,7 @@ from service.schemas.features import (
     FeatureLabelOut,
     FeaturePageOut,
     FeatureSearchOut,
+    LogitEffectsOut,
 )
 
 router = APIRouter(prefix="/features", tags=["features"])
@@ -59,6 +62,29 @@ def feature_activations(request: Request, fkey: str, corpus_id: str | None = Non
                               after=after, database=settings_of(request).neo4j_database)
     more = len(items) > limit
     return ActivationPageOut(items=items[:limit], offset=offset, limit=limit, next_offset=offset + limit if more else None)
+
+
+_logit_lock = threading.Lock()
+
+
+@router.get("/{fkey:path}/logit-effects", response_model=LogitEffectsOut,
+            responses={404: {"description": "Unknown feature, or its dictionary set / model is not registered"}})
+def feature_logit_effects(request: Request, fkey: str, k: int = Query(10, ge=1, le=200)) -> LogitEffectsOut:
+    """The tokens the feature's decoder direction promotes and suppresses most through the direct path (final
+    norm with its scale frozen, de-meaned unembedding), computed with its registered model and dictionaries."""
+    from workers.analysis.logit_effects import NoLogitEffects, registered_feature_logit_effects
+    from workers.pipeline.compute import ModelCache
+
+    state = request.app.state
+    with _logit_lock:  # one load at a time; the cache keeps the last model + dictionary set
+        cache = getattr(state, "logit_effects_cache", None)
+        if cache is None:
+            cache = state.logit_effects_cache = ModelCache(size=1)
+        try:
+            return LogitEffectsOut(**registered_feature_logit_effects(
+                driver_of(request), cache, fkey, k, database=settings_of(request).neo4j_database))
+        except (LookupError, NoLogitEffects) as exc:
+            raise HTTPException(404, str(exc)) from None
 
 
 @router.get("/{fkey:path}", response_model=FeaturePageOut, responses={404: {"description": "Unknown feature"}})

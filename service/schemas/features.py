@@ -168,3 +168,18 @@ class FeatureSearchOut(BaseModel):
     items: list[FeatureHitOut]
     next_cursor: str | None = Field(description="Pass as ?cursor= (with the same q and corpus_id) for the next "
                                                 "page; null on the last page.")
+
+
+class TokenEffectOut(BaseModel):
+    token_id: int
+    token: str | None = Field(description="The token's text (null when the model has no tokenizer).")
+    effect: float = Field(description="Logit change per unit activation through the direct path, at a final-norm "
+                                      "multiplier of 1 (workers/analysis/logit_effects.py).")
+
+
+class LogitEffectsOut(BaseModel):
+    fkey: str
+    model_id: str
+    dictionary_set: str
+    promoted: list[TokenEffectOut] = Field(description="Largest effects first.")
+    suppressed: list[TokenEffectOut] = Field(description="Most negative effects first.")

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.pipeline.conftest import registered, tiny_model  # noqa: F401 - a registered tiny model + dictionaries
 from tests.query.conftest import store  # noqa: F401 - graphs written with the real writer, deleted after
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -9,6 +9,7 @@ from urllib.parse import quote
 
 import pytest
 
+from tests.query.graphs import registered_graph
 from tests.ui.test_viewer import wait_js
 
 pytestmark = pytest.mark.usefixtures("services")
@@ -103,3 +104,31 @@ def test_graph_list_shows_prompts_and_filters(browser, api_url, api, stored_grap
     finally:
         neo4j_driver.execute_query("MATCH (p:Prompt {prompt_id: $p}) DELETE p", p=rec.prompt_id,
                                    database_=settings.neo4j_database)
+
+
+def test_feature_page_draws_the_logit_effects(browser, api_url, api, registered, neo4j_driver, settings, store,  # noqa: ANN001
+                                              stored_graph, artifacts_dir) -> None:
+    rec, _ = registered_graph(neo4j_driver, *registered, "the cat sat on the mat and the", settings.neo4j_database)
+    store([rec])
+    feat = max((n for n in rec.nodes if n.kind == "feature"), key=lambda n: n.activation)
+    fkey = feat.fkey(rec.dictionary_set)
+    expected = api.get(f"/features/{quote(fkey, safe='/')}/logit-effects", params={"k": 10}).json()
+    browser.get("about:blank")
+    browser.get(f"{api_url}/ui/#/feature/{quote(fkey, safe='')}")
+    shown = wait_js(browser, """const b = document.getElementById('logit-effects');
+        if (!b || b.textContent.startsWith('loading')) return null;
+        const rows = (cls) => [...b.querySelectorAll(`table.logit-${cls} tr.logit-row`)].map(r =>
+            [r.querySelector('.token').textContent, +r.dataset.effect, parseFloat(r.querySelector('.effect-bar').style.width)]);
+        return {pos: rows('pos'), neg: rows('neg')};""", what="the logit effects")
+    top = max(abs(e["effect"]) for e in expected["promoted"] + expected["suppressed"])
+    for side, key in (("pos", "promoted"), ("neg", "suppressed")):
+        assert [(t, v) for t, v, _ in shown[side]] == [(e["token"], e["effect"]) for e in expected[key]]
+        assert [w for _, _, w in shown[side]] == pytest.approx([100 * abs(e["effect"]) / top for e in expected[key]],
+                                                               abs=0.06)
+    browser.save_screenshot(str(artifacts_dir / "feature_logit_effects.png"))
+
+    # A feature whose dictionary set is not registered says why instead of drawing anything.
+    other = next(n for n in stored_graph.nodes if n.kind == "feature").fkey(stored_graph.dictionary_set)
+    browser.get(f"{api_url}/ui/#/feature/{quote(other, safe='')}")
+    err = wait_js(browser, "const e = document.querySelector('#logit-effects .error'); return e && e.textContent")
+    assert "404" in err and "registered" in err

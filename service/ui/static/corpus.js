@@ -277,13 +277,30 @@ export async function featurePage(root, fkey, params) {
       <h3>Activations</h3><p class="density">${h.n_instances} stored instances${h.density != null ? ` over ${h.n_tokens} tokens of the corpus:
         fires on <b>${(100 * h.density).toPrecision(3)}%</b> of tokens` : ""}${h.mean != null ? ` · mean ${fmt(h.mean)}, max ${fmt(h.max)}` : ""}</p>
       ${h.n_instances ? histogramSVG(h.counts, h.bin_edges, { xLabel: "activation", yLabel: "instances" }) : ""}
+      <h3>Logit effects <small>(direct path: decoder → final norm → unembedding)</small></h3><div id="logit-effects">loading…</div>
       <div class="cols"><div><h3>Upstream</h3>${neighbourTable(p.upstream)}</div><div><h3>Downstream</h3>${neighbourTable(p.downstream)}</div></div>
       <h3>Frequency</h3>${p.frequency.length ? `<table class="data"><tr><th>corpus</th><th>instances</th><th>graphs</th><th>fraction of graphs</th></tr>
         ${p.frequency.map((f) => `<tr><td>${esc(f.corpus_id)}</td><td class="num">${f.n_instances}</td><td class="num">${f.n_graphs} / ${f.corpus_graphs}</td>
         <td class="num">${fmt(f.graph_fraction)}</td></tr>`).join("")}</table>` : "<p><i>none</i></p>"}`;
+    const le = box.querySelector("#logit-effects");
+    try {
+      le.innerHTML = logitEffects(await getJSON(withQuery(`${featureUrl(fkey)}/logit-effects`, { k: 10 })));
+    } catch (err) {
+      le.innerHTML = errorBox(err);
+    }
   } catch (err) {
     box.innerHTML = errorBox(err);
   }
+}
+
+/** Promoted and suppressed tokens side by side, each with a bar proportional to |effect|. */
+function logitEffects(r) {
+  const top = Math.max(1e-12, ...[...r.promoted, ...r.suppressed].map((e) => Math.abs(e.effect)));
+  const list = (items, cls) => `<table class="data logit-${cls}">${items.map((e) => `<tr class="logit-row" data-effect="${e.effect}">
+    <td class="token">${esc(e.token ?? `#${e.token_id}`)}</td><td class="num">${fmt(e.effect)}</td>
+    <td><span class="effect-bar ${cls}" style="width: ${(100 * Math.abs(e.effect) / top).toFixed(1)}px"></span></td></tr>`).join("")}</table>`;
+  return `<div class="cols"><div><h4>promoted</h4>${list(r.promoted, "pos")}</div><div><h4>suppressed</h4>${list(r.suppressed, "neg")}</div></div>
+    <p class="hint">Logit change per unit activation through the final norm (scale 1) and the de-meaned unembedding of ${esc(r.model_id)}; later layers are not included.</p>`;
 }
 
 /** The feature's label and note, and a form to set or clear them (a write key, kept in this tab). */
