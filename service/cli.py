@@ -22,6 +22,11 @@ from workers.zoo.cli import app as zoo_app  # noqa: E402
 app.add_typer(zoo_app, name="zoo")
 app.command("attribute", help="Compute one attribution graph and print its circuit.")(attribute_command)
 
+from atlas_client.cli import circuit_command, corpus_app  # noqa: E402 - the client's commands (over HTTP)
+
+app.add_typer(corpus_app, name="corpus")
+app.command("circuit", help="Print a stored graph's circuit (JSON or Neuronpedia) from the API.")(circuit_command)
+
 
 def _echo(message: str) -> None:
     typer.echo(message, err=True)

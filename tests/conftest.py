@@ -8,6 +8,9 @@ services itself. A service that cannot start fails the tests that need it: never
 from __future__ import annotations
 
 import os
+import socket
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -83,6 +86,35 @@ def write_key(redis_client) -> Iterator[tuple[object, str]]:  # noqa: ANN001
     key, plain = create_key(redis_client, "tests-write", ("write",))
     yield key, plain
     delete_key(redis_client, key.key_id)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def api_url(settings, services) -> Iterator[str]:  # noqa: ANN001
+    """Base URL of the real FastAPI app served by uvicorn (a thread of this process) on a free port."""
+    import uvicorn
+
+    from service.app import create_app
+
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning",
+                                           lifespan="on"))
+    thread = threading.Thread(target=server.run, name="test-uvicorn", daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            pytest.fail("uvicorn did not start the API for the tests (see its log above)", pytrace=False)
+        time.sleep(0.05)
+    yield base
+    server.should_exit = True
+    thread.join(timeout=10)
 
 
 @pytest.fixture

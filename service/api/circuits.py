@@ -1,7 +1,8 @@
 """Stored graphs: list them, read a circuit with read-time pruning (JSON or Neuronpedia), strongest paths.
 
 A complete graph never changes, so its reads carry an ETag (graph id + completion time + the query) and
-``Cache-Control: public, max-age=3600``; ``If-None-Match`` gets a 304.
+``Cache-Control: public, max-age=3600``; ``If-None-Match`` gets a 304. A circuit also shows feature labels, which
+do change: its ETag includes the newest label change and it is revalidated on every read (``max-age=0``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from service.api.analyses import enqueue_analysis
 from service.api.deps import driver_of, settings_of
 from service.auth import ApiKey, require_scope
 from service.query import circuits as q
+from service.query.labels import labels_version
 from service.query.paths import MAX_HOPS_LIMIT, graph_paths
 from service.schemas.analyses import AnalysisOut, AnalysisRequest
 from service.schemas.circuits import CircuitOut, GraphPageOut, LocalCircuitRequest, PathsOut
@@ -24,14 +26,18 @@ from service.schemas.circuits import CircuitOut, GraphPageOut, LocalCircuitReque
 router = APIRouter(prefix="/graphs", tags=["circuits"])
 
 
-def cached_json(request: Request, payload: object, seed: str) -> Response:
+def cached_json(request: Request, payload: object, seed: str, max_age_s: int = 3600) -> Response:
     """JSON with an ETag derived from ``seed`` (the immutable graph's identity plus the query)."""
     etag = '"' + hashlib.sha256(seed.encode()).hexdigest()[:32] + '"'
-    headers = {"ETag": etag, "Cache-Control": "public, max-age=3600"}
+    headers = {"ETag": etag, "Cache-Control": _cache_control(max_age_s)}
     inm = request.headers.get("if-none-match", "")
     if etag in [t.strip() for t in inm.split(",")] or inm.strip() == "*":
         return Response(status_code=304, headers=headers)
     return JSONResponse(payload, headers=headers)
+
+
+def _cache_control(max_age_s: int) -> str:
+    return f"public, max-age={max_age_s}" + (", must-revalidate" if max_age_s == 0 else "")
 
 
 def _graph_or_404(request: Request, graph_id: str) -> dict:
@@ -42,10 +48,15 @@ def _graph_or_404(request: Request, graph_id: str) -> dict:
 
 
 @router.get("", response_model=GraphPageOut)
-def list_graphs(request: Request, corpus_id: str | None = None, offset: int = Query(0, ge=0, le=10_000_000),
-                limit: int = Query(50, ge=1, le=1000)) -> GraphPageOut:
-    """Complete graphs (optionally of one corpus), ordered by graph_id."""
-    items = q.list_graphs(driver_of(request), corpus_id, offset, limit + 1, database=settings_of(request).neo4j_database)
+def list_graphs(request: Request, corpus_id: str | None = None,
+                model: str | None = Query(None, description="Only graphs of this model."),
+                text: str | None = Query(None, max_length=500, description="Only graphs whose prompt contains this "
+                                                                           "(case-insensitive)."),
+                offset: int = Query(0, ge=0, le=10_000_000), limit: int = Query(50, ge=1, le=1000)) -> GraphPageOut:
+    """Complete graphs (optionally of one corpus or model, or by prompt text), ordered by graph_id, each with its
+    prompt's text and its targets."""
+    items = q.list_graphs(driver_of(request), corpus_id, offset, limit + 1, model=model, text=text or None,
+                          database=settings_of(request).neo4j_database)
     more = len(items) > limit
     return GraphPageOut(items=items[:limit], offset=offset, limit=limit, next_offset=offset + limit if more else None)
 
@@ -70,10 +81,11 @@ def get_circuit(
     driver, db = driver_of(request), settings_of(request).neo4j_database
     pruning = q.Pruning(node_threshold, edge_threshold, max_nodes, max_edges, tuple(keep_kinds), target)
     graph = _graph_or_404(request, graph_id)
-    seed = json.dumps([graph_id, str(graph.get("completed_at")), format, pruning.__dict__], default=str, sort_keys=True)
+    seed = json.dumps([graph_id, str(graph.get("completed_at")), format, pruning.__dict__,
+                       labels_version(driver, database=db)], default=str, sort_keys=True)
     etag = '"' + hashlib.sha256(seed.encode()).hexdigest()[:32] + '"'
     if etag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]:
-        return Response(status_code=304, headers={"ETag": etag, "Cache-Control": "public, max-age=3600"})
+        return Response(status_code=304, headers={"ETag": etag, "Cache-Control": _cache_control(0)})
     try:
         c = q.circuit(driver, graph_id, pruning, database=db)
     except (q.GraphNotFound, q.NodeNotFound) as exc:
@@ -83,7 +95,7 @@ def get_circuit(
     else:
         payload = CircuitOut(graph=c.graph, nodes=c.nodes, edges=c.edges, pruning={**pruning.__dict__,
                              "keep_kinds": list(pruning.keep_kinds)}, stats=c.stats).model_dump(mode="json")
-    return cached_json(request, payload, seed)
+    return cached_json(request, payload, seed, max_age_s=0)
 
 
 @router.get("/{graph_id}/paths", response_model=PathsOut, responses={404: {"description": "Unknown graph"}})

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 
 from neo4j import Driver
 
+from service.query.labels import labels_of
+
 DEFAULT_KEEP_KINDS: tuple[str, ...] = ("logit", "target", "embedding")
 NODE_FIELDS = ("node_id", "kind", "layer", "pos", "feature", "dictionary", "fkey", "activation", "influence",
                "token")
@@ -53,7 +55,7 @@ class Pruning:
 @dataclass
 class Circuit:
     graph: dict  # the Graph node's properties, JSON fields decoded
-    nodes: list[dict]  # NODE_FIELDS each, ordered by node_id
+    nodes: list[dict]  # NODE_FIELDS each and the feature's label (service/query/labels.py), ordered by node_id
     edges: list[dict]  # {source, target, weight}, ordered by |weight| desc, then source, target
     pruning: Pruning
     stats: dict = field(default_factory=dict)
@@ -215,6 +217,9 @@ def circuit(driver: Driver, graph_id: str, pruning: Pruning | None = None, *, da
         edges = [{"source": s, "target": t, "weight": w} for s, t, w in zip(row["src"], row["dst"], row["w"], strict=True)]
         edges.sort(key=lambda e: (-abs(e["weight"]), e["source"], e["target"]))
     ordered = [nodes[k] for k in sorted(nodes)]
+    labels = labels_of(driver, [n["fkey"] for n in ordered if n.get("fkey")], database=database)
+    for n in ordered:
+        n["label"] = labels.get(n.get("fkey"))
     return Circuit(graph=graph, nodes=ordered, edges=edges, pruning=pruning,
                    stats={"n_nodes": len(ordered), "n_edges": len(edges),
                           "graph_n_nodes": graph.get("n_nodes"), "graph_n_edges": graph.get("n_edges")})
@@ -257,7 +262,7 @@ def to_neuronpedia(c: Circuit, slug: str | None = None) -> dict:
             "is_target_logit": kind in ("logit", "target") and (not probs or n["node_id"] in probs),
             "influence": n["influence"],
             "activation": n["activation"] if kind == "feature" else None,
-            "clerp": n["fkey"] or n["token"] or n["node_id"],
+            "clerp": n.get("label") or n["fkey"] or n["token"] or n["node_id"],
         })
     p = c.pruning
     return {
@@ -280,17 +285,40 @@ def to_neuronpedia(c: Circuit, slug: str | None = None) -> dict:
     }
 
 
+# The prompt's text is its (:Prompt)'s (graphs the pipeline made); a graph written outside the pipeline has
+# none, so its text comes from its provenance (decoded below) and a text filter never matches it.
 _LIST = """
 MATCH (g:Graph) WHERE g.status = 'complete' AND ($corpus_id IS NULL OR g.corpus_id = $corpus_id)
+  AND ($model IS NULL OR g.model = $model)
+OPTIONAL MATCH (p:Prompt {prompt_id: g.prompt_id})
+WITH g, p WHERE $text IS NULL OR toLower(p.text) CONTAINS $text
 RETURN g.graph_id AS graph_id, g.corpus_id AS corpus_id, g.prompt_id AS prompt_id, g.model AS model,
-       g.n_nodes AS n_nodes, g.n_edges AS n_edges
+       g.n_nodes AS n_nodes, g.n_edges AS n_edges, p.text AS prompt_text, g.target AS target,
+       CASE WHEN p IS NULL THEN g.provenance END AS provenance
 ORDER BY graph_id SKIP $offset LIMIT $limit
 """
 
 
-def list_graphs(driver: Driver, corpus_id: str | None, offset: int, limit: int, *,
-                database: str | None = None) -> list[dict]:
-    """Complete graphs, optionally of one corpus, ordered by graph_id (stable pages)."""
-    records, _, _ = driver.execute_query(_LIST, corpus_id=corpus_id, offset=offset, limit=limit,
+def _target_labels(target: object) -> list[str]:
+    decoded = _decode_graph({"target": target}).get("target")
+    if not isinstance(decoded, dict):
+        return []
+    return [str(t.get("label") or t.get("node_id")) for t in decoded.get("targets", []) if isinstance(t, dict)]
+
+
+def list_graphs(driver: Driver, corpus_id: str | None, offset: int, limit: int, *, model: str | None = None,
+                text: str | None = None, database: str | None = None) -> list[dict]:
+    """Complete graphs ordered by graph_id (stable pages), optionally of one corpus or model, or whose prompt
+    contains ``text`` (case-insensitive); each with its prompt's text and its targets' labels."""
+    records, _, _ = driver.execute_query(_LIST, corpus_id=corpus_id, model=model,
+                                         text=text.lower() if text else None, offset=offset, limit=limit,
                                          database_=database, routing_="r")
-    return [dict(r) for r in records]
+    out = []
+    for r in records:
+        row = dict(r)
+        provenance = _decode_graph({"provenance": row.pop("provenance")}).get("provenance")
+        if row["prompt_text"] is None and isinstance(provenance, dict):
+            row["prompt_text"] = provenance.get("prompt")
+        row["targets"] = _target_labels(row.pop("target"))
+        out.append(row)
+    return out

@@ -17,9 +17,11 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 from neo4j import Driver
 
 from service.query.global_circuits import aggregate_neighbours
+from workers.pipeline.jobs import quiet_records
 
 # Hot features have tens of thousands of instances. Step 1 finds the activation of the (offset+limit)-th
 # instance from the (fkey, activation) index alone (migrations/0011), touching graphs lazily in activation
@@ -34,7 +36,9 @@ RETURN min(n.activation) AS floor, count(n) AS n
 """
 
 # Top instances by activation (ties by uid), each with its prompt's tokens around the position, read from
-# the graph's token-embedding nodes (they carry the token string; positions without one are absent).
+# the graph's token-embedding nodes (they carry the token string; positions without one are absent), and the
+# same feature's activation at each of those positions in that graph (its other instances there, walked through
+# the (graph_id, kind) index; null where the stored graph has none: inactive there, or pruned away).
 _TOP = """
 MATCH (n:Node) USING INDEX n:Node(fkey, activation)
 WHERE n.fkey = $fkey AND n.activation >= $floor
@@ -45,13 +49,35 @@ CALL (n) {
   OPTIONAL MATCH (e:Node {graph_id: n.graph_id, kind: 'embedding'})
   WHERE e.pos >= n.pos - $before AND e.pos <= n.pos + $after
   WITH e ORDER BY e.pos
-  RETURN collect(e {.pos, .token}) AS context
+  RETURN collect(e {.pos, .token}) AS tokens
+}
+CALL (n) {
+  MATCH (m:Node {graph_id: n.graph_id, kind: 'feature'}) USING INDEX m:Node(graph_id, kind)
+  WHERE m.fkey = n.fkey AND m.pos >= n.pos - $before AND m.pos <= n.pos + $after
+  RETURN collect([m.pos, m.activation]) AS window
 }
 RETURN n.graph_id AS graph_id, g.corpus_id AS corpus_id, g.prompt_id AS prompt_id, n.node_id AS node_id,
-       n.pos AS pos, n.activation AS activation, n.influence AS influence, context
+       n.pos AS pos, n.activation AS activation, n.influence AS influence, tokens, window
 """
 
-_FEATURE = "MATCH (f:Feature {fkey: $fkey}) RETURN f {.fkey, .dictionary, .index, .dictionary_set} AS f"
+# Every stored activation of the feature in complete graphs (of the corpus), for its histogram.
+_ACTIVATIONS = """
+MATCH (n:Node) USING INDEX n:Node(fkey, activation)
+WHERE n.fkey = $fkey AND n.activation IS NOT NULL
+MATCH (g:Graph {graph_id: n.graph_id})
+WHERE g.status = 'complete' AND ($corpus_id IS NULL OR g.corpus_id = $corpus_id)
+RETURN collect(n.activation) AS a
+"""
+
+# Token positions of the corpus' complete graphs (their token-embedding nodes): the denominator of density.
+_CORPUS_TOKENS = """
+MATCH (g:Graph {corpus_id: $corpus_id}) WHERE g.status = 'complete'
+RETURN sum(COUNT { MATCH (e:Node {graph_id: g.graph_id, kind: 'embedding'}) }) AS n
+"""
+
+_FEATURE = """MATCH (f:Feature {fkey: $fkey})
+RETURN f {.fkey, .dictionary, .index, .dictionary_set, .label, note: f.label_note, label_by: f.label_by,
+          label_at: CASE WHEN f.label IS NULL THEN null ELSE f.label_at END} AS f"""
 
 # Circuit frequency: per corpus, the graphs the feature appears in over the corpus' complete graphs.
 _FREQUENCY = """
@@ -70,9 +96,10 @@ class FeatureNotFound(LookupError):
 
 
 def top_activations(driver: Driver, fkey: str, corpus_id: str | None = None, *, offset: int = 0, limit: int = 10,
-                    before: int = 4, after: int = 1, database: str | None = None) -> list[dict]:
+                    before: int = 8, after: int = 4, database: str | None = None) -> list[dict]:
     """Instances of the feature in complete graphs, by activation desc (ties by uid), with token context
-    ``[pos - before, pos + after]``. Instances without an activation are not listed."""
+    ``[pos - before, pos + after]``: each token with the feature's activation there in the same graph (None
+    where the graph stores no instance). Instances without an activation are not listed."""
     if limit <= 0:
         return []
     floor, _, _ = driver.execute_query(_FLOOR, fkey=fkey, corpus_id=corpus_id, k=int(offset) + int(limit),
@@ -83,7 +110,35 @@ def top_activations(driver: Driver, fkey: str, corpus_id: str | None = None, *, 
         _TOP, fkey=fkey, corpus_id=corpus_id, floor=floor[0]["floor"], offset=int(offset), limit=int(limit),
         before=int(before), after=int(after), database_=database, routing_="r",
     )
-    return [dict(r) for r in records]
+    out = []
+    for r in records:
+        row = dict(r)
+        acts = dict(row.pop("window"))
+        row["context"] = [{**t, "activation": acts.get(t["pos"])} for t in row.pop("tokens")]
+        out.append(row)
+    return out
+
+
+def activation_histogram(driver: Driver, fkey: str, corpus_id: str | None = None, *, bins: int = 20,
+                         database: str | None = None) -> dict:
+    """How often and how strongly the feature fires: a histogram of its stored activations (``bins`` equal bins
+    from the smallest to the largest) and, within one corpus, its density (instances per token position of the
+    corpus' complete graphs). Counts what the graphs store: a pruned graph keeps only its influential features."""
+    records, _, _ = driver.execute_query(_ACTIVATIONS, fkey=fkey, corpus_id=corpus_id, database_=database,
+                                         routing_="r")
+    acts = np.asarray(records[0]["a"], dtype=np.float64)
+    n_tokens = None
+    if corpus_id is not None:
+        rows, _, _ = driver.execute_query(_CORPUS_TOKENS, corpus_id=corpus_id, database_=database, routing_="r")
+        n_tokens = int(rows[0]["n"] or 0)
+    counts, edges = np.histogram(acts, bins=bins) if acts.size else (np.zeros(0, dtype=int), np.zeros(0))
+    return {
+        "n_instances": int(acts.size), "n_tokens": n_tokens,
+        "density": acts.size / n_tokens if n_tokens else None,
+        "min": float(acts.min()) if acts.size else None, "max": float(acts.max()) if acts.size else None,
+        "mean": float(acts.mean()) if acts.size else None,
+        "bin_edges": [float(e) for e in edges], "counts": [int(c) for c in counts],
+    }
 
 
 def circuit_frequency(driver: Driver, fkey: str, corpus_id: str | None = None, *,
@@ -94,9 +149,9 @@ def circuit_frequency(driver: Driver, fkey: str, corpus_id: str | None = None, *
 
 
 def feature_page(driver: Driver, fkey: str, corpus_id: str | None = None, *, top: int = 10, neighbours: int = 10,
-                 before: int = 4, after: int = 1, database: str | None = None) -> dict:
+                 before: int = 8, after: int = 4, database: str | None = None) -> dict:
     """Everything the feature page shows, in one dict. Raises FeatureNotFound."""
-    records, _, _ = driver.execute_query(_FEATURE, fkey=fkey, database_=database, routing_="r")
+    records = quiet_records(driver, _FEATURE, database, write=False, fkey=fkey)  # quiet: no label yet
     if not records:
         raise FeatureNotFound(f"no feature {fkey!r}; feature keys look like '<dictionary_set>/<dictionary>#<index>'")
     return {
@@ -108,6 +163,7 @@ def feature_page(driver: Driver, fkey: str, corpus_id: str | None = None, *, top
         "downstream": aggregate_neighbours(driver, fkey, corpus_id, "downstream", limit=neighbours,
                                            database=database),
         "frequency": circuit_frequency(driver, fkey, corpus_id, database=database),
+        "histogram": activation_histogram(driver, fkey, corpus_id, database=database),
     }
 
 
@@ -118,6 +174,7 @@ def feature_page(driver: Driver, fkey: str, corpus_id: str | None = None, *, top
 #   L2, L2.mlp, L2:123, L2.mlp#123, L2.mlp:123, dset/L2.mlp#17   -> layer [site] [index] [dictionary set]
 #   mlp/L2/, mlp/L2/123                                          -> site, layer [index]
 #   #123                                                         -> index in every dictionary
+#   label:<text>                                                 -> features whose label contains the text
 #   anything else, or token:<text>                               -> features that fire on that token
 # (``key:<text>`` forces the key reading.) Dictionaries are named L<layer>.<site> (workers/store/from_engine.py)
 # and sites are those of the engine's node ids (workers/engine/ids.py).
@@ -145,6 +202,7 @@ class FeatureQuery:
 
     mode: Literal["key", "token"]
     fkey_prefix: str | None = None
+    label: str | None = None  # lower-cased text the feature's label contains (``label:`` queries)
     dictionary_set: str | None = None
     layer: int | None = None
     site: str | None = None
@@ -160,6 +218,11 @@ def parse_feature_query(q: str) -> FeatureQuery:
     if len(text) > MAX_QUERY_CHARS:
         raise BadSearch("q", f"q has {len(text)} characters; the limit is {MAX_QUERY_CHARS}")
     low = text.lower()
+    if low.startswith("label:"):
+        words = low[6:].strip()
+        if not words:
+            raise BadSearch("q", "'label:' needs text after it, e.g. label:name mover")
+        return FeatureQuery("key", label=words)
     if low.startswith("token:"):
         token = text[6:].strip()
         if not token:
@@ -195,6 +258,7 @@ _KEY_PREDICATES = {
     "dict_prefix": "f.dictionary STARTS WITH $dict_prefix",
     "dict_suffix": "f.dictionary ENDS WITH $dict_suffix",
     "index": "f.index = $index",
+    "label": "toLower(f.label) CONTAINS $label",
 }
 _KEYS_ALL_CORPORA = """
 MATCH (f:Feature)
@@ -215,7 +279,7 @@ WITH f, n_graphs, n_instances, CASE WHEN n_instances > 0 THEN toFloat(sum_act) /
 WHERE $after_n IS NULL OR n_graphs < $after_n OR (n_graphs = $after_n AND
       (activation < $after_a OR (activation = $after_a AND f.fkey > $after_f)))
 RETURN f.fkey AS fkey, f.dictionary_set AS dictionary_set, f.dictionary AS dictionary, f.index AS index,
-       n_graphs, n_instances, activation
+       f.label AS label, n_graphs, n_instances, activation
 ORDER BY n_graphs DESC, activation DESC, fkey ASC
 LIMIT $limit
 """
@@ -251,8 +315,8 @@ WHERE $after_n IS NULL OR n_graphs < $after_n OR (n_graphs = $after_n AND
       (activation < $after_a OR (activation = $after_a AND fkey > $after_f)))
 WITH fkey, n_graphs, n_instances, activation ORDER BY n_graphs DESC, activation DESC, fkey ASC LIMIT $limit
 MATCH (f:Feature {fkey: fkey})
-RETURN fkey, f.dictionary_set AS dictionary_set, f.dictionary AS dictionary, f.index AS index, n_graphs,
-       n_instances, activation
+RETURN fkey, f.dictionary_set AS dictionary_set, f.dictionary AS dictionary, f.index AS index,
+       f.label AS label, n_graphs, n_instances, activation
 ORDER BY n_graphs DESC, activation DESC, fkey ASC
 """
 
@@ -316,7 +380,8 @@ def search_features(driver: Driver, q: str, corpus_id: str | None = None, *, lim
     common = {"corpus_id": corpus_id, "after_n": after_n, "after_a": after_a, "after_f": after_f,
               "limit": int(limit) + 1}
     if fq.mode == "key":
-        params = {"prefix": fq.fkey_prefix, "dset": fq.dictionary_set, "index": fq.index, **_dictionary_filters(fq)}
+        params = {"prefix": fq.fkey_prefix, "dset": fq.dictionary_set, "index": fq.index, "label": fq.label,
+                  **_dictionary_filters(fq)}
         records, _, _ = driver.execute_query(_key_search_query(params, corpus_id), **params, **common,
                                              database_=database, routing_="r")
     else:

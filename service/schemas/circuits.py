@@ -18,6 +18,7 @@ class NodeOut(BaseModel):
     activation: float | None = None
     influence: float | None = None
     token: str | None = None
+    label: str | None = Field(None, description="The feature's label (PUT /features/{fkey}/label), if any.")
 
 
 class EdgeOut(BaseModel):
@@ -50,6 +51,10 @@ class GraphSummaryOut(BaseModel):
     model: str | None
     n_nodes: int | None
     n_edges: int | None
+    prompt_text: str | None = Field(None, description="The prompt (its Prompt node's text, else the graph's "
+                                                      "provenance).", examples=["When Mary and John went to the store"])
+    targets: list[str] = Field(default_factory=list, description="Labels of the graph's targets.",
+                               examples=[["logit(Mary)"]])
 
 
 class GraphPageOut(BaseModel):

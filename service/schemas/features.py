@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from service.query.labels import MAX_LABEL_CHARS, MAX_NOTE_CHARS
 from service.schemas.circuits import PathOut
 
 
 class ContextToken(BaseModel):
     pos: int
     token: str | None
+    activation: float | None = Field(None, description="The feature's activation at this position of the same "
+                                                       "graph; null where the stored graph has no instance.")
 
 
 class ActivationOut(BaseModel):
@@ -50,6 +53,46 @@ class FeatureInfo(BaseModel):
     dictionary: str | None = None
     index: int | None = None
     dictionary_set: str | None = None
+    label: str | None = None
+    note: str | None = None
+    label_by: str | None = Field(None, description="key_id of the API key that set the label.")
+    label_at: float | None = Field(None, description="When the label was set (epoch seconds).")
+
+
+class FeatureLabelIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    label: str = Field(min_length=1, max_length=MAX_LABEL_CHARS, examples=["IO name mover"],
+                       description="A short name for what the feature does (surrounding spaces are dropped).")
+    note: str = Field("", max_length=MAX_NOTE_CHARS, examples=["fires on the last token of IOI prompts"])
+
+    @field_validator("label")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("label is blank: give a few words")
+        return v.strip()
+
+
+class FeatureLabelOut(BaseModel):
+    fkey: str
+    label: str
+    note: str
+    set_by: str = Field(description="key_id of the API key that set it.")
+    set_at: float = Field(description="Epoch seconds.")
+
+
+class HistogramOut(BaseModel):
+    n_instances: int = Field(description="Stored instances (complete graphs, of the corpus if given).")
+    n_tokens: int | None = Field(description="Token positions of the corpus' complete graphs (null without "
+                                             "corpus_id).")
+    density: float | None = Field(description="n_instances / n_tokens: how often the feature fires (is stored) "
+                                              "per token.")
+    min: float | None
+    max: float | None
+    mean: float | None
+    bin_edges: list[float] = Field(description="bins + 1 edges, min to max (numpy.histogram).")
+    counts: list[int]
 
 
 class FeaturePageOut(BaseModel):
@@ -59,6 +102,7 @@ class FeaturePageOut(BaseModel):
     upstream: list[NeighbourOut]
     downstream: list[NeighbourOut]
     frequency: list[FrequencyOut]
+    histogram: HistogramOut
 
 
 class ActivationPageOut(BaseModel):
@@ -107,6 +151,7 @@ class FeatureHitOut(BaseModel):
     layer: int | None = None
     site: str | None = None
     index: int | None = None
+    label: str | None = None
     n_graphs: int = Field(description="Key search: graphs the feature appears in (corpus aggregates). Token "
                                       "search: graphs where it fires on the token.")
     n_instances: int
@@ -123,3 +168,18 @@ class FeatureSearchOut(BaseModel):
     items: list[FeatureHitOut]
     next_cursor: str | None = Field(description="Pass as ?cursor= (with the same q and corpus_id) for the next "
                                                 "page; null on the last page.")
+
+
+class TokenEffectOut(BaseModel):
+    token_id: int
+    token: str | None = Field(description="The token's text (null when the model has no tokenizer).")
+    effect: float = Field(description="Logit change per unit activation through the direct path, at a final-norm "
+                                      "multiplier of 1 (workers/analysis/logit_effects.py).")
+
+
+class LogitEffectsOut(BaseModel):
+    fkey: str
+    model_id: str
+    dictionary_set: str
+    promoted: list[TokenEffectOut] = Field(description="Largest effects first.")
+    suppressed: list[TokenEffectOut] = Field(description="Most negative effects first.")

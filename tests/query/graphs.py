@@ -131,3 +131,23 @@ def ref_feature_edges(rec: GraphRecord, min_influence: float) -> dict[tuple[str,
         if a.kind == b.kind == "feature" and (a.influence or 0.0) >= min_influence and (b.influence or 0.0) >= min_influence:
             out[(a.fkey(rec.dictionary_set), b.fkey(rec.dictionary_set))] += w
     return dict(out)
+
+
+def registered_graph(driver, model_id: str, dset_id: str, prompt: str, database: str | None):  # noqa: ANN001, ANN201
+    """(GraphRecord, Loaded): the engine's graph of ``prompt`` on a registered model and dictionary set (loaded
+    as a worker loads them), as the pipeline would store it; write it with the ``store`` fixture."""
+    import torch
+
+    from workers.engine import attribute
+    from workers.pipeline import registry
+    from workers.pipeline.compute import ModelCache
+    from workers.store.from_engine import graph_to_record
+
+    loaded = ModelCache().get(registry.get_model(driver, model_id, database),
+                              registry.get_dictionary_set(driver, dset_id, database))
+    torch.set_num_threads(1)
+    graph = attribute(loaded.lin, prompt, ["top"], tokenizer=loaded.tokenizer)
+    tag = uuid.uuid4().hex[:8]
+    rec = graph_to_record(graph, graph_id=f"rg-{tag}", prompt_id=f"rg-p-{tag}", corpus_id=f"rg-c-{tag}",
+                          model=model_id, dictionary_set=dset_id)
+    return rec, loaded

@@ -140,6 +140,37 @@ def test_circuit_reads_are_cacheable_and_exportable(client, store):
                                "weights": [1.0, 0.5, 2.0], "product": 1.0}]
 
 
+def test_graph_list_shows_prompt_and_targets_and_filters(client, store, neo4j_driver, settings):
+    recs = make_records(small_graph() * 3)
+    texts = ["The cat sat", "a dog ran", "the CAT ran"]
+    for rec, model in zip(recs, ["m-a", "m-b", "m-a"], strict=True):
+        rec.model = model
+        rec.target = {"targets": [{"node_id": "logit:p1:t7", "label": "logit t7"}]}
+    recs[2].provenance["prompt"] = texts[2]
+    store(recs)
+    # Prompt nodes as the pipeline makes them, for the first two graphs; the third has only its provenance.
+    neo4j_driver.execute_query("UNWIND $rows AS r CREATE (:Prompt {prompt_id: r[0], text: r[1]})",
+                               rows=[[r.prompt_id, t] for r, t in zip(recs[:2], texts, strict=False)],
+                               database_=settings.neo4j_database)
+    try:
+        corpus = recs[0].corpus_id
+        listed = client.get("/graphs", params={"corpus_id": corpus}).json()["items"]
+        assert [(g["graph_id"], g["prompt_text"], g["targets"]) for g in listed] == \
+            [(r.graph_id, t, ["logit t7"]) for r, t in zip(recs, texts, strict=True)]
+
+        def ids(**params: str) -> list[str]:
+            return [g["graph_id"] for g in client.get("/graphs", params={"corpus_id": corpus, **params}).json()["items"]]
+
+        assert ids(text="CAT") == [recs[0].graph_id]  # case-insensitive; the Prompt-less graph never matches text
+        assert ids(text="ran") == [recs[1].graph_id]
+        assert ids(model="m-a") == [recs[0].graph_id, recs[2].graph_id]
+        assert ids(model="m-a", text="sat") == [recs[0].graph_id]
+        assert ids(model="nope") == [] and ids(text="zebra") == []
+    finally:
+        neo4j_driver.execute_query("MATCH (p:Prompt) WHERE p.prompt_id IN $ids DETACH DELETE p",
+                                   ids=[r.prompt_id for r in recs], database_=settings.neo4j_database)
+
+
 def test_pagination_and_feature_routes(client, store):
     recs = store(make_records(small_graph() * 3))
     corpus = recs[0].corpus_id
@@ -152,7 +183,8 @@ def test_pagination_and_feature_routes(client, store):
     fkey = f"{recs[0].dictionary_set}/L0.mlp#3"
     page = client.get(f"/features/{fkey.replace('#', '%23')}", params={"corpus_id": corpus}).json()
     assert [a["activation"] for a in page["top_activations"]] == [2.0, 2.0, 2.0]
-    assert page["top_activations"][0]["context"] == [{"pos": 0, "token": "the"}, {"pos": 1, "token": "cat"}]
+    assert page["top_activations"][0]["context"] == [{"pos": 0, "token": "the", "activation": None},
+                                                     {"pos": 1, "token": "cat", "activation": 2.0}]
     (down,) = page["downstream"]
     # three graphs, each: w = 0.5 from an instance with activation 2.0 -> norm_w = 1.5 / 6.0
     assert (down["fkey"], down["sum_w"], down["source_activation_mass"], down["norm_w"]) == \

@@ -185,13 +185,16 @@ def test_empty_results_bad_parameters_and_routing(client, store) -> None:  # noq
 
 
 def test_query_grammar() -> None:
-    assert parse_feature_query("mlp/L2/").__dict__ == {"mode": "key", "fkey_prefix": None, "dictionary_set": None,
-                                                       "layer": 2, "site": "mlp", "index": None, "token": None}
+    assert parse_feature_query("mlp/L2/").__dict__ == {"mode": "key", "fkey_prefix": None, "label": None,
+                                                       "dictionary_set": None, "layer": 2, "site": "mlp", "index": None,
+                                                       "token": None}
     assert (parse_feature_query("L2:123").layer, parse_feature_query("L2:123").index) == (2, 123)
     assert parse_feature_query("dset/L2.attn#7").dictionary_set == "dset"
     assert parse_feature_query("John").mode == "token"
     assert parse_feature_query("key:John").fkey_prefix == "John"
     assert parse_feature_query("token:L2").token == "L2"
+    assert parse_feature_query(" Label: Name  Mover ").__dict__ == {**parse_feature_query("key:x").__dict__,
+                                                                   "fkey_prefix": None, "label": "name  mover"}
     with pytest.raises(BadSearch) as exc:
         parse_feature_query(" ")
     assert exc.value.field == "q"

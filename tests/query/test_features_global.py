@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+import numpy as np
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
@@ -74,8 +75,11 @@ def test_feature_page_and_neighbours_match_brute_force(neo4j_driver, settings, s
                                     database=db)
     assert [(g["graph_id"], g["node_id"], g["activation"]) for g in got] == \
         [(r.graph_id, n.node_id, n.activation) for r, n, _ in want]
-    for g, (_, n, emb) in zip(got, want, strict=True):
-        assert g["context"] == [{"pos": p, "token": emb[p]} for p in sorted(emb) if n.pos - before <= p <= n.pos + after]
+    for g, (rec, n, emb) in zip(got, want, strict=True):
+        here = {m.pos: m.activation for m in rec.nodes if m.fkey(rec.dictionary_set) == fkey}
+        assert g["context"] == [{"pos": p, "token": emb[p], "activation": here.get(p)} for p in sorted(emb)
+                                if n.pos - before <= p <= n.pos + after]
+        assert g["context"][[c["pos"] for c in g["context"]].index(n.pos)]["activation"] == n.activation
 
     # aggregate neighbours, both directions and every ranking
     for direction in ("upstream", "downstream"):
@@ -94,6 +98,15 @@ def test_feature_page_and_neighbours_match_brute_force(neo4j_driver, settings, s
     assert (freq["n_instances"], freq["n_graphs"], freq["corpus_graphs"]) == (len(inst[fkey]), len(graphs[fkey]), 3)
     assert freq["graph_fraction"] == len(graphs[fkey]) / 3
     assert page["feature"]["fkey"] == fkey and len(page["top_activations"]) == min(3, len(want))
+    # histogram and density: numpy over the instances' activations; tokens = embedding nodes of the 3 graphs
+    acts = [n.activation for _, n, _ in inst[fkey]]
+    counts, edges = np.histogram(acts, bins=20)
+    hist = page["histogram"]
+    assert (hist["counts"], hist["bin_edges"]) == (counts.tolist(), edges.tolist()) and sum(hist["counts"]) == len(acts)
+    n_tokens = sum(1 for r in recs for m in r.nodes if m.kind == "embedding")
+    assert (hist["n_instances"], hist["n_tokens"], hist["density"]) == (len(acts), n_tokens, len(acts) / n_tokens)
+    assert (hist["min"], hist["max"]) == (min(acts), max(acts))
+    assert features.activation_histogram(neo4j_driver, fkey, None, database=db)["n_tokens"] is None
 
     # strongest feature paths over normalised aggregate edges
     target = data.draw(st.sampled_from(sorted(inst)))

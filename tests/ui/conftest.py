@@ -1,5 +1,5 @@
-"""Fixtures of the viewer tests: the real API (uvicorn in a thread, against the test Neo4j), a stored graph
-written by the project's writer, and Debian's headless Chromium driven by selenium through chromedriver.
+"""Fixtures of the viewer tests: a stored graph written by the project's writer, and Debian's headless Chromium
+driven by selenium through chromedriver (the real API, uvicorn in a thread, is tests/conftest.py's ``api_url``).
 
 Screenshots go to ``artifacts/ui/`` (gitignored) so a failing run leaves pictures to look at.
 """
@@ -7,15 +7,15 @@ Screenshots go to ``artifacts/ui/`` (gitignored) so a failing run leaves picture
 from __future__ import annotations
 
 import shutil
-import socket
 import tempfile
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+
+from tests.pipeline.conftest import registered, tiny_model  # noqa: F401 - a registered tiny model + dictionaries
+from tests.query.conftest import store  # noqa: F401 - graphs written with the real writer, deleted after
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO_ROOT / "artifacts" / "ui"
@@ -24,39 +24,10 @@ CHROME_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                 "--disable-dev-shm-usage", "--window-size=1400,900")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def artifacts_dir() -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     return ARTIFACTS
-
-
-@pytest.fixture(scope="session")
-def api_url(settings, services) -> Iterator[str]:  # noqa: ANN001
-    """Base URL of the real FastAPI app served by uvicorn (a thread of this process) on a free port."""
-    import uvicorn
-
-    from service.app import create_app
-
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="on"))
-    thread = threading.Thread(target=server.run, name="ui-test-uvicorn", daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            pytest.fail("uvicorn did not start the API for the UI tests (see its log above)", pytrace=False)
-        time.sleep(0.05)
-    yield base
-    server.should_exit = True
-    thread.join(timeout=10)
 
 
 @pytest.fixture(scope="session")

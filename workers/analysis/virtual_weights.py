@@ -132,16 +132,22 @@ def pre_mlp_norms(model: nn.Module) -> dict[int, tuple[str, nn.Module]]:
     return out
 
 
+def norm_gain(norm: nn.Module) -> torch.Tensor | None:
+    """A norm's gain γ [d_model] (None when it has no weight)."""
+    if getattr(norm, "weight", None) is None:
+        return None
+    g = norm.weight.detach().float()
+    return 1.0 + g if "gemma" in type(norm).__name__.lower() else g  # Gemma's RMSNorm multiplies by (1 + weight)
+
+
 def norm_gains(model: nn.Module) -> tuple[dict[int, torch.Tensor], bool]:
     """The pre-MLP norm gain γ_l of every block [d_model], and whether the norm centres (LayerNorm)."""
     gains: dict[int, torch.Tensor] = {}
     centre = False
     for i, (_, norm) in pre_mlp_norms(model).items():
-        if getattr(norm, "weight", None) is None:
+        g = norm_gain(norm)
+        if g is None:
             continue
-        g = norm.weight.detach().float()
-        if "gemma" in type(norm).__name__.lower():
-            g = 1.0 + g  # Gemma's RMSNorm multiplies by (1 + weight)
         gains[i] = g
         centre = centre or isinstance(norm, nn.LayerNorm)
     return gains, centre

@@ -49,6 +49,17 @@ export function withQuery(path, params) {
   return s ? `${path}?${s}` : path;
 }
 
+/** The API key a reader typed (write routes), kept in this tab's sessionStorage only. */
+export const KEY_STORE = "atlas.apiKey";
+
+/** POST / PUT / DELETE a JSON body with the tab's API key (or `key`); throws ApiError like getJSON. */
+export function sendJSON(url, method, body, key = sessionStorage.getItem(KEY_STORE) || "") {
+  return getJSON(url, {
+    method, body: body === undefined ? undefined : JSON.stringify(body),
+    headers: { Accept: "application/json", "Content-Type": "application/json", ...(key ? { Authorization: `Bearer ${key}` } : {}) },
+  });
+}
+
 export function featureUrl(fkey) {
   // fkeys look like "dset/L1.mlp#17": '#' must be escaped, '/' is fine (the route takes a path).
   return `/features/${encodeURIComponent(fkey)}`;

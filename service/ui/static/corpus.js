@@ -2,7 +2,8 @@
 // feature, QK pairs of a head. Each reads the public API; an endpoint this server lacks is shown as
 // "not available" with the route it would need, never with invented data.
 
-import { ApiError, apiPaths, featureUrl, findGetEndpoint, getJSON, withQuery } from "./api.js";
+import { ApiError, KEY_STORE, apiPaths, featureUrl, findGetEndpoint, getJSON, sendJSON, withQuery } from "./api.js";
+import { histogramSVG, shade } from "./plots.js";
 
 const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
 const fmt = (v) => (v == null ? "–" : typeof v === "number" ? (Number.isInteger(v) ? String(v) : v.toPrecision(4)) : esc(v));
@@ -28,27 +29,31 @@ export function notAvailable(what, route) {
 // -- graph list ----------------------------------------------------------------------------------------------
 
 export async function graphList(root, params) {
-  const corpus = params.get("corpus_id") || "";
+  const filters = { corpus_id: params.get("corpus_id") || "", model: params.get("model") || "", text: params.get("text") || "" };
   const offset = Number(params.get("offset") || 0);
   const el = section(root, `<h2>Graphs</h2>
-    <form class="inline" id="graph-filter"><label>corpus <input name="corpus_id" value="${esc(corpus)}" placeholder="all corpora"></label>
+    <form class="inline" id="graph-filter"><label>corpus <input name="corpus_id" value="${esc(filters.corpus_id)}" placeholder="all corpora"></label>
+    <label>model <input name="model" value="${esc(filters.model)}" placeholder="all models" size="14"></label>
+    <label>prompt contains <input name="text" value="${esc(filters.text)}" size="20"></label>
     <button>Filter</button></form><div id="graph-table">loading…</div>`);
   el.querySelector("#graph-filter").addEventListener("submit", (e) => {
     e.preventDefault();
-    location.hash = `#/graphs${withQuery("", { corpus_id: new FormData(e.target).get("corpus_id") })}`;
+    const f = new FormData(e.target);
+    location.hash = `#/graphs${withQuery("", Object.fromEntries(Object.keys(filters).map((k) => [k, f.get(k).trim()])))}`;
   });
   const box = el.querySelector("#graph-table");
   try {
-    const page = await getJSON(withQuery("/graphs", { corpus_id: corpus, offset, limit: 50 }));
+    const page = await getJSON(withQuery("/graphs", { ...filters, offset, limit: 50 }));
     if (!page.items.length) {
-      box.innerHTML = "<p>No complete graphs" + (corpus ? ` in corpus ${esc(corpus)}` : "") + ".</p>";
+      box.innerHTML = "<p class=\"no-results\">No complete graphs match.</p>";
       return;
     }
-    const rows = page.items.map((g) => `<tr><td><a class="graph-link" href="#/graph/${encodeURIComponent(g.graph_id)}">${esc(g.graph_id)}</a></td>
-      <td><a href="#/graphs?corpus_id=${encodeURIComponent(g.corpus_id ?? "")}">${esc(g.corpus_id)}</a></td><td>${esc(g.prompt_id)}</td>
+    const rows = page.items.map((g) => `<tr class="graph-row" data-id="${esc(g.graph_id)}"><td><a class="graph-link" href="#/graph/${encodeURIComponent(g.graph_id)}">${esc(g.graph_id)}</a></td>
+      <td class="prompt-text">${esc(g.prompt_text ?? g.prompt_id)}</td><td class="targets">${esc(g.targets.join(", "))}</td>
+      <td><a href="#/graphs?corpus_id=${encodeURIComponent(g.corpus_id ?? "")}">${esc(g.corpus_id)}</a></td>
       <td>${esc(g.model)}</td><td class="num">${fmt(g.n_nodes)}</td><td class="num">${fmt(g.n_edges)}</td></tr>`).join("");
-    const nav = (o, label) => `<a href="#/graphs${withQuery("", { corpus_id: corpus, offset: o })}">${label}</a>`;
-    box.innerHTML = `<table class="data"><thead><tr><th>graph</th><th>corpus</th><th>prompt</th><th>model</th><th>nodes</th><th>edges</th></tr></thead>
+    const nav = (o, label) => `<a href="#/graphs${withQuery("", { ...filters, offset: o })}">${label}</a>`;
+    box.innerHTML = `<table class="data"><thead><tr><th>graph</th><th>prompt</th><th>target</th><th>corpus</th><th>model</th><th>nodes</th><th>edges</th></tr></thead>
       <tbody>${rows}</tbody></table><p>${offset > 0 ? nav(Math.max(0, offset - 50), "← previous") : ""}
       ${page.next_offset != null ? nav(page.next_offset, "next →") : ""}</p>`;
   } catch (err) {
@@ -195,10 +200,10 @@ export async function featureSearch(root, params) {
     return;
   }
   box.innerHTML = `<form class="inline" id="feature-q"><label>search <input name="q" value="${esc(q)}" size="30"
-      placeholder="L2.mlp · mlp/L2/ · L2:123 · dset/L1.mlp#17 · a token"></label>
+      placeholder="L2.mlp · mlp/L2/ · L2:123 · dset/L1.mlp#17 · label:mover · a token"></label>
     <label>corpus <input name="corpus_id" value="${esc(corpus)}" placeholder="all corpora"></label><button>Search</button></form>
     <p class="hint">A key or prefix finds features by dictionary, layer and index (ranked by the graphs they appear in, then mean
-      activation); anything else finds the features that fire on that token (ranked by graphs, then their largest activation there).</p>
+      activation); <code>label:</code> and some words finds labelled features; anything else finds the features that fire on that token (ranked by graphs, then their largest activation there).</p>
     <div id="feature-results"></div>`;
   box.querySelector("#feature-q").addEventListener("submit", (e) => {
     e.preventDefault();
@@ -211,17 +216,18 @@ export async function featureSearch(root, params) {
   const load = async (cursor) => {
     const res = await getJSON(withQuery("/features", { q, corpus_id: corpus, limit: 25, cursor }));
     const rows = res.items.map((f) => `<tr class="feature-hit"><td><a class="feature-result" href="#/feature/${encodeURIComponent(f.fkey)}${corpus ? `?corpus_id=${encodeURIComponent(corpus)}` : ""}">${esc(f.fkey)}</a></td>
-      <td class="num">${f.n_graphs}</td><td class="num">${f.n_instances}</td><td class="num">${fmt(f.activation)}</td><td>${tokenList(f.top_tokens)}</td></tr>`).join("");
+      <td class="feature-label">${esc(f.label ?? "")}</td><td class="num">${f.n_graphs}</td><td class="num">${f.n_instances}</td><td class="num">${fmt(f.activation)}</td><td>${tokenList(f.top_tokens)}</td></tr>`).join("");
     return { res, rows };
   };
   try {
     const { res, rows } = await load(null);
-    const how = res.query.mode === "token" ? `features firing on the token <b>${esc(res.query.token)}</b>` : "features by key";
+    const how = res.query.mode === "token" ? `features firing on the token <b>${esc(res.query.token)}</b>`
+      : res.query.label ? `features labelled “${esc(res.query.label)}”` : "features by key";
     if (!res.items.length) {
       out.innerHTML = `<p class="no-results">No ${how}${corpus ? ` in corpus ${esc(corpus)}` : ""}.</p>`;
       return;
     }
-    out.innerHTML = `<p>${how}${corpus ? ` in corpus ${esc(corpus)}` : ""}</p><table class="data" id="feature-table"><thead><tr><th>feature</th>
+    out.innerHTML = `<p>${how}${corpus ? ` in corpus ${esc(corpus)}` : ""}</p><table class="data" id="feature-table"><thead><tr><th>feature</th><th>label</th>
       <th>${res.query.mode === "token" ? "graphs (on token)" : "graphs"}</th><th>instances</th><th>${res.query.mode === "token" ? "max activation" : "mean activation"}</th>
       <th>fires on</th></tr></thead><tbody>${rows}</tbody></table><p><button id="feature-more" ${res.next_cursor ? "" : "hidden"}>more</button></p>`;
     let next = res.next_cursor;
@@ -257,19 +263,80 @@ export async function featurePage(root, fkey, params) {
     <div id="feature-box">loading…</div>`);
   const box = el.querySelector("#feature-box");
   try {
-    const p = await getJSON(withQuery(featureUrl(fkey), { corpus_id: corpus, top: 12, neighbours: 10 }));
-    const ctx = (a) => a.context.map((t) => (t.pos === a.pos ? `<mark>${esc(t.token)}</mark>` : esc(t.token))).join(" ");
+    const p = await getJSON(withQuery(featureUrl(fkey), { corpus_id: corpus, top: 12, neighbours: 10, before: 10, after: 4 }));
+    el.querySelector("h2").insertAdjacentElement("afterend", labelBox(fkey, p.feature));
+    // Every context token is shaded by the feature's activation there (scale: the strongest shown instance).
+    const top = Math.max(0, ...p.top_activations.map((a) => a.activation ?? 0));
+    const tok = (a, t) => `<span class="ctx-token${t.pos === a.pos ? " peak" : ""}" data-activation="${t.activation ?? ""}"
+      style="background: rgba(255, 140, 0, ${shade(t.activation, top).toFixed(3)})" title="position ${t.pos}: ${t.activation == null ? "not active (or pruned)" : fmt(t.activation)}">${esc(t.token)}</span>`;
+    const h = p.histogram;
     box.innerHTML = `
-      <h3>Top activations</h3>${p.top_activations.length ? `<table class="data"><tr><th>activation</th><th>context</th><th>graph</th></tr>
-        ${p.top_activations.map((a) => `<tr><td class="num">${fmt(a.activation)}</td><td>${ctx(a)}</td>
+      <h3>Top activations</h3>${p.top_activations.length ? `<table class="data" id="top-activations"><tr><th>activation</th><th>context</th><th>graph</th></tr>
+        ${p.top_activations.map((a) => `<tr class="activation-row"><td class="num">${fmt(a.activation)}</td><td class="context">${a.context.map((t) => tok(a, t)).join(" ")}</td>
         <td><a href="#/graph/${encodeURIComponent(a.graph_id)}">${esc(a.graph_id)}</a></td></tr>`).join("")}</table>` : "<p><i>no instances</i></p>"}
+      <h3>Activations</h3><p class="density">${h.n_instances} stored instances${h.density != null ? ` over ${h.n_tokens} tokens of the corpus:
+        fires on <b>${(100 * h.density).toPrecision(3)}%</b> of tokens` : ""}${h.mean != null ? ` · mean ${fmt(h.mean)}, max ${fmt(h.max)}` : ""}</p>
+      ${h.n_instances ? histogramSVG(h.counts, h.bin_edges, { xLabel: "activation", yLabel: "instances" }) : ""}
+      <h3>Logit effects <small>(direct path: decoder → final norm → unembedding)</small></h3><div id="logit-effects">loading…</div>
       <div class="cols"><div><h3>Upstream</h3>${neighbourTable(p.upstream)}</div><div><h3>Downstream</h3>${neighbourTable(p.downstream)}</div></div>
       <h3>Frequency</h3>${p.frequency.length ? `<table class="data"><tr><th>corpus</th><th>instances</th><th>graphs</th><th>fraction of graphs</th></tr>
         ${p.frequency.map((f) => `<tr><td>${esc(f.corpus_id)}</td><td class="num">${f.n_instances}</td><td class="num">${f.n_graphs} / ${f.corpus_graphs}</td>
         <td class="num">${fmt(f.graph_fraction)}</td></tr>`).join("")}</table>` : "<p><i>none</i></p>"}`;
+    const le = box.querySelector("#logit-effects");
+    try {
+      le.innerHTML = logitEffects(await getJSON(withQuery(`${featureUrl(fkey)}/logit-effects`, { k: 10 })));
+    } catch (err) {
+      le.innerHTML = errorBox(err);
+    }
   } catch (err) {
     box.innerHTML = errorBox(err);
   }
+}
+
+/** Promoted and suppressed tokens side by side, each with a bar proportional to |effect|. */
+function logitEffects(r) {
+  const top = Math.max(1e-12, ...[...r.promoted, ...r.suppressed].map((e) => Math.abs(e.effect)));
+  const list = (items, cls) => `<table class="data logit-${cls}">${items.map((e) => `<tr class="logit-row" data-effect="${e.effect}">
+    <td class="token">${esc(e.token ?? `#${e.token_id}`)}</td><td class="num">${fmt(e.effect)}</td>
+    <td><span class="effect-bar ${cls}" style="width: ${(100 * Math.abs(e.effect) / top).toFixed(1)}px"></span></td></tr>`).join("")}</table>`;
+  return `<div class="cols"><div><h4>promoted</h4>${list(r.promoted, "pos")}</div><div><h4>suppressed</h4>${list(r.suppressed, "neg")}</div></div>
+    <p class="hint">Logit change per unit activation through the final norm (scale 1) and the de-meaned unembedding of ${esc(r.model_id)}; later layers are not included.</p>`;
+}
+
+/** The feature's label and note, and a form to set or clear them (a write key, kept in this tab). */
+function labelBox(fkey, feature) {
+  const box = document.createElement("div");
+  box.id = "feature-label";
+  const show = (f) => {
+    box.innerHTML = `<p class="label-line">${f.label
+      ? `<b class="label-text">${esc(f.label)}</b>${f.note ? ` <span class="label-note">— ${esc(f.note)}</span>` : ""}
+         <small class="label-by">(key ${esc(f.label_by)}, ${new Date(f.label_at * 1000).toISOString().slice(0, 16).replace("T", " ")} UTC)</small>`
+      : "<i>no label</i>"}</p>
+      <form class="inline" id="label-form"><label>label <input name="label" maxlength="120" size="24" value="${esc(f.label ?? "")}" required></label>
+        <label>note <input name="note" size="40" value="${esc(f.note ?? "")}"></label>
+        <label>API key <input name="api_key" type="password" size="24" value="${esc(sessionStorage.getItem(KEY_STORE) || "")}"></label>
+        <button>Save label</button>${f.label ? ' <button type="button" id="label-clear">Clear</button>' : ""}</form><div class="label-error"></div>`;
+    const form = box.querySelector("#label-form");
+    const url = `${featureUrl(fkey)}/label`;
+    const run = async (method, body) => {
+      const key = new FormData(form).get("api_key").trim();
+      sessionStorage.setItem(KEY_STORE, key);
+      try {
+        const out = await sendJSON(url, method, body, key);
+        show(method === "PUT" ? { label: out.label, note: out.note, label_by: out.set_by, label_at: out.set_at } : {});
+      } catch (err) {
+        box.querySelector(".label-error").innerHTML = errorBox(err);
+      }
+    };
+    form.addEventListener("submit", (e) => {
+      e.preventDefault();
+      const f2 = new FormData(form);
+      run("PUT", { label: f2.get("label"), note: f2.get("note") });
+    });
+    box.querySelector("#label-clear")?.addEventListener("click", () => run("DELETE"));
+  };
+  show(feature);
+  return box;
 }
 
 // -- global circuit around a feature -------------------------------------------------------------------------
@@ -325,7 +392,6 @@ export async function globalPage(root, params) {
 
 // -- QK pairs of a head --------------------------------------------------------------------------------------
 
-const KEY_STORE = "atlas.apiKey";
 const QK_FIELDS = ["layer", "head", "query_position", "key_position"];
 
 function qkHeadTable(h) {
@@ -380,10 +446,7 @@ export async function qkPage(root, params) {
     else for (const k of QK_FIELDS) if (f.get(k) !== "") body[k] = Number(f.get(k));
     out.innerHTML = "<p class=\"qk-status\">queueing…</p>";
     try {
-      const job = await getJSON(`/graphs/${encodeURIComponent(f.get("graph_id").trim())}/qk`, {
-        method: "POST", body: JSON.stringify(body),
-        headers: { Accept: "application/json", "Content-Type": "application/json", ...(key ? { Authorization: `Bearer ${key}` } : {}) },
-      });
+      const job = await sendJSON(`/graphs/${encodeURIComponent(f.get("graph_id").trim())}/qk`, "POST", body, key);
       out.dataset.analysisId = job.analysis_id;
       let a = job;
       while (a.status === "queued" || a.status === "running") {

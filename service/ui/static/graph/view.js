@@ -185,7 +185,8 @@ export class GraphView {
         if (this.scene.src[k] === sel && this.scene.dst[k] === i) edge = `<div>edge from selected: <b>${fmt(this.scene.w[k])}</b></div>`;
       }
     }
-    tip.innerHTML = `<div><b>${esc(n.node_id)}</b></div><div>${esc(n.kind)}${n.token != null ? ` “${esc(n.token)}”` : ""}</div>
+    const label = n.kind !== "supernode" && n.label ? `<div class="tip-label">label: <b>${esc(n.label)}</b></div>` : "";
+    tip.innerHTML = `<div><b>${esc(n.node_id)}</b></div>${label}<div>${esc(n.kind)}${n.token != null ? ` “${esc(n.token)}”` : ""}</div>
       <div>activation: <b>${fmt(n.activation)}</b></div><div>influence (attribution): <b>${fmt(n.influence)}</b></div>${edge}`;
     const box = this.$("#graph-canvas").getBoundingClientRect();
     const pageBox = this.el.getBoundingClientRect();
@@ -243,6 +244,7 @@ export class GraphView {
         <tr><th>layer</th><td>${esc(n.layer ?? "–")}</td></tr><tr><th>position</th><td>${esc(n.pos ?? "–")}</td></tr>
         ${n.token != null ? `<tr><th>token</th><td>${esc(n.token)}</td></tr>` : ""}
         ${n.fkey ? `<tr><th>feature</th><td>${esc(n.fkey)}</td></tr>` : ""}
+        ${n.fkey && n.label ? `<tr><th>label</th><td class="node-label">${esc(n.label)}</td></tr>` : ""}
         <tr><th>activation</th><td>${fmt(n.activation)}</td></tr><tr><th>influence</th><td>${fmt(n.influence)}</td></tr>
       </table>
       ${links}${members}

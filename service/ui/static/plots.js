@@ -1,0 +1,36 @@
+// Small SVG plots the pages draw from API numbers (no library): a bar chart, and the shading of a token by a
+// feature's activation. Every mark carries its number in a data- attribute, so tests read what was drawn.
+
+const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
+const short = (v) => (Math.abs(v) >= 1e4 || (Math.abs(v) < 1e-2 && v !== 0) ? v.toExponential(1) : (+v).toPrecision(3));
+
+/** Bars over [edges[i], edges[i+1]) with heights `counts` (a histogram); the x axis shows the edges' range. */
+export function histogramSVG(counts, edges, { width = 520, height = 150, cls = "histogram", xLabel = "", yLabel = "count" } = {}) {
+  const pad = { left: 44, right: 10, top: 8, bottom: 34 };
+  const w = width - pad.left - pad.right;
+  const h = height - pad.top - pad.bottom;
+  const top = Math.max(1, ...counts);
+  const bw = counts.length ? w / counts.length : w;
+  const bars = counts.map((c, i) => {
+    const bh = (h * c) / top;
+    return `<rect class="bar" data-count="${c}" data-lo="${edges[i]}" data-hi="${edges[i + 1]}" x="${(pad.left + i * bw + 0.5).toFixed(1)}"
+      y="${(pad.top + h - bh).toFixed(1)}" width="${Math.max(0.5, bw - 1).toFixed(1)}" height="${bh.toFixed(2)}" fill="#4a6fd1"><title>[${short(edges[i])}, ${short(edges[i + 1])}): ${c}</title></rect>`;
+  }).join("");
+  const lo = edges.length ? short(edges[0]) : "";
+  const hi = edges.length ? short(edges[edges.length - 1]) : "";
+  return `<svg class="${cls}" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" role="img">
+    <line x1="${pad.left}" y1="${pad.top + h}" x2="${pad.left + w}" y2="${pad.top + h}" stroke="#888"/>
+    <line x1="${pad.left}" y1="${pad.top}" x2="${pad.left}" y2="${pad.top + h}" stroke="#888"/>
+    <text x="${pad.left - 4}" y="${pad.top + 8}" font-size="10" text-anchor="end">${top}</text>
+    <text x="${pad.left - 4}" y="${pad.top + h}" font-size="10" text-anchor="end">0</text>
+    <text x="${pad.left}" y="${pad.top + h + 13}" font-size="10">${esc(lo)}</text>
+    <text x="${pad.left + w}" y="${pad.top + h + 13}" font-size="10" text-anchor="end">${esc(hi)}</text>
+    <text x="${pad.left + w / 2}" y="${height - 4}" font-size="11" text-anchor="middle">${esc(xLabel)}</text>
+    <text x="10" y="${pad.top + h / 2}" font-size="11" text-anchor="middle" transform="rotate(-90 10 ${pad.top + h / 2})">${esc(yLabel)}</text>
+    ${bars}</svg>`;
+}
+
+/** Background opacity of a token whose activation is `a`, on a scale whose top is `max` (0 when inactive). */
+export function shade(a, max) {
+  return a == null || !(max > 0) ? 0 : Math.max(0, Math.min(1, a / max));
+}
