@@ -23,8 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from workers.analysis.virtual_weights import norm_gain
-from workers.models.sites import final_norm
+from workers.analysis.virtual_weights import final_norm, norm_gain
 
 _DICTIONARY = re.compile(r"L(\d+)\.(\w+)")
 

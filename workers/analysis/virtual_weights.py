@@ -140,6 +140,23 @@ def norm_gain(norm: nn.Module) -> torch.Tensor | None:
     return 1.0 + g if "gemma" in type(norm).__name__.lower() else g  # Gemma's RMSNorm multiplies by (1 + weight)
 
 
+def final_norm(model: nn.Module) -> nn.Module | None:
+    """The norm between the last block and the unembedding (GPT-2's ln_f, Llama/Gemma's model.norm), or None.
+
+    Kept here, beside ``norm_gain``, not in workers/models/sites.py: that file is part of the zoo's build key,
+    and a lookup that training never uses must not force a zoo rebuild."""
+    for path in ("transformer.ln_f", "model.norm", "model.decoder.final_layer_norm", "gpt_neox.final_layer_norm",
+                 "norm"):
+        obj: object = model
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+            if obj is None:
+                break
+        if isinstance(obj, nn.Module):
+            return obj
+    return None
+
+
 def norm_gains(model: nn.Module) -> tuple[dict[int, torch.Tensor], bool]:
     """The pre-MLP norm gain γ_l of every block [d_model], and whether the norm centres (LayerNorm)."""
     gains: dict[int, torch.Tensor] = {}

@@ -59,17 +59,3 @@ def site_module(model: nn.Module, layer: int, site: str) -> nn.Module:
     if site == "mlp":
         return bs[layer].mlp
     raise ValueError(f"unknown site {site!r}: expected 'attn' or 'mlp'")
-
-
-def final_norm(model: nn.Module) -> nn.Module | None:
-    """The norm between the last block and the unembedding (GPT-2's ln_f, Llama/Gemma's model.norm), or None."""
-    for path in ("transformer.ln_f", "model.norm", "model.decoder.final_layer_norm", "gpt_neox.final_layer_norm",
-                 "norm"):
-        obj: object = model
-        for part in path.split("."):
-            obj = getattr(obj, part, None)
-            if obj is None:
-                break
-        if isinstance(obj, nn.Module):
-            return obj
-    return None
