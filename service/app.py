@@ -22,6 +22,7 @@ from service.api import (
     features,
     global_circuits,
     health,
+    interventions,
     jobs,
     qk,
     registry,
@@ -91,6 +92,7 @@ def create_app(settings: Settings | None = None, *, run_migrations: bool = True)
         app.include_router(module.router)
     for module in (circuits, qk, features, global_circuits, analyses, cypher):  # the query API (issue #6)
         app.include_router(module.router)
+    app.include_router(interventions.router)  # interventions on a stored graph's prompt (issue #20)
     app.include_router(ui_router)  # the circuit viewer at /ui (issue #7)
     return app
 

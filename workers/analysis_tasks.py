@@ -43,3 +43,14 @@ def _qk_pairs(driver: neo4j.Driver, p: dict, db: str | None) -> dict:
 
 
 jobs.ANALYSES.setdefault("qk_pairs", _qk_pairs)
+
+
+# Interventions on a stored graph's prompt (workers/analysis/interventions.py), registered the same way.
+def _interventions(driver: neo4j.Driver, p: dict, db: str | None) -> dict:
+    from workers.analysis.interventions import compute_interventions
+
+    return compute_interventions(driver, p["graph_id"], list(p.get("node_ids") or []), str(p.get("mode", "ablate")),
+                                 p.get("value"), top_k=int(p.get("top_k", 10)), database=db)
+
+
+jobs.ANALYSES.setdefault("interventions", _interventions)

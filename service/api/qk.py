@@ -32,7 +32,7 @@ RETURN max(n.layer) AS n_layers
 """
 
 
-def _unprocessable(field: str, msg: str) -> JSONResponse:
+def unprocessable(field: str, msg: str) -> JSONResponse:
     return JSONResponse({"detail": [{"loc": ["body", field], "msg": msg, "type": "value_error"}]}, status_code=422)
 
 
@@ -41,23 +41,23 @@ def check_request(body: QKRequest, n_positions: int | None, n_layers: int | None
     given = [f for f in _HEAD_FIELDS if getattr(body, f) is not None]
     if body.from_circuit:
         if given:
-            return _unprocessable(given[0], f"give either from_circuit or a head ({', '.join(_HEAD_FIELDS)}), "
+            return unprocessable(given[0], f"give either from_circuit or a head ({', '.join(_HEAD_FIELDS)}), "
                                             "not both")
         return None
     missing = [f for f in _HEAD_FIELDS if getattr(body, f) is None]
     if missing:
-        return _unprocessable(missing[0], f"{', '.join(missing)} missing: give layer, head, query_position and "
+        return unprocessable(missing[0], f"{', '.join(missing)} missing: give layer, head, query_position and "
                                           "key_position, or from_circuit: true")
     if n_positions is not None:
         for f in ("query_position", "key_position"):
             if getattr(body, f) >= n_positions:
-                return _unprocessable(f, f"{f} {getattr(body, f)} is outside the prompt: it has {n_positions} "
+                return unprocessable(f, f"{f} {getattr(body, f)} is outside the prompt: it has {n_positions} "
                                          f"tokens (positions 0..{n_positions - 1})")
     if body.key_position > body.query_position:
-        return _unprocessable("key_position", f"key_position {body.key_position} is after query_position "
+        return unprocessable("key_position", f"key_position {body.key_position} is after query_position "
                                               f"{body.query_position}; attention is causal")
     if n_layers is not None and body.layer >= n_layers:
-        return _unprocessable("layer", f"layer {body.layer} does not exist: the model has layers 0..{n_layers - 1}")
+        return unprocessable("layer", f"layer {body.layer} does not exist: the model has layers 0..{n_layers - 1}")
     return None
 
 

@@ -3,9 +3,8 @@
 Why a head attends where it does: with the clean run's norms frozen, the pre-softmax score
 ``s = scaling · q·k`` is bilinear in the query-side and key-side residuals, so it splits exactly into
 (query node, key node) pairs plus three bias cross-terms (``workers/engine/qk.py``). The worker reloads the
-graph's registered model and dictionary set (once per process), re-traces the stored prompt with the stored
-BOS folding (so node ids are those of the stored graph), rebuilds the direct-effect graph for the prompt's
-own targets, and decomposes either one chosen (layer, head, query position, key position) or the heads that
+graph's registered model and dictionary set, re-traces the stored prompt and rebuilds the direct-effect graph
+for the prompt's own targets (``workers/analysis/recompute.py``), and decomposes either one chosen (layer, head, query position, key position) or the heads that
 carry the graph's strongest cross-position (OV) edges (``circuit_heads``).
 
 The result keeps the identity visible: ``score = Σ top pairs + other_pairs + Σ bias_terms`` (``total``; the
@@ -14,41 +13,9 @@ largest |pairs| first, the rest summed into ``other_pairs``), and says which nod
 
 from __future__ import annotations
 
-import json
-
 from neo4j import Driver
 
-_MODEL_CACHE = None  # one per worker process (models load once)
-
-
-def _loaded(driver: Driver, model_id: str, dset_id: str, database: str | None):  # noqa: ANN202 - compute.Loaded
-    global _MODEL_CACHE
-    from workers.pipeline import registry
-    from workers.pipeline.compute import ModelCache
-
-    model = registry.get_model(driver, model_id, database)
-    dset = registry.get_dictionary_set(driver, dset_id, database)
-    if _MODEL_CACHE is None:
-        _MODEL_CACHE = ModelCache(size=1)
-    return _MODEL_CACHE.get(model, dset)
-
-
-_GRAPH = """
-MATCH (g:Graph {graph_id: $g}) WHERE g.status = 'complete'
-OPTIONAL MATCH (p:Prompt {prompt_id: g.prompt_id})
-RETURN g.model AS model, g.dictionary_set AS dset, g.provenance AS provenance, g.settings AS settings,
-       p.tokens AS tokens, p.targets AS targets
-"""
-
-
-def _targets_of(row: dict) -> list[str]:
-    """The stored graph's own targets: a local circuit's feature, the prompt's submitted targets, else top."""
-    settings = json.loads(row["settings"] or "{}")
-    local = settings.get("local_circuit_of") if isinstance(settings, dict) else None
-    if local:
-        return [local["node_id"]]
-    submitted = json.loads(row["targets"]) if row["targets"] else []
-    return [t for t in submitted if isinstance(t, str)] or ["top"]
+from workers.analysis.recompute import recompute_graph
 
 
 def head_pairs(qk, top_k: int, stored: set[str], pattern: float, credit: float | None = None) -> dict:  # noqa: ANN001
@@ -90,29 +57,11 @@ def compute_qk_pairs(driver: Driver, graph_id: str, *, layer: int | None = None,
                      database: str | None = None) -> dict:
     """QK decomposition(s) of a stored graph's prompt; see the module docstring. ValueError / LookupError name
     the parameter that cannot be used (the analysis is then marked failed with that message)."""
-    import torch
-
-    from workers.engine.attribution import AttributionSettings, build_graph
     from workers.engine.qk import circuit_heads, qk_attribution
-    from workers.engine.targets import parse_target
 
-    rows, _, _ = driver.execute_query(_GRAPH, g=graph_id, database_=database)
-    if not rows:
-        raise LookupError(f"no complete graph {graph_id!r}")
-    row = dict(rows[0])
-    prov = json.loads(row["provenance"] or "{}")
-    tokens = row["tokens"] or prov.get("tokens")
-    if not tokens:
-        raise ValueError(f"graph {graph_id!r} records no prompt tokens; cannot recompute it")
-    loaded = _loaded(driver, row["model"], row["dset"], database)
-    lin = loaded.lin
-    torch.set_num_threads(1)  # workers share the machine's cores; one thread per job
-    trace = lin.trace(torch.tensor(list(tokens), dtype=torch.long), fold_first=bool(prov.get("bos_folded")))
+    rc = recompute_graph(driver, graph_id, database=database)
+    lin, trace, g, prov, tokens = rc.loaded.lin, rc.trace, rc.graph, rc.provenance, rc.tokens
     n_layers, n_heads = int(lin.n_layers), int(trace.attn[min(trace.attn)].q.shape[0])
-    targets = []
-    for spec in _targets_of(row):
-        targets += parse_target(spec, lin, trace, loaded.tokenizer)
-    g = build_graph(lin, trace, targets, AttributionSettings())
     stored = {r["n"] for r in driver.execute_query("MATCH (n:Node {graph_id: $g}) RETURN n.node_id AS n",
                                                    g=graph_id, database_=database).records}
     if from_circuit:
