@@ -20,6 +20,10 @@ from workers.engine.cli import attribute as attribute_command  # noqa: E402
 from workers.zoo.cli import app as zoo_app  # noqa: E402
 
 app.add_typer(zoo_app, name="zoo")
+
+from workers.text_corpus.cli import app as data_app  # noqa: E402
+
+app.add_typer(data_app, name="data")
 app.command("attribute", help="Compute one attribution graph and print its circuit.")(attribute_command)
 
 from atlas_client.cli import circuit_command, corpus_app  # noqa: E402 - the client's commands (over HTTP)

