@@ -147,13 +147,10 @@ def final_norm(model: nn.Module) -> nn.Module | None:
     and a lookup that training never uses must not force a zoo rebuild."""
     for path in ("transformer.ln_f", "model.norm", "model.decoder.final_layer_norm", "gpt_neox.final_layer_norm",
                  "norm"):
-        obj: object = model
-        for part in path.split("."):
-            obj = getattr(obj, part, None)
-            if obj is None:
-                break
-        if isinstance(obj, nn.Module):
-            return obj
+        try:
+            return model.get_submodule(path)
+        except AttributeError:
+            continue
     return None
 
 
