@@ -5,9 +5,11 @@ Build the model first (bench/make_bench_model.py), then::
 
     ~/.cache/circuit-atlas/venv/bin/python bench/engine_speed.py [--bench DIR] [--lengths 16 64 256]
         [--batch-size 32] [--cone-chunk 16] [--threads 1] [--repeats 2] [--bf16] [--backward adjoint|vmap]
+        [--max-feature-nodes N]
 
 Each length runs in a fresh subprocess, so its peak RSS (ru_maxrss: imports and loading included) is its
-own. Prints one line per length and a JSON summary.
+own; the RSS after imports and after loading model and dictionaries are reported too. ``--repeats 0``:
+one timed run, no warm-up (the long cases). Prints one line per length and a JSON summary.
 """
 
 from __future__ import annotations
@@ -21,9 +23,12 @@ import sys
 import time
 from pathlib import Path
 
+# Import ``workers`` from the checkout this script lives in, not wherever the editable install points.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 
 def _one(bench: Path, length: int, batch_size: int, cone_chunk: int, threads: int, repeats: int, bf16: bool,
-         backward: str = "adjoint") -> dict:
+         backward: str = "adjoint", max_feature_nodes: int | None = None) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -36,12 +41,17 @@ def _one(bench: Path, length: int, batch_size: int, cone_chunk: int, threads: in
     model = AutoModelForCausalLM.from_pretrained(bench / "model", dtype=torch.float32).eval()
     dicts = load_dictionary_set(bench / "dictionaries", model)
     lin = Linearised(model, dicts)
+    rss_loaded = _rss_now_gb()
     prompts = json.loads((bench / "prompts.json").read_text())
     ids = torch.tensor(prompts[str(length)] if str(length) in prompts else prompts["prompts"][str(length)])
     settings = AttributionSettings(batch_size=batch_size, cone_chunk=cone_chunk, dtype="bf16" if bf16 else "fp32",
-                                   backward=backward)  # type: ignore[arg-type]
-    g = attribute(lin, ids, settings=settings)  # warm-up
+                                   backward=backward, max_feature_nodes=max_feature_nodes)  # type: ignore[arg-type]
     times, cpu = [], []
+    t0, c0 = time.perf_counter(), time.process_time()
+    g = attribute(lin, ids, settings=settings)  # warm-up (timed only with --repeats 0)
+    if repeats == 0:
+        times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
     for _ in range(repeats):
         del g  # never hold two graphs: peak RSS is that of one graph
         t0, c0 = time.perf_counter(), time.process_time()
@@ -73,6 +83,9 @@ def _one(bench: Path, length: int, batch_size: int, cone_chunk: int, threads: in
         "peak_rss_gb": peak,
         "rss_after_imports_gb": rss_imports,
         "peak_rss_above_imports_gb": peak - rss_imports,
+        "rss_after_load_gb": rss_loaded,
+        "peak_rss_above_load_gb": peak - rss_loaded,
+        "budget": g.provenance.get("budget"),
         "backward": g.provenance["settings"]["backward"],
         "settings": settings.to_dict(),
         "threads": threads,
@@ -90,6 +103,14 @@ def _one(bench: Path, length: int, batch_size: int, cone_chunk: int, threads: in
     return res
 
 
+def _rss_now_gb() -> float:
+    """Current resident set size (VmRSS of /proc/self/status), GB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1e6
+    return float("nan")
+
+
 def main() -> None:
     from workers.settings import get_settings
 
@@ -102,10 +123,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--bf16", action="store_true")
     ap.add_argument("--backward", default="adjoint", choices=["adjoint", "vmap", "replicate"])
+    ap.add_argument("--max-feature-nodes", type=int, default=None, help="node budget (default: every feature)")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.one is not None:
-        print(json.dumps(_one(a.bench, a.one, a.batch_size, a.cone_chunk, a.threads, a.repeats, a.bf16, a.backward)))
+        print(json.dumps(_one(a.bench, a.one, a.batch_size, a.cone_chunk, a.threads, a.repeats, a.bf16, a.backward,
+                              a.max_feature_nodes)))
         return
     if not (a.bench / "model").is_dir():
         sys.exit(f"no benchmark model at {a.bench}: run bench/make_bench_model.py first")
@@ -114,13 +137,15 @@ def main() -> None:
     for length in a.lengths:
         cmd = [sys.executable, __file__, "--one", str(length), "--bench", str(a.bench), "--batch-size",
                str(a.batch_size), "--cone-chunk", str(a.cone_chunk), "--threads", str(a.threads),
-               "--repeats", str(a.repeats), "--backward", a.backward] + (["--bf16"] if a.bf16 else [])
+               "--repeats", str(a.repeats), "--backward", a.backward] + (["--bf16"] if a.bf16 else []) \
+            + ([] if a.max_feature_nodes is None else ["--max-feature-nodes", str(a.max_feature_nodes)])
         out = subprocess.run(cmd, check=True, capture_output=True, text=True)
         r = json.loads(out.stdout.strip().splitlines()[-1])
         results.append(r)
         r["load_average_after"] = os.getloadavg()
         print(f"{length:4d} tokens: {r['seconds_per_graph']:.3f} s/graph ({r['cpu_seconds_per_graph']:.3f} CPU s; floor fwd+bwd {r['floor_forward_backward_s']:.4f} s), "
-              f"peak RSS {r['peak_rss_gb']:.2f} GB ({r['peak_rss_above_imports_gb']:.2f} above imports), "
+              f"peak RSS {r['peak_rss_gb']:.2f} GB ({r['peak_rss_above_imports_gb']:.2f} above imports, "
+              f"{r['peak_rss_above_load_gb']:.2f} above the loaded model), "
               f"{r['n_features']} features, {r['nnz']} edges, load {r['load_average_after'][0]:.2f}"
               + (f", bf16 rel err {r['bf16_rel_err_l2']:.2e}" if 'bf16_rel_err_l2' in r else ""), flush=True)
     print(json.dumps(results, indent=1))

@@ -50,16 +50,22 @@ from workers.models.sites import blocks  # noqa: E402
 from workers.settings import get_settings  # noqa: E402
 
 BOS = "<|endoftext|>"
-N_LAYERS = 4
-D_MODEL = 128
-N_HEADS = 4
 N_POSITIONS = 1024
-D_TC = 1024
-PROMPT_LENGTHS = (16, 64, 256)  # total tokens per prompt, BOS included
+# --shape: the issue #4 model (default) and one of Gemma 3 270M's shape (issue #15: 18 layers, d_model 640,
+# 10 heads, 16,384-feature transcoders, ~50 active per token per layer) in GPT-2's architecture.
+# prompt lengths are total tokens, BOS included
+SHAPES: dict[str, dict] = {
+    "gpt2-4l-d128": {"n_layers": 4, "d_model": 128, "n_heads": 4, "d_tc": 1024, "target_active": 12.0,
+                     "lengths": (16, 64, 256)},
+    "gpt2-18l-d640": {"n_layers": 18, "d_model": 640, "n_heads": 10, "d_tc": 16384, "target_active": 50.0,
+                      "lengths": (64, 256, 1024)},
+}
+N_LAYERS, D_MODEL, N_HEADS, D_TC = 4, 128, 4, 1024  # set from --shape in main()
+PROMPT_LENGTHS: tuple[int, ...] = (16, 64, 256)
 
 
-def default_out_dir() -> Path:
-    return get_settings().cache_dir / "bench" / "gpt2-4l-d128"
+def default_out_dir(shape: str = "gpt2-4l-d128") -> Path:
+    return get_settings().cache_dir / "bench" / shape
 
 
 def _generator(seed: int, name: str) -> torch.Generator:
@@ -165,7 +171,12 @@ def build_transcoders(model: GPT2LMHeadModel, seed: int, vocab_size: int, target
         b_dec = _normal(seed, f"tc{layer}.b_dec", (D_MODEL,), 0.02)
         x = xs[layer][:, 1:].reshape(-1, D_MODEL)  # BOS excluded: circuit-tracer zeroes its features
         pre = x @ W_enc.T  # [tokens, D_TC]
-        b_enc = -torch.quantile(pre, q, dim=0)
+        if pre.numel() <= 2**24:
+            b_enc = -torch.quantile(pre, q, dim=0)
+        else:  # torch.quantile refuses more than 2^24 elements: the nearest order statistic
+            k = max(1, min(pre.shape[0], round(q * (pre.shape[0] - 1)) + 1))
+            b_enc = -pre.kthvalue(k, dim=0).values
+        del pre
         out[layer] = {"W_enc": W_enc.contiguous(), "b_enc": b_enc.contiguous(),
                       "W_dec": W_dec.contiguous(), "b_dec": b_dec.contiguous()}
     return out
@@ -242,16 +253,24 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=None,
-                    help="output dir (default: <ATLAS_CACHE_DIR>/bench/gpt2-4l-d128)")
+                    help="output dir (default: <ATLAS_CACHE_DIR>/bench/<shape>)")
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="gpt2-4l-d128",
+                    help="gpt2-4l-d128 (issue #4, default) or gpt2-18l-d640 (Gemma 3 270M's shape, issue #15)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--vocab", type=int, default=512, help="vocabulary size incl. BOS (default 512)")
-    ap.add_argument("--target-active", type=float, default=12.0,
-                    help="active transcoder features per token per layer to aim for (default 12)")
+    ap.add_argument("--target-active", type=float, default=None,
+                    help="active transcoder features per token per layer to aim for (default: the shape's, 12 / 50)")
     ap.add_argument("--calib-prompts", type=int, default=64)
     ap.add_argument("--calib-len", type=int, default=128)
     args = ap.parse_args(argv)
+    global N_LAYERS, D_MODEL, N_HEADS, D_TC, PROMPT_LENGTHS
+    shape = SHAPES[args.shape]
+    N_LAYERS, D_MODEL, N_HEADS, D_TC = shape["n_layers"], shape["d_model"], shape["n_heads"], shape["d_tc"]
+    PROMPT_LENGTHS = shape["lengths"]
+    if args.target_active is None:
+        args.target_active = shape["target_active"]
     torch.set_num_threads(1)  # shared 2-core machine; this script is not timed
-    out = (args.out or default_out_dir()).expanduser()
+    out = (args.out or default_out_dir(args.shape)).expanduser()
     if args.vocab < 16:
         ap.error(f"--vocab {args.vocab} is too small; use at least 16")
     t0 = time.time()
@@ -290,7 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     save_file(reference, str(out / "reference.safetensors"))
 
     manifest = {
-        "what": "random GPT-2 + ReLU transcoders for the issue #4 benchmark (bench/README.md)",
+        "what": "random GPT-2 + ReLU transcoders for the issue #4 / #15 benchmarks (bench/README.md)",
+        "shape": args.shape,
         "seed": args.seed, "vocab_size": args.vocab, "n_layers": N_LAYERS, "d_model": D_MODEL,
         "n_heads": N_HEADS, "d_mlp": 4 * D_MODEL, "n_positions": N_POSITIONS, "d_transcoder": D_TC,
         "activation": "relu", "skip": False, "ln_2": "identity (weight 1, bias 0)",

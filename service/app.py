@@ -35,6 +35,23 @@ from workers.settings import Settings, get_settings
 log = logging.getLogger(__name__)
 
 
+def _move_keys_out_of_neo4j(app: FastAPI) -> None:
+    """API keys of older versions lived in Neo4j, where user Cypher can read them: move them to Redis."""
+    import redis
+
+    from service.api.deps import redis_of
+    from service.auth import move_keys_out_of_neo4j
+
+    settings = app.state.settings
+    try:
+        moved = move_keys_out_of_neo4j(app.state.neo4j_driver, redis_of(app), database=settings.neo4j_database)
+    except (redis.exceptions.RedisError, neo4j.exceptions.Neo4jError, neo4j.exceptions.DriverError, OSError) as exc:
+        log.error("API keys stored in Neo4j were not moved to Redis at start-up: %s", exc)
+        return
+    if moved:
+        log.warning("moved %d API key(s) from Neo4j to Redis", moved)
+
+
 def create_app(settings: Settings | None = None, *, run_migrations: bool = True) -> FastAPI:
     settings = settings or get_settings()
 
@@ -57,6 +74,7 @@ def create_app(settings: Settings | None = None, *, run_migrations: bool = True)
             except (MigrationError, neo4j.exceptions.Neo4jError, neo4j.exceptions.DriverError, OSError) as exc:
                 app.state.migration_error = str(exc)
                 log.error("migrations not applied at start-up: %s", exc)
+            _move_keys_out_of_neo4j(app)
         try:
             yield
         finally:

@@ -170,14 +170,13 @@ def _wait_http(client: Any, path: str, timeout_s: float) -> None:
 def step_corpus(ctx: DemoContext) -> str:
     """Over real HTTP: register, submit, watch the job to the end (uvicorn + one worker, both stopped after)."""
     import httpx
+    import redis
 
     from service.auth import create_key, revoke_key
-    from service.db import neo4j_driver
 
     # The write routes need an API key: the demo makes its own, sends it, and revokes it at the end.
-    db = ctx.settings.neo4j_database
-    with neo4j_driver(ctx.settings) as driver:
-        demo_key, demo_plain = create_key(driver, "demo", ("write",), database=db)
+    keys = redis.Redis.from_url(ctx.settings.redis_url)
+    demo_key, demo_plain = create_key(keys, "demo", ("write",))
     headers = {"Authorization": f"Bearer {demo_plain}"}
     port = _free_port()
     api = start_api_process(ctx.settings, port)
@@ -226,8 +225,8 @@ def step_corpus(ctx: DemoContext) -> str:
             except subprocess.TimeoutExpired:
                 os.killpg(api.pid, signal.SIGKILL)
                 api.wait()
-        with neo4j_driver(ctx.settings) as driver:
-            revoke_key(driver, demo_key.key_id, database=db)  # its plaintext existed only in this process
+        revoke_key(keys, demo_key.key_id)  # its plaintext existed only in this process
+        keys.close()
     if job["state"] != "complete":
         raise DemoError(f"the corpus ended {job['state']}: failures {job['failures']}")
     return f"{job['done']} graphs stored for corpus {accepted['corpus_id']} at {job['throughput_per_min']:.1f} prompts/min"

@@ -78,15 +78,14 @@ def redis_client(settings, services) -> Iterator[object]:  # noqa: ANN001
 
 
 @pytest.fixture(scope="session")
-def write_key(neo4j_driver, settings) -> Iterator[tuple[object, str]]:  # noqa: ANN001
+def write_key(redis_client) -> Iterator[tuple[object, str]]:  # noqa: ANN001
     """(ApiKey, plaintext) of a real 'write' key: the key tests submit, cancel and
     request analyses with."""
-    from service.auth import create_key
+    from service.auth import create_key, delete_key
 
-    key, plain = create_key(neo4j_driver, "tests-write", ("write",), database=settings.neo4j_database)
+    key, plain = create_key(redis_client, "tests-write", ("write",))
     yield key, plain
-    neo4j_driver.execute_query("MATCH (k:ApiKey {key_id: $id}) DETACH DELETE k", id=key.key_id,
-                               database_=settings.neo4j_database)
+    delete_key(redis_client, key.key_id)
 
 
 def _free_port() -> int:

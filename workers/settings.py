@@ -42,6 +42,13 @@ class PipelineSettings(BaseSettings):
     # Fault-injection for tests only: each worker sleeps this long in the attribution stage, so that a
     # test can kill it mid-prompt. Never set in production.
     fault_delay_s: float = 0.0
+    # Fault-injection for tests only: the writer sleeps this long between the batches of a graph write (nodes
+    # committed, edges not yet), so that a test can kill a worker mid-write. Never set in production.
+    fault_write_delay_s: float = 0.0
+    # Lease a graph writer holds (renewed at every batch): a dead writer's half-written graph is taken over this
+    # long after its last batch (workers/store/writer.py). Longer than stale_after_s is fine: a re-enqueued
+    # prompt waits out the lease without spending its attempts.
+    graph_lease_s: float = 60.0
     # Every this many stored graphs of a job, a cpu-queue task folds the corpus's pending graphs into its
     # aggregates (workers/store/aggregates.py), so they grow while a long corpus runs; the corpus-done task
     # folds the rest. 0: only at the end.

@@ -103,38 +103,46 @@ def enqueue_fold(corpus_id: str, round_: int) -> None:
 @celery_app.task(name="atlas.compute_prompt", bind=True, acks_late=True)
 def compute_prompt(self, prompt_id: str) -> str:  # noqa: ANN001 - bound Celery task
     """Compute and store the graph of one prompt. Returns the prompt's outcome."""
-    from workers.pipeline.compute import run_prompt
+    from workers.pipeline.compute import PromptBusy, end_prompt, run_prompt
 
     cfg = get_pipeline_settings()
     settings = get_settings()
+    db = settings.neo4j_database
     try:
         driver, r, cache = _process_clients()
         # The task id is the writer token: a retry or redelivery of this task takes over its own graph lease.
-        return run_prompt(driver, r, cache, cfg, prompt_id, settings.neo4j_database,
-                          on_job_finished=enqueue_finish_corpus, writer_token=self.request.id,
-                          on_fold_due=enqueue_fold)
+        return run_prompt(driver, r, cache, cfg, prompt_id, db, on_job_finished=enqueue_finish_corpus,
+                          writer_token=self.request.id, on_fold_due=enqueue_fold, retry=self.request.retries > 0)
     except LookupError:
         return "missing"  # the job was deleted (a submission that failed half-way): nothing to do
     except SoftTimeLimitExceeded:
-        driver, _, _ = _process_clients()
-        _, finished = jobs.finish_prompt(driver, prompt_id, "failed",
-                                         f"exceeded the soft time limit of {settings.task_soft_time_limit_s}s "
-                                         "(ATLAS_TASK_SOFT_TIME_LIMIT_S)", database=settings.neo4j_database)
-        if finished:
-            enqueue_finish_corpus(jobs.job_id_of(prompt_id))
+        limit = (self.request.timelimit or (None, None))[1] or settings.task_soft_time_limit_s
+        end_prompt(*_process_clients()[:2], prompt_id, "failed",
+                   f"exceeded the soft time limit of {limit}s (ATLAS_TASK_SOFT_TIME_LIMIT_S of the sender)",
+                   token=self.request.id, database=db, on_job_finished=enqueue_finish_corpus)
         return "failed"
-    except TRANSIENT_ERRORS as exc:
-        if self.request.retries >= cfg.max_retries:
+    except (*TRANSIENT_ERRORS, PromptBusy) as exc:
+        # Waiting for another delivery or a lease always ends (a live one finishes, a dead one's heartbeat or
+        # lease runs out): not given up on.
+        waiting = isinstance(exc, (GraphBusy, PromptBusy)) and exc.retry_after_s is not None
+        if self.request.retries >= cfg.max_retries and not waiting:
             try:
-                if jobs.finish_prompt(_process_clients()[0], prompt_id, "failed",
-                                      f"gave up after {self.request.retries} retries of transient errors: {exc!r}",
-                                      database=settings.neo4j_database).job_finished:
-                    enqueue_finish_corpus(jobs.job_id_of(prompt_id))
+                end_prompt(*_process_clients()[:2], prompt_id, "failed",
+                           f"gave up after {self.request.retries} retries of transient errors: {exc!r}",
+                           token=self.request.id, database=db, on_job_finished=enqueue_finish_corpus)
             except TRANSIENT_ERRORS:
                 pass  # still down: the prompt stays 'running' and the reaper picks it up later
             raise
-        countdown = min(cfg.retry_backoff_max_s, 0.5 * 2 ** self.request.retries)
-        raise self.retry(exc=exc, countdown=countdown, max_retries=cfg.max_retries) from exc
+        countdown = (exc.retry_after_s + 0.5 if waiting
+                     else min(cfg.retry_backoff_max_s, 0.5 * 2 ** self.request.retries))
+        try:  # the prompt's own retry is queued: the reaper must not take it for dead meanwhile
+            if not isinstance(exc, PromptBusy):  # (a PromptBusy delivery does not own the prompt)
+                jobs.beat(_process_clients()[1], jobs.job_id_of(prompt_id), prompt_id, self.request.id,
+                          at=time.time() + countdown)
+        except redis.exceptions.RedisError:
+            pass  # Redis down: the retry may be lost with it, and then the reaper re-enqueues
+        raise self.retry(exc=exc, countdown=countdown,
+                         max_retries=self.request.retries + 1 if waiting else cfg.max_retries) from exc
 
 
 @celery_app.task(name="atlas.fold_aggregates", bind=True, acks_late=True, max_retries=10)

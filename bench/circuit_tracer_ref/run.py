@@ -123,8 +123,10 @@ def graph_stats(graph, n_layers: int) -> dict:
     }
 
 
-def worker_time(bench_dir: Path, length: int, batch_size: int, repeats: int) -> dict:
-    """Warm-up + ``repeats`` timed ``attribute`` calls on the LEN-token prompt at batch size BS."""
+def worker_time(bench_dir: Path, length: int, batch_size: int, repeats: int,
+                max_feature_nodes: int | None = None) -> dict:
+    """Warm-up + ``repeats`` timed ``attribute`` calls on the LEN-token prompt at batch size BS (``repeats``
+    0: the first call is the timed one)."""
     import torch
     from circuit_tracer import attribute
     rss_imports = rss_now_mb()
@@ -142,14 +144,17 @@ def worker_time(bench_dir: Path, length: int, batch_size: int, repeats: int) -> 
 
     def run():
         return attribute(ids, model, max_n_logits=10, desired_logit_prob=0.95, batch_size=batch_size,
-                         max_feature_nodes=None)
+                         max_feature_nodes=max_feature_nodes)
 
-    t0 = time.perf_counter()
+    times, cpu_times = [], []
+    t0, c0 = time.perf_counter(), time.process_time()
     graph = run()
     warmup_s = time.perf_counter() - t0
+    if repeats == 0:
+        times.append(warmup_s)
+        cpu_times.append(time.process_time() - c0)
     stats = graph_stats(graph, model.cfg.n_layers)
     del graph
-    times, cpu_times = [], []
     for _ in range(repeats):
         t0, c0 = time.perf_counter(), time.process_time()
         graph = run()
@@ -168,6 +173,7 @@ def worker_time(bench_dir: Path, length: int, batch_size: int, repeats: int) -> 
         "warmup_seconds": warmup_s, "load_seconds": load_s,
         "rss_start_mb": RSS_AT_START_MB, "rss_after_imports_mb": rss_imports, "rss_after_load_mb": rss_loaded,
         "peak_rss_mb": peak, "peak_rss_above_imports_mb": peak - rss_imports,
+        "peak_rss_above_load_mb": peak - rss_loaded, "max_feature_nodes": max_feature_nodes,
         **stats,
     }
 
@@ -264,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dump-npz", type=Path, nargs="?", const=DEFAULT_BENCH_DIR.parent / "ct_graph_16.npz",
                     help="dump circuit-tracer's 16-token graph (default path: %(const)s)")
     ap.add_argument("--skip-verify", action="store_true", help="skip the same-function check")
+    ap.add_argument("--max-feature-nodes", type=int, default=None, help="circuit-tracer's node budget")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
@@ -275,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             length, bs = parse_cases(args.worker)[0]
             repeats = args.repeats_long if length >= 256 else args.repeats
-            result = worker_time(args.bench_dir, length, bs, repeats)
+            result = worker_time(args.bench_dir, length, bs, repeats, args.max_feature_nodes)
         print(json.dumps(result), flush=True)
         sys.stderr.flush()
         # Skip interpreter teardown: circuit-tracer's ReplacementModel.__del__ raises during it.
@@ -286,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
         "tool": "circuit-tracer", "versions": versions(), "python": platform.python_version(),
         "bench_dir": str(args.bench_dir), "threads": args.threads, "cpu_count": os.cpu_count(),
         "load_average_at_start": list(os.getloadavg()),
-        "attribute_kwargs": {"max_n_logits": 10, "desired_logit_prob": 0.95, "max_feature_nodes": None},
+        "attribute_kwargs": {"max_n_logits": 10, "desired_logit_prob": 0.95,
+                             "max_feature_nodes": args.max_feature_nodes},
         "manifest": json.loads((args.bench_dir / "manifest.json").read_text())
         if (args.bench_dir / "manifest.json").exists() else None,
     }
@@ -300,7 +308,9 @@ def main(argv: list[str] | None = None) -> int:
     for length, bs in parse_cases(args.cases):
         log(f"timing {length} tokens at batch_size {bs} ...")
         r = run_worker(["--worker", f"{length}:{bs}", "--repeats", str(args.repeats),
-                        "--repeats-long", str(args.repeats_long), *common], args.threads)
+                        "--repeats-long", str(args.repeats_long), *common,
+                        *([] if args.max_feature_nodes is None else ["--max-feature-nodes", str(args.max_feature_nodes)])],
+                       args.threads)
         log(f"  {r['seconds_per_graph_median']:.3f} s/graph ({r['cpu_seconds_per_graph_median']:.3f} CPU s), "
             f"peak RSS {r['peak_rss_mb']:.0f} MB, "
             f"{r['n_nodes']} nodes ({r['n_features']} features), {r['n_edges_nonzero']} nonzero edges")

@@ -25,7 +25,7 @@ from workers.pipeline.validation import InvalidCorpus, ValidatedCorpus
 router = APIRouter(prefix="/corpora", tags=["corpora"])
 
 JSONL_TYPES = ("application/x-ndjson", "application/jsonl", "application/x-jsonlines", "application/json-lines")
-_SETTINGS_PARAMS = ("prune", "node_threshold", "edge_threshold", "max_features", "batch_size")
+_SETTINGS_PARAMS = ("prune", "node_threshold", "edge_threshold", "max_features", "max_feature_nodes", "batch_size")
 
 
 def _invalid(exc: InvalidCorpus) -> JSONResponse:

@@ -8,7 +8,7 @@ from typing import Any
 
 import neo4j
 import redis
-from fastapi import HTTPException, Request
+from fastapi import FastAPI, HTTPException, Request
 
 from workers.pipeline.config import PipelineSettings, get_pipeline_settings
 from workers.settings import Settings
@@ -31,8 +31,8 @@ def pipeline_settings_of(request: Request) -> PipelineSettings:
     return getattr(request.app.state, "pipeline_settings", None) or get_pipeline_settings()
 
 
-def redis_of(request: Request) -> redis.Redis:
-    state: Any = request.app.state
+def redis_of(request: Request | FastAPI) -> redis.Redis:
+    state: Any = (request.app if isinstance(request, Request) else request).state
     with _lock:
         client = getattr(state, "redis_client", None)
         if client is None:

@@ -227,8 +227,10 @@ def circuit(driver: Driver, graph_id: str, pruning: Pruning | None = None, *, da
 
 # -- Neuronpedia graph JSON (schema_version 1; shared/REFERENCE.md) -----------------------------------------
 
+# an unexpanded-features leaf has no Neuronpedia kind: drawn like an error node (a leaf carrying its value)
 _FEATURE_TYPE = {"feature": "cross layer transcoder", "error": "mlp reconstruction error", "embedding": "embedding",
-                 "pos_embedding": "embedding", "logit": "logit", "target": "logit", "bias": "bias"}
+                 "pos_embedding": "embedding", "logit": "logit", "target": "logit", "bias": "bias",
+                 "unexpanded": "mlp reconstruction error"}
 
 
 def to_neuronpedia(c: Circuit, slug: str | None = None) -> dict:

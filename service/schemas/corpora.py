@@ -13,8 +13,15 @@ class CorpusSettings(BaseModel):
     prune: bool = Field(True, description="Store the influence-pruned graph (False: every node and edge).")
     node_threshold: float = Field(0.8, gt=0, le=1, description="Influence pruning: node threshold.")
     edge_threshold: float = Field(0.98, gt=0, le=1, description="Influence pruning: edge threshold.")
-    max_features: int | None = Field(None, ge=1, description="Keep at most this many feature nodes per graph "
-                                                             "(most influential first).")
+    max_features: int | None = Field(None, ge=1, description=(
+        "Store at most this many feature nodes per graph (most influential first); the others are folded into "
+        "one 'unexpanded' leaf per (site, position), as under max_feature_nodes. A storage cap: it does not "
+        "make the computation cheaper."))
+    max_feature_nodes: int | None = Field(None, ge=0, le=10_000_000, description=(
+        "Node budget of the computation: at most this many active features become rows (the targets first, "
+        "then features by estimated influence on the targets, circuit-tracer's rule); the rest stay sources, "
+        "summed into one 'unexpanded' leaf per (site, position), so every row stays complete. Bounds time and "
+        "memory on long prompts. None: every active feature."))
     batch_size: int = Field(32, ge=1, le=1024, description="Targets per backward pass (speed only).")
 
 

@@ -203,15 +203,13 @@ def _attn_feature_target(lin, tr):
 def test_adjoint_matches_autograd(lin):
     """The explicit adjoint (default backward) gives the edges autograd gives, on every row kind: logits,
     logit differences, residual directions, MLP and attention-SAE features (with the fixtures' skip
-    transcoders: the position-diagonal skip term). GPT-2 and Llama use the adjoint; Gemma 3 (post-norms)
-    must fall back to autograd and still agree."""
+    transcoders: the position-diagonal skip term). GPT-2, Llama and Gemma 3 (post-norms, QK-norm, scaled
+    embeddings) all use the adjoint."""
     from workers.engine.adjoint import AdjointModel
 
     tr = lin.trace(PROMPTS[2])
     tg = _targets(lin, tr) + [_attn_feature_target(lin, tr)]
-    adj = AdjointModel.build(lin, tr)
-    is_gemma = "Gemma" in type(lin.model).__name__
-    assert (adj is None) == is_gemma
+    assert AdjointModel.build(lin, tr) is not None
     a = build_graph(lin, tr, tg, AttributionSettings(cone_chunk=5, batch_size=9))
     b = build_graph(lin, tr, tg, AttributionSettings(backward="vmap", cone_chunk=4))
     assert a.node_ids == b.node_ids
@@ -232,25 +230,27 @@ def test_adjoint_self_check_rejects_a_wrong_transpose(lin):
 
     tr = lin.trace(PROMPTS[0])
     adj = AdjointModel.build(lin, tr)
-    if adj is None:
-        assert "Gemma" in type(lin.model).__name__
-        return
-    assert adj._agrees_with_autograd()
+    assert adj is not None and adj._agrees_with_autograd()
     op = adj.layers[0]  # layer 0's maps 1% off (the fixtures' attention SAEs cut the residual path there)
     for name in ("Wv", "Wo_res", "M_res", "M_out", "mlp_skip"):
         if getattr(op, name) is not None:
             setattr(op, name, getattr(op, name) * 1.01)
     assert not adj._agrees_with_autograd()
+    if op.post_mlp is not None:  # Gemma: a wrong post-norm alone is caught too
+        adj = AdjointModel.build(lin, tr)
+        assert adj is not None
+        adj.layers[1].post_mlp.F = adj.layers[1].post_mlp.F * 1.01
+        assert not adj._agrees_with_autograd()
 
 
 def test_adjoint_without_skip_and_with_cut_attention():
-    """Transcoders without skip and attention SAEs without skip (the attention path is cut), on GPT-2 and
-    Llama: adjoint edges equal autograd's, and rows are complete."""
-    from tests.engine.conftest import calibrate, make_dicts, make_gpt2, make_llama
+    """Transcoders without skip and attention SAEs without skip (the attention path is cut), on GPT-2,
+    Llama and Gemma 3: adjoint edges equal autograd's, and rows are complete."""
+    from tests.engine.conftest import calibrate, make_dicts, make_gemma3, make_gpt2, make_llama
     from workers.engine.adjoint import AdjointModel
     from workers.engine.linearise import Linearised
 
-    for make in (make_gpt2, make_llama):
+    for make in (make_gpt2, make_llama, make_gemma3):
         model = make(3, 64)
         lin2 = Linearised(model, make_dicts(model, 3, 64, skip=False, sites=("mlp",)))
         lin2.dictionaries.dictionaries[(1, "attn")] = make_dicts(model, 3, 64, skip=False, sites=("attn",),

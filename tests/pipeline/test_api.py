@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from service.auth import create_key
+from service.auth import create_key, delete_key
 from workers.pipeline.config import PipelineSettings
 
 PROMPTS = ["the cat sat on the mat", "alice and bob went to the store", "( [ ] )"]
@@ -157,14 +157,13 @@ def test_jsonl_upload(client, registered):
 
 
 @pytest.fixture
-def other_keys(neo4j_driver, settings):  # noqa: ANN001, ANN201
+def other_keys(redis_client):  # noqa: ANN001, ANN201
     """Plaintexts of fresh keys besides the client's own: another 'write' key, a 'cypher'-only key, an admin key."""
-    db = settings.neo4j_database
-    made = {name: create_key(neo4j_driver, f"pipeline-{name}", scopes, database=db)
+    made = {name: create_key(redis_client, f"pipeline-{name}", scopes)
             for name, scopes in {"writer": ("write",), "cypher": ("cypher",), "admin": ("admin",)}.items()}
     yield {name: plain for name, (_, plain) in made.items()}
-    neo4j_driver.execute_query("MATCH (k:ApiKey) WHERE k.key_id IN $ids DETACH DELETE k",
-                               ids=[k.key_id for k, _ in made.values()], database_=db)
+    for k, _ in made.values():
+        delete_key(redis_client, k.key_id)
 
 
 @pytest.fixture

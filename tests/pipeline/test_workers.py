@@ -68,6 +68,32 @@ def test_corpus_completes_with_graphs_aggregates_progress_and_failures(client, n
     assert summary[0]["n"] == 4
 
 
+def test_node_budget_setting_reaches_the_engine_and_stored_rows_stay_complete(client, neo4j_driver, registered,
+                                                                               worker_factory):
+    """``max_feature_nodes`` bounds the rows computed; the unexpanded features are stored as :Unexp leaves,
+    so (unpruned) each target's stored in-edges sum to its value."""
+    import json
+
+    model, dset = registered
+    worker_factory()
+    acc = submit(client, model, dset, ["the dog ran to the park and the cat"], max_feature_nodes=6, prune=False)
+    st = wait_for(lambda: finished(client, acc), 120, "the corpus to finish")
+    assert st["state"] == "complete" and st["settings"]["max_feature_nodes"] == 6
+    gid = f"g-{acc['corpus_id']}-0"
+    g = neo4j_driver.execute_query("MATCH (g:Graph {graph_id: $g}) RETURN g", g=gid).records[0]["g"]
+    budget = json.loads(g["provenance"])["budget"]
+    assert budget["expanded_features"] == 6 < budget["active_features"] and budget["unexpanded_leaves"] > 0
+    n_leaves = neo4j_driver.execute_query("MATCH (n:Unexp {graph_id: $g}) RETURN count(n) AS c", g=gid).records[0]["c"]
+    assert n_leaves == budget["unexpanded_leaves"]
+    rows = neo4j_driver.execute_query("MATCH (n:Feat {graph_id: $g}) WHERE EXISTS { (n)<-[:ATTR]-() } "
+                                      "RETURN count(n) AS c", g=gid).records[0]["c"]
+    assert rows == 6
+    for t in json.loads(g["target"])["targets"]:
+        total = neo4j_driver.execute_query("MATCH (s:Node)-[e:ATTR]->(t:Node {uid: $u}) RETURN sum(e.w) AS w",
+                                           u=f"{gid}|{t['node_id']}").records[0]["w"]
+        assert abs(total - t["value"]) < 1e-4 * max(1.0, abs(t["value"])), t
+
+
 def _graphs(driver, acc: dict) -> dict:  # noqa: ANN001
     from tests.pipeline.checks import graphs_per_prompt
 

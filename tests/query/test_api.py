@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from service.auth import create_key, revoke_key, verify_key
+from service.auth import create_key, delete_key, revoke_key, verify_key
 from tests.query.graphs import make_records
 from workers.store.records import NodeRow
 
@@ -24,13 +24,12 @@ def client(settings, neo4j_driver) -> Iterator[object]:  # noqa: ANN001
 
 
 @pytest.fixture
-def keys(neo4j_driver, settings):  # noqa: ANN001, ANN201
-    db = settings.neo4j_database
-    made = {name: create_key(neo4j_driver, f"test-{name}", scopes, database=db)
+def keys(redis_client):  # noqa: ANN001, ANN201
+    made = {name: create_key(redis_client, f"test-{name}", scopes)
             for name, scopes in {"cypher": ("cypher",), "write": ("write",), "admin": ("admin",)}.items()}
     yield {name: plain for name, (_, plain) in made.items()}
-    neo4j_driver.execute_query("MATCH (k:ApiKey) WHERE k.key_id IN $ids DETACH DELETE k",
-                               ids=[k.key_id for k, _ in made.values()], database_=db)
+    for k, _ in made.values():
+        delete_key(redis_client, k.key_id)
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -48,19 +47,19 @@ def small_graph() -> list:
     return [(nodes, edges, [1.0, 0.5, 2.0, -0.25])]
 
 
-def test_keys_are_hashed_at_rest_and_revocable(neo4j_driver, settings):
-    db = settings.neo4j_database
-    key, plain = create_key(neo4j_driver, "hash-check", ("cypher",), database=db)
-    stored = neo4j_driver.execute_query("MATCH (k:ApiKey {key_id: $id}) RETURN properties(k) AS p", id=key.key_id,
-                                        database_=db).records[0]["p"]
+def test_keys_are_hashed_at_rest_and_revocable(redis_client):
+    key, plain = create_key(redis_client, "hash-check", ("cypher",))
+    stored = redis_client.hgetall(f"atlas:apikey:{key.key_id}")
     secret = plain.split("_", 2)[2]
-    assert all(secret not in str(v) for v in stored.values()) and len(stored["secret_sha256"]) == 64
-    assert verify_key(neo4j_driver, plain, database=db) == key
-    assert verify_key(neo4j_driver, plain[:-1] + ("A" if plain[-1] != "A" else "B"), database=db) is None
-    assert revoke_key(neo4j_driver, key.key_id, database=db)
-    assert verify_key(neo4j_driver, plain, database=db) is None
+    assert all(secret.encode() not in v for v in stored.values()) and len(stored[b"secret_sha256"]) == 64
+    assert verify_key(redis_client, plain) == key
+    assert verify_key(redis_client, plain[:-1] + ("A" if plain[-1] != "A" else "B")) is None
+    assert revoke_key(redis_client, key.key_id)
+    assert verify_key(redis_client, plain) is None
+    assert not revoke_key(redis_client, "0123456789abcdef")
     with pytest.raises(ValueError, match="unknown scopes"):
-        create_key(neo4j_driver, "x", ("root",), database=db)
+        create_key(redis_client, "x", ("root",))
+    delete_key(redis_client, key.key_id)
 
 
 def test_cypher_and_write_endpoints_need_the_right_key(client, keys):
@@ -87,15 +86,15 @@ def test_cypher_and_write_endpoints_need_the_right_key(client, keys):
                        headers=bearer(keys["write"])).status_code == 422
 
 
-def test_corpus_ownership(neo4j_driver, settings, keys):
+def test_corpus_ownership(neo4j_driver, redis_client, settings, keys):
     from fastapi import HTTPException
 
     from service.auth import authorize_corpus
 
     db = settings.neo4j_database
-    owner = verify_key(neo4j_driver, keys["write"], database=db)
-    other, other_plain = create_key(neo4j_driver, "other", ("write",), database=db)
-    admin = verify_key(neo4j_driver, keys["admin"], database=db)
+    owner = verify_key(redis_client, keys["write"])
+    other, other_plain = create_key(redis_client, "other", ("write",))
+    admin = verify_key(redis_client, keys["admin"])
     cid = f"own-{owner.key_id}"
     neo4j_driver.execute_query("CREATE (:Corpus {corpus_id: $c, owner_key_id: $k})", c=cid, k=owner.key_id,
                                database_=db)
@@ -110,7 +109,7 @@ def test_corpus_ownership(neo4j_driver, settings, keys):
         assert info.value.status_code == 404
     finally:
         neo4j_driver.execute_query("MATCH (c:Corpus {corpus_id: $c}) DELETE c", c=cid, database_=db)
-        revoke_key(neo4j_driver, other.key_id, database=db)
+        delete_key(redis_client, other.key_id)
 
 
 def test_circuit_reads_are_cacheable_and_exportable(client, store):
@@ -228,7 +227,7 @@ def test_analysis_job_runs_on_a_real_worker(client, store, keys, settings):
     assert client.get("/analyses/an-nope").status_code == 404
 
 
-def test_keys_cli_creates_lists_and_revokes(neo4j_driver, settings):
+def test_keys_cli_creates_lists_and_revokes(redis_client):
     from typer.testing import CliRunner
 
     from service.cli import app
@@ -237,11 +236,36 @@ def test_keys_cli_creates_lists_and_revokes(neo4j_driver, settings):
     made = runner.invoke(app, ["keys", "create", "cli-test", "--scope", "cypher"])
     assert made.exit_code == 0, made.output
     plain = made.stdout.strip().splitlines()[0]
-    key = verify_key(neo4j_driver, plain, database=settings.neo4j_database)
+    key = verify_key(redis_client, plain)
     assert key is not None and key.scopes == ("cypher",)
     listed = runner.invoke(app, ["keys", "list"])
     assert key.key_id in listed.stdout and plain.split("_", 2)[2] not in listed.stdout
     assert runner.invoke(app, ["keys", "revoke", key.key_id]).exit_code == 0
-    assert verify_key(neo4j_driver, plain, database=settings.neo4j_database) is None
+    assert verify_key(redis_client, plain) is None
     bad = runner.invoke(app, ["keys", "create", "x", "--scope", "root"])
     assert bad.exit_code == 1 and "unknown scopes" in bad.output
+
+
+def test_keys_stored_in_neo4j_by_older_versions_move_to_redis_at_start_up(neo4j_driver, redis_client, settings):
+    """A key written as an (:ApiKey) node (as versions before keys lived in Redis did) still authenticates after
+    the API starts, and its node, with the digest, is gone from the database user Cypher reads."""
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.auth import _digest
+
+    db = settings.neo4j_database
+    key_id, secret = "00c0ffee00c0ffee", "legacy-secret-" + "x" * 30
+    neo4j_driver.execute_query(
+        "CREATE (:ApiKey {key_id: $id, name: 'legacy', scopes: ['cypher'], secret_sha256: $d, created_at: 1.0, "
+        "revoked: false})", id=key_id, d=_digest(secret), database_=db)
+    try:
+        with TestClient(create_app(settings)) as c:
+            assert neo4j_driver.execute_query("MATCH (k:ApiKey) RETURN count(k) AS n",
+                                              database_=db).records[0]["n"] == 0
+            r = c.post("/cypher", json={"query": "RETURN 1 AS one"}, headers=bearer(f"ca_{key_id}_{secret}"))
+            assert r.status_code == 200 and r.json()["rows"] == [[1]]
+        assert verify_key(redis_client, f"ca_{key_id}_{secret}").scopes == ("cypher",)
+    finally:
+        neo4j_driver.execute_query("MATCH (k:ApiKey {key_id: $id}) DELETE k", id=key_id, database_=db)
+        delete_key(redis_client, key_id)

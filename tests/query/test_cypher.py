@@ -287,3 +287,54 @@ def test_parameters_neo4j_cannot_hold_are_refused(runner):
             runner.run("RETURN $x AS x", params)
         assert info.value.rule == "parameters" and "64-bit" in info.value.message
     assert runner.run("RETURN $x AS x", {"x": 2 ** 63 - 1}).rows == [[2 ** 63 - 1]]
+
+
+# Reads that enumerate the database, its labels and property keys: what a 'cypher' key could try to find
+# secrets with. They run (they are legal reads); the test is that no secret is in what they return.
+ENUMERATING = [
+    "MATCH (n) RETURN n",
+    "MATCH (n) RETURN properties(n) AS p",
+    "MATCH (n) WHERE any(k IN keys(n) WHERE toLower(k) CONTAINS 'secret' OR toLower(k) CONTAINS 'sha') "
+    "RETURN labels(n) AS l, properties(n) AS p",
+    "MATCH (n) WHERE n.name = $name RETURN n",
+    "MATCH (n) UNWIND keys(n) AS k WITH k, n[k] AS v WHERE v = $digest RETURN k, v",
+    "MATCH ()-[r]->() RETURN properties(r) AS p",
+    "MATCH (n:ApiKey) RETURN n",
+    "MATCH (n:ApiKey) RETURN properties(n) AS p",
+    "CALL db.labels() YIELD label CALL (label) { MATCH (n) WHERE label IN labels(n) RETURN n LIMIT 5 } RETURN label, n",
+    "CALL db.labels() YIELD label RETURN label",
+    "CALL db.propertyKeys() YIELD propertyKey RETURN propertyKey",
+    "CALL db.propertyKeys() YIELD propertyKey MATCH (n) WHERE n[propertyKey] IS NOT NULL "
+    "RETURN propertyKey, n[propertyKey] AS v",
+    "CALL db.schema.nodeTypeProperties()",
+    "CALL db.schema.visualization()",
+]
+
+
+def test_no_query_can_reach_an_api_key_secret(neo4j_driver, settings, redis_client, unique_id):
+    """Keys live outside the Neo4j user database (service/auth.py): neither a full dump of the database nor any
+    enumerating read through the guarded runner returns a key's secret, its digest or its holder's name."""
+    from service.auth import _digest, create_key, delete_key
+
+    key, plain = create_key(redis_client, f"{unique_id}-holder", ("cypher", "admin"))
+    secret = plain.split("_", 2)[2]
+    needles = {"secret": secret, "digest": _digest(secret), "holder name": f"{unique_id}-holder"}
+    wide = CypherLimits(timeout_s=20.0, max_rows=10_000_000, max_bytes=2_000_000_000)
+    runner = CypherRunner(neo4j_driver, settings.neo4j_database, wide,
+                          SharedSlots(redis_client, 2, CypherRunner.lease_s(wide), key=f"atlas:test:{unique_id}"))
+    try:
+        # 1. by design: the whole user database (every property of every node and relationship) holds none
+        with neo4j_driver.session(database=settings.neo4j_database) as s:
+            dump = json.dumps([r.data() for r in s.run("MATCH (n) RETURN labels(n) AS l, properties(n) AS p")]
+                              + [r.data() for r in s.run("MATCH ()-[e]->() RETURN properties(e) AS p")], default=str)
+        assert dump.count('"p"') > 0
+        found = [what for what, needle in needles.items() if needle in dump]
+        assert found == [], f"the user database holds a key's {found}"
+        # 2. and so nothing a user's query enumerates does either
+        for query in ENUMERATING:
+            result = runner.run(query, {"name": needles["holder name"], "digest": needles["digest"]})
+            assert not result.truncated, query  # the whole answer was read
+            text = json.dumps(result.rows, default=str)
+            assert [what for what, needle in needles.items() if needle in text] == [], query
+    finally:
+        delete_key(redis_client, key.key_id)

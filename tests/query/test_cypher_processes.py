@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from service.auth import create_key
+from service.auth import create_key, delete_key
 from service.query.user_cypher import CypherLimits, CypherRunner
 
 SLOW = "UNWIND range(1, 1000000000) AS x WITH x WHERE x % 7 = 100 RETURN count(x)"  # runs into the timeout
@@ -64,11 +64,10 @@ def two_apis(neo4j_driver) -> Iterator[list[str]]:  # noqa: ANN001
 
 
 @pytest.fixture
-def cypher_key(neo4j_driver, settings) -> Iterator[str]:  # noqa: ANN001
-    key, plain = create_key(neo4j_driver, "test-cypher-processes", ("cypher",), database=settings.neo4j_database)
+def cypher_key(redis_client) -> Iterator[str]:  # noqa: ANN001
+    key, plain = create_key(redis_client, "test-cypher-processes", ("cypher",))
     yield plain
-    neo4j_driver.execute_query("MATCH (k:ApiKey {key_id: $id}) DETACH DELETE k", id=key.key_id,
-                               database_=settings.neo4j_database)
+    delete_key(redis_client, key.key_id)
 
 
 def test_a_second_process_is_refused_while_the_first_holds_the_only_slot(two_apis, cypher_key, redis_client):

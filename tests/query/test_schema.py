@@ -42,8 +42,8 @@ def test_openapi_schema_has_examples_and_every_query_route(live_app):
     assert body.get("examples"), "POST /cypher documents an example query"
 
 
-def test_no_server_errors_anywhere(live_app, neo4j_driver, settings):
-    _, key = create_key(neo4j_driver, "schemathesis", ("admin",), database=settings.neo4j_database)
+def test_no_server_errors_anywhere(live_app, redis_client):
+    _, key = create_key(redis_client, "schemathesis", ("admin",))
     schema = schemathesis.openapi.from_asgi("/openapi.json", live_app)
     failures: list[str] = []
     statuses: list[tuple[str, int]] = []

@@ -98,13 +98,13 @@ def test_vw_times_activation_is_the_edge_when_the_scale_is_the_average(spliced):
         assert act * vw[(src, tgt)] * ratio == pytest.approx(w, rel=1e-4, abs=1e-6), (src, tgt, pos)
 
 
-def test_virtual_weight_job_reports_the_measured_scale(neo4j_driver, settings, unique_id, tmp_path):
+def test_virtual_weight_job_reports_the_measured_scale(neo4j_driver, redis_client, settings, unique_id, tmp_path):
     """POST /global/virtual-weights on a registered model and a corpus of its prompts; the job's stored VW
     edges and GET /global/virtual-weights/provenance carry the scale measured on that corpus."""
     from fastapi.testclient import TestClient
 
     from service.app import create_app
-    from service.auth import create_key
+    from service.auth import create_key, delete_key
     from workers.analysis.jobs import run_analysis
     from workers.pipeline import registry
     from workers.pipeline.jobs import create_job
@@ -123,7 +123,7 @@ def test_virtual_weight_job_reports_the_measured_scale(neo4j_driver, settings, u
     corpus = ValidatedCorpus(model_id=model.model_id, dictionary_set_id=dset.dictionary_set_id, name=unique_id,
                              settings={}, prompts=[PromptSpec(text=t) for t in texts], tokens=tokens, duplicates=[])
     job = create_job(neo4j_driver, corpus, db)
-    key, plain = create_key(neo4j_driver, f"{unique_id}-w", ("write",), database=db)
+    key, plain = create_key(redis_client, f"{unique_id}-w", ("write",))
     try:
         with TestClient(create_app(settings)) as client:
             auth = {"Authorization": f"Bearer {plain}"}
@@ -166,6 +166,7 @@ def test_virtual_weight_job_reports_the_measured_scale(neo4j_driver, settings, u
     finally:
         neo4j_driver.execute_query(
             "MATCH (n) WHERE (n:Feature AND n.fkey STARTS WITH $p) OR (n:VirtualWeights AND n.dictionary_set = $d) "
-            "OR (n:ApiKey AND n.key_id = $k) OR (n:Corpus AND n.corpus_id = $c) OR (n:Prompt AND n.corpus_id = $c) "
+            "OR (n:Corpus AND n.corpus_id = $c) OR (n:Prompt AND n.corpus_id = $c) "
             "OR (n:Job AND n.corpus_id = $c) DETACH DELETE n",
-            p=f"{dset.dictionary_set_id}/", d=dset.dictionary_set_id, k=key.key_id, c=job.corpus_id, database_=db)
+            p=f"{dset.dictionary_set_id}/", d=dset.dictionary_set_id, c=job.corpus_id, database_=db)
+        delete_key(redis_client, key.key_id)

@@ -116,13 +116,13 @@ def test_feature_search_shows_the_apis_results(browser, api_url, api, stored_gra
 
 
 @pytest.fixture(scope="module")
-def qk_setup(neo4j_driver, settings) -> Iterator[dict]:  # noqa: ANN001
+def qk_setup(neo4j_driver, redis_client, settings) -> Iterator[dict]:  # noqa: ANN001
     """The zoo's model and dictionaries registered, one graph of an IOI prompt written by the real writer, a real
     worker and a write key. (The zoo, not a random model: its attention SAEs carry cross-position edges, so the
     graph has heads for "the circuit's heads".)"""
     import torch
 
-    from service.auth import create_key
+    from service.auth import create_key, delete_key
     from tests.pipeline.conftest import start_worker, stop_worker
     from workers.engine.attribution import attribute
     from workers.engine.pruning import prune
@@ -145,14 +145,14 @@ def qk_setup(neo4j_driver, settings) -> Iterator[dict]:  # noqa: ANN001
     rec = graph_to_record(g, graph_id=f"{tag}-g", prompt_id=f"{tag}-p", corpus_id=f"{tag}-c", model=model.model_id,
                           dictionary_set=dset.dictionary_set_id, pruned=prune(g))
     write_graph(neo4j_driver, rec, database=db)
-    key, plain = create_key(neo4j_driver, "ui-qk", ("write",), database=db)
+    key, plain = create_key(redis_client, "ui-qk", ("write",))
     worker = start_worker(f"{tag}-w", queues="gpu,cpu")
     try:
         yield {"graph_id": rec.graph_id, "n_tokens": len(tokens), "key": plain}
     finally:
         stop_worker(worker)
         delete_graph(neo4j_driver, rec.graph_id, database=db)
-        neo4j_driver.execute_query("MATCH (k:ApiKey {key_id: $id}) DETACH DELETE k", id=key.key_id, database_=db)
+        delete_key(redis_client, key.key_id)
 
 
 def shown_heads(browser) -> list[dict]:  # noqa: ANN001

@@ -19,9 +19,15 @@ one position share them.
 Supported: pre-norm blocks ``x + attn(norm(x))`` with GPT-2's fused ``c_attn``/``c_proj`` or separate
 ``v_proj``/``o_proj`` (Llama, Mistral, Qwen; grouped-query attention), attention SAEs (they cut the
 attention path, or pass it through their skip ``W_skip``), transcoders with or without skip connections
-(a skip adds a position-diagonal term between the residual after a block and its mid-point). Anything
-else (post-norms, QK targets) uses autograd; ``AdjointModel.build`` checks itself numerically against autograd once per
-model and dictionary set, so an unrecognised architecture falls back instead of giving wrong edges.
+(a skip adds a position-diagonal term between the residual after a block and its mid-point). Gemma 2/3's
+post-norms ``x + post(attn(pre(x)))`` and ``x + post(mlp(pre(x)))``: a frozen post-norm is one more
+position-diagonal factor ``s_q · (·) F`` between the residual and the sublayer's output, so it folds into
+the position maps (``diag(s_post)·pattern·diag(s_pre)``), the feature maps (``F_post · W_O W_V``, a skip
+``F_post · W_skip · F_pre``) and the read-out of the sites' leaves (the δ leaves sit at the sublayers'
+outputs, before the post-norms). QK-norm and Gemma's scaled embeddings only change frozen quantities (the
+patterns, the embedding leaf's value), not the transpose. QK targets use autograd. ``AdjointModel.build``
+checks itself numerically against autograd once per model and dictionary set, so an unrecognised
+architecture falls back instead of giving wrong edges.
 """
 
 from __future__ import annotations
@@ -43,6 +49,8 @@ _STARTS = ("final", "resid:", "in:")
 class _BlockWeights:
     ln1: str  # module name of the pre-attention norm
     ln2: str  # module name of the pre-MLP norm
+    post_attn: str | None  # post-norm of the attention output (Gemma 2/3), else None
+    post_mlp: str | None  # post-norm of the MLP output (Gemma 2/3), else None
     Wo_t: torch.Tensor  # [d, H·hd]: gradient at the attention output -> gradient at the heads' outputs
     Wv_t: torch.Tensor  # [H·hd, d]: gradient at the heads' values -> gradient at the normed input (GQA expanded)
     n_heads: int
@@ -65,22 +73,31 @@ class _LayerOp:
     # all (an SAE without skip: None, the layer is cut)
     Wo_res: torch.Tensor | None  # [H, d, hd]
     # a transcoder's skip connection: R_k -> M_k adds s2 ⊙ (g · W_skip · F2)
-    mlp_skip: torch.Tensor | None  # [d, d]
-    ln2_scale: torch.Tensor  # [P]
+    mlp_skip: torch.Tensor | None  # [d, d] (a post-MLP norm's F folded in on the left)
+    ln2_scale: torch.Tensor  # [P] (times a post-MLP norm's scale)
+    # post-norms (Gemma): the gradient at a sublayer's output is s_q · (gradient at the residual) · F
+    post_attn: _Norm | None = None
+    post_mlp: _Norm | None = None
     # feature maps of the factored step, per head: Wo_h · Wv_h [H, d, d] (from the residual / from the
     # attention output); position maps per cone length P: diag(s) · pattern_hᵀ as [H, P, P] (contiguous)
     M_res: torch.Tensor | None = None
     M_out: torch.Tensor | None = None
     _pos_maps: dict = field(default_factory=dict)
 
-    def position_maps(self, P: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def position_maps(self, P: int, from_residual: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """(pattern_h[:P, :P] · diag(s) for the factored profiles a ↦ a·pattern_h ⊙ s, and its transpose
-        diag(s) · pattern_hᵀ for the dense step), both [H, P, P] contiguous."""
-        maps = self._pos_maps.get(P)
+        diag(s) · pattern_hᵀ for the dense step), both [H, P, P] contiguous. From the residual (not from
+        the attention output itself) a post-attention norm's scale multiplies the query rows."""
+        post = from_residual and self.post_attn is not None
+        maps = self._pos_maps.get((P, post))
         if maps is None:
-            self._pos_maps.clear()  # cone groups come in order of P: keep one length's maps only (memory)
+            if any(key[0] != P for key in self._pos_maps):
+                self._pos_maps.clear()  # cone groups come in order of P: keep one length's maps only (memory)
             pat = self.pattern[:, :P, :P] * self.scale[:P]
-            maps = self._pos_maps[P] = (pat.contiguous(), pat.transpose(1, 2).contiguous())
+            if post:
+                assert self.post_attn is not None
+                pat = pat * self.post_attn.scale[:P, None]
+            maps = self._pos_maps[(P, post)] = (pat.contiguous(), pat.transpose(1, 2).contiguous())
         return maps
 
 
@@ -97,10 +114,17 @@ def _block_weights(lin: Linearised) -> list[_BlockWeights] | None:
     out = []
     for b in lin.blocks:
         mod, attn = b.module, b.attn
-        if hasattr(mod, "pre_feedforward_layernorm") or hasattr(mod, "post_feedforward_layernorm"):
-            return None  # post-norms (Gemma 2/3): not in this form
         ln1 = getattr(mod, "ln_1", None) or getattr(mod, "input_layernorm", None)
-        ln2 = getattr(mod, "ln_2", None) or getattr(mod, "post_attention_layernorm", None)
+        post_attn = post_mlp = None
+        if hasattr(mod, "pre_feedforward_layernorm") or hasattr(mod, "post_feedforward_layernorm"):
+            # Gemma 2/3: pre- and post-norms around both sublayers
+            ln2 = getattr(mod, "pre_feedforward_layernorm", None)
+            post_attn = getattr(mod, "post_attention_layernorm", None)
+            post_mlp = getattr(mod, "post_feedforward_layernorm", None)
+            if post_attn is None or post_mlp is None or id(post_attn) not in names or id(post_mlp) not in names:
+                return None
+        else:
+            ln2 = getattr(mod, "ln_2", None) or getattr(mod, "post_attention_layernorm", None)
         if ln1 is None or ln2 is None or id(ln1) not in names or id(ln2) not in names:
             return None
         H = lin.n_heads
@@ -120,7 +144,10 @@ def _block_weights(lin: Linearised) -> list[_BlockWeights] | None:
             Wo_t = o_proj.weight.detach()  # nn.Linear: y = x @ Wᵀ, so ∂/∂x is g @ W
         else:
             return None
-        out.append(_BlockWeights(names[id(ln1)], names[id(ln2)], Wo_t.contiguous(), Wv_t.contiguous(), H))
+        out.append(_BlockWeights(names[id(ln1)], names[id(ln2)],
+                                 None if post_attn is None else names[id(post_attn)],
+                                 None if post_mlp is None else names[id(post_mlp)], Wo_t.contiguous(),
+                                 Wv_t.contiguous(), H))
     return out
 
 
@@ -165,6 +192,10 @@ class AdjointModel:
             n2 = _norm(trace, lin, bw.ln2, mods[bw.ln2])
             if n1 is None or n2 is None or k not in trace.attn:
                 raise _Unsupported(f"layer {k}: norms or attention not traced once")
+            pa = None if bw.post_attn is None else _norm(trace, lin, bw.post_attn, mods[bw.post_attn])
+            pm = None if bw.post_mlp is None else _norm(trace, lin, bw.post_mlp, mods[bw.post_mlp])
+            if (bw.post_attn is not None and pa is None) or (bw.post_mlp is not None and pm is None):
+                raise _Unsupported(f"layer {k}: post-norms not traced once")
             H = bw.n_heads
             Wv_t = bw.Wv_t.float() @ n1.F  # fold the norm's transpose (without its per-position scale)
             hd = Wv_t.shape[0] // H
@@ -176,13 +207,19 @@ class AdjointModel:
             Wo_res_t: torch.Tensor | None = Wo_t
             if sae is not None:
                 Wo_res_t = None if sae.W_skip is None else sae.W_skip.detach().float() @ Wo_t
+            if Wo_res_t is not None and pa is not None:
+                Wo_res_t = pa.F @ Wo_res_t  # the residual reads the attention output through the post-norm
             tc = lin.dictionaries.get(k, "mlp")
             mlp_skip = None if tc is None or tc.W_skip is None else (tc.W_skip.detach().float() @ n2.F).contiguous()
+            ln2_scale = n2.scale
+            if mlp_skip is not None and pm is not None:
+                mlp_skip = (pm.F @ mlp_skip).contiguous()
+                ln2_scale = n2.scale * pm.scale
 
             self.layers.append(_LayerOp(
                 pattern=pat.contiguous(), scale=n1.scale, Wv=Wv_t.view(H, hd, self.d).contiguous(),
                 Wo_res=None if Wo_res_t is None else _by_head(Wo_res_t, H),
-                mlp_skip=mlp_skip, ln2_scale=n2.scale,
+                mlp_skip=mlp_skip, ln2_scale=ln2_scale, post_attn=pa, post_mlp=pm,
                 M_res=None if Wo_res_t is None else torch.bmm(_by_head(Wo_res_t, H), Wv_t.view(H, hd, self.d)),
                 M_out=torch.bmm(_by_head(Wo_t, H), Wv_t.view(H, hd, self.d))))
             self.ln2.append(n2)
@@ -245,7 +282,8 @@ class AdjointModel:
             A[0, torch.arange(m), upos] = 1.0
             op = self.layers[layer]
             assert op.M_out is not None
-            A, U = self._step(A, vec[None].float(), op.position_maps(P)[0], op.M_out, identity=False)
+            A, U = self._step(A, vec[None].float(), op.position_maps(P, from_residual=False)[0], op.M_out,
+                              identity=False)
             return layer - 1, False, A, counts, U
         A[0, torch.arange(m), upos] = 1.0 if nrm is None else nrm.scale[upos]
         U = vec.float() if nrm is None else vec.float() @ nrm.F
@@ -325,8 +363,8 @@ class AdjointModel:
                 if k < 0:
                     out["emb"] = out["pos"] = here()
                     return out
-                out[f"delta:L{k}.mlp"] = here()
                 op = self.layers[k]
+                out[f"delta:L{k}.mlp"] = _through(here(), op.post_mlp, P)
                 if op.mlp_skip is not None:  # R_k -> M_k through the transcoder's skip connection
                     if not dense and self._factored_is_cheaper(U.shape[0], P, 1):
                         A, U = self._step(A, U, torch.diag(op.ln2_scale[:P])[None], op.mlp_skip[None], True)
@@ -338,7 +376,7 @@ class AdjointModel:
                     G_at = (k, True)  # no skip: the same gradient at the mid-point
                 at_mid = True
             op = self.layers[k]
-            out[f"delta:L{k}.attn"] = here()
+            out[f"delta:L{k}.attn"] = _through(here(), op.post_attn, P)
             if op.M_res is not None:  # M_k -> R_{k−1} through the attention
                 if not dense and self._factored_is_cheaper(U.shape[0], P, op.pattern.shape[0]):
                     A, U = self._step(A, U, op.position_maps(P)[0], op.M_res, identity=True)
@@ -383,6 +421,14 @@ class AdjointModel:
                     if float((mine[name][:, b] - g[0].float()).abs().max()) > tol:
                         return False
         return True
+
+
+def _through(G: torch.Tensor, post: _Norm | None, P: int) -> torch.Tensor:
+    """The gradient at a sublayer's output from the one at the residual it is added to: through its frozen
+    post-norm, ``s_q · G[q] · F`` (G [P, n, d]); the same tensor without one."""
+    if post is None:
+        return G
+    return (G @ post.F) * post.scale[:P, None, None]
 
 
 def _by_head(W: torch.Tensor, H: int) -> torch.Tensor:

@@ -45,6 +45,11 @@ class AttributionSettings:
     # target per row (circuit-tracer's way)
     backward: Literal["adjoint", "vmap", "replicate"] = "adjoint"
     fold_bos: bool = True  # no feature nodes at position 0 when it holds the BOS token (circuit-tracer's rule)
+    # node budget (README "Node budget"): at most this many active features become rows, chosen by their
+    # estimated influence on the targets; the others stay sources, summed per (site, position) into one
+    # "unexpanded features" leaf, so every row still sums to its value. None: every active feature is a row
+    max_feature_nodes: int | None = None
+    expand_batch: int = 256  # features expanded per re-ranking (the selection depends on it, not on batch_size)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -75,13 +80,22 @@ class NodeTable:
 
 @dataclass
 class SiteColumns:
-    """Sources at one site. feat_cols [pos, K] node index (−1 = padding), feat_dec [pos, K, d_out] =
-    a_s W_dec[s] (zero on padding), err_cols [pos]."""
+    """Sources at one site. feat_cols [pos, K] node index (−1 = padding), err_cols [pos], vectors
+    [pos, 1 + K, d_out]: slot 0 the error vector, slot 1 + k the k-th feature's a_s W_dec[s] (zero on
+    padding): the read-out's product operand, built once (no second copy)."""
 
     key: tuple[int, str]
     err_cols: torch.Tensor
     feat_cols: torch.Tensor
-    feat_dec: torch.Tensor
+    vectors: torch.Tensor
+
+
+def _feature_rows(d, layer: int, site: str, fids: list[str], pos: list[int], feats: torch.Tensor) -> list[Target]:
+    """Rows of features: each read at its pre-activation ``W_enc[f]·in[pos] + b_enc[f]``."""
+    enc = d.W_enc.detach()[feats]
+    benc = d.b_enc.detach()[feats].tolist()
+    tensor = f"in:L{layer}.{site}"
+    return [Target(fid, tensor, p, enc[j], benc[j], label=fid) for j, (fid, p) in enumerate(zip(fids, pos, strict=True))]
 
 
 def _bias_groups(lin: Linearised) -> dict[str, list[torch.Tensor]]:
@@ -177,6 +191,11 @@ def build_graph(
     t0 = time.perf_counter()
     if not targets:
         raise ValueError("no targets: give at least one (e.g. the top logits)")
+    budget = settings.max_feature_nodes
+    if budget is not None and (budget < 0 or not settings.feature_rows):
+        raise ValueError("max_feature_nodes must be ≥ 0, and needs feature_rows=True")
+    if settings.expand_batch < 1:
+        raise ValueError("expand_batch must be ≥ 1")
     n_pos = trace.n_pos
     nodes = NodeTable()
     emb_cols = torch.tensor([nodes.add(ids.emb_id(p), "emb", -1, "", p, -1, 1.0) for p in range(n_pos)])
@@ -201,7 +220,8 @@ def build_graph(
         K = int(counts.max()) if rec.n_active else 0
         feat_cols = torch.full((n_pos, K), -1, dtype=torch.long)
         d_out = rec.out.shape[-1]
-        feat_dec = torch.zeros(n_pos, K, d_out)
+        vectors = torch.zeros(n_pos, 1 + K, d_out)
+        vectors[:, 0] = rec.err.float()
         if d is not None and rec.n_active:
             order = torch.argsort(rec.pos_idx * (d.cfg.d_dict + 1) + rec.feat_idx)
             ps, fs, acts = rec.pos_idx[order], rec.feat_idx[order], rec.acts[order]
@@ -218,14 +238,10 @@ def build_graph(
             nodes.feature += fl
             nodes.activation += al
             feat_cols[ps, slot] = torch.arange(first, first + len(fids))
-            feat_dec[ps, slot] = acts[:, None] * d.W_dec.detach()[fs]
-            if settings.feature_rows:
-                enc = d.W_enc.detach()[fs]
-                benc = d.b_enc.detach()[fs].tolist()
-                tensor = f"in:L{layer}.{site}"
-                feature_rows += [Target(fid, tensor, p, enc[j], benc[j], label=fid)
-                                 for j, (fid, p) in enumerate(zip(fids, pl, strict=True))]
-        site_cols.append(SiteColumns(rec.key, err_cols, feat_cols, feat_dec))
+            vectors[ps, 1 + slot] = acts[:, None] * d.W_dec.detach()[fs]
+            if settings.feature_rows and budget is None:
+                feature_rows += _feature_rows(d, layer, site, fids, pl, fs)
+        site_cols.append(SiteColumns(rec.key, err_cols, feat_cols, vectors))
 
     # target nodes that are not features already in the table
     index = {n: i for i, n in enumerate(nodes.ids)}
@@ -234,6 +250,10 @@ def build_graph(
     for t in targets:
         if t.node_id in row_ids:
             continue  # a feature target that is an active feature: its row is computed anyway
+        if budget is not None and t.node_id in index and nodes.kinds[index[t.node_id]] == "feat":
+            row_targets.append(t)  # an active feature as a target: a row from the start (it counts as expanded)
+            row_ids.add(t.node_id)
+            continue
         if t.node_id in index:
             raise ValueError(f"target {t.node_id} duplicates a source node")
         kind = ids.parse(t.node_id).kind
@@ -246,6 +266,9 @@ def build_graph(
         row_ids.add(t.node_id)
     n = len(nodes.ids)
     t_nodes = time.perf_counter()
+    if budget is not None:
+        return _budgeted_graph(lin, trace, targets, nodes, index, row_targets, emb_cols, pos_cols, bias_cols,
+                               site_cols, settings, progress, provenance, t0, t_nodes)
 
     # the bias leaf, and the value of every row (clean run; equal to the frozen run by the splice identity)
     biases = bias_contributions(lin, trace, row_targets, grouped=settings.bias == "grouped")
@@ -276,6 +299,195 @@ def build_graph(
     adj = writer.finish()
     value = torch.full((n,), float("nan"))
     value[r_all] = values
+    timings = {"nodes": t_nodes - t0, "bias": t_bias - t_nodes, "edges": t_edges - t_bias}
+    return _graph(lin, trace, targets, nodes, index, adj, value, settings, provenance, timings, t0)
+
+
+def _budgeted_graph(
+    lin: Linearised, trace: Trace, targets: list[Target], nodes: NodeTable, index: dict[str, int],
+    row_targets: list[Target], emb_cols: torch.Tensor, pos_cols: torch.Tensor | None, bias_cols: dict[str, int],
+    site_cols: list[SiteColumns], settings: AttributionSettings, progress: Callable[[int, int], None] | None,
+    provenance: dict | None, t0: float, t_nodes: float,
+) -> Graph:
+    """The graph under a node budget (README "Node budget"). ``nodes`` holds every active feature; rows are
+    computed for the targets, then for batches of the features ranked by their influence on the targets
+    through the rows computed so far, until ``max_feature_nodes`` features are rows. Rows are kept with an
+    entry for every structurally possible source; at the end the features that never became rows are
+    summed, per (site, position), into one ``unexp`` leaf (activation 1: its edge carries the value)."""
+    budget = int(settings.max_feature_nodes or 0)
+    n_full = len(nodes.ids)
+    grouped = settings.bias == "grouped"
+    active = torch.zeros(n_full, dtype=torch.bool)  # features active in the trace (not inactive targets)
+    for sc in site_cols:
+        active[sc.feat_cols[sc.feat_cols >= 0]] = True
+    is_bias = torch.zeros(n_full, dtype=torch.bool)
+    is_bias[list(bias_cols.values())] = True
+    weight = torch.zeros(n_full, dtype=torch.float64)
+    for t in targets:
+        weight[index[t.node_id]] = t.weight
+    level = torch.full((n_full,), -1, dtype=torch.long)  # site rank of the tensor a row reads
+    rowsum = torch.zeros(n_full, dtype=torch.float64)  # Σ |A[r, s]| over non-bias sources (pruning's Â)
+    expanded = torch.zeros(n_full, dtype=torch.bool)
+    value = torch.full((n_full,), float("nan"))
+    stored: dict[int, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
+    reuse: dict = {}
+    with torch.no_grad():
+        clean = lin.frozen_forward(trace, require_grad=False)
+    timings = {"nodes": t_nodes - t0, "bias": 0.0, "edges": 0.0, "ranking": 0.0}
+    done = 0
+    total = len(row_targets) + min(budget, int(active.sum()))
+
+    def sink(rnodes: torch.Tensor, cnt: torch.Tensor, C: torch.Tensor, V: torch.Tensor) -> None:
+        entry_row = rnodes.repeat_interleave(cnt)
+        a = V.abs().double().masked_fill(is_bias[C.long()], 0.0)
+        rowsum.index_add_(0, entry_row, a)
+        lv = level[rnodes]
+        for L in lv.unique().tolist():  # kept per level: the ranking walks the levels top-down
+            sel = lv == L
+            keep = sel.repeat_interleave(cnt)
+            stored.setdefault(L, []).append((rnodes[sel], cnt[sel], C[keep], V[keep]))
+
+    def compute(rows: list[Target]) -> None:
+        nonlocal done
+        tb = time.perf_counter()
+        r = torch.tensor([index[t.node_id] for t in rows], dtype=torch.long)
+        biases = bias_contributions(lin, trace, rows, grouped=grouped)
+        with torch.no_grad():
+            value[r] = read_rows(clean, rows)[0]
+        level[r] = torch.tensor([_site_rank(tensor_site_bound(t.tensor)) for t in rows])
+        bias_c = torch.tensor([bias_cols[g] for g in biases], dtype=torch.long)
+        bias_v = torch.stack([biases[g].float() for g in biases], dim=1)
+        te = time.perf_counter()
+        base = done
+
+        def step(k: int, _: int) -> None:
+            if progress is not None:
+                progress(base + k, total)
+
+        _edges(lin, trace, rows, index, emb_cols, pos_cols, site_cols, settings, step,
+               extra=(bias_c, bias_v), sink=sink, reuse=reuse)
+        expanded[r] = True
+        done += len(rows)
+        timings["bias"] += te - tb
+        timings["edges"] += time.perf_counter() - te
+
+    def influence_on_targets() -> torch.Tensor:
+        """circuit-tracer's partial influence ``Σ_{k≥1} w Â^k`` over the rows computed so far, in one pass:
+        rows are visited by decreasing level (a row's sources all have a lower level), so when a row is
+        reached its own influence is final."""
+        score = torch.zeros(n_full, dtype=torch.float64)
+        for L in sorted(stored, reverse=True):
+            for rn, cnt, C, V in stored[L]:
+                coef = (weight[rn] + score[rn]) / rowsum[rn].clamp_min(1e-30)
+                contrib = V.abs().double() * coef.repeat_interleave(cnt)
+                Cl = C.long()
+                score.index_add_(0, Cl, contrib.masked_fill(is_bias[Cl], 0.0))
+        return score
+
+    compute(row_targets)
+    while True:
+        n_expanded = int((expanded & active).sum())
+        candidates = (active & ~expanded).nonzero().flatten()  # ascending node index
+        if n_expanded >= budget or candidates.numel() == 0:
+            break
+        tr = time.perf_counter()
+        score = influence_on_targets()[candidates]
+        top = float(score.max())
+        # quantised to 2^-20 of the largest score, ties broken by node order: the choice does not flip
+        # on the float round-off that differs between batch sizes
+        q = torch.round(score / top * 2**20) if top > 0 else torch.zeros_like(score)
+        order = torch.sort(-q, stable=True).indices
+        take = candidates[order[:min(settings.expand_batch, budget - n_expanded)]].sort().values
+        timings["ranking"] += time.perf_counter() - tr
+        rows = _rows_of_features(lin, nodes, take.tolist())
+        compute(rows)
+
+    adj, new_nodes, old_to_new = _fold_unexpanded(nodes, site_cols, expanded, active, stored)
+    new_index = {nid: i for i, nid in enumerate(new_nodes.ids)}
+    new_value = torch.full((len(new_nodes.ids),), float("nan"))
+    rows_full = (~torch.isnan(value)).nonzero().flatten()
+    new_value[old_to_new[rows_full]] = value[rows_full]
+    prov = dict(provenance or {})
+    prov["budget"] = {"max_feature_nodes": budget, "active_features": int(active.sum()),
+                      "expanded_features": int((expanded & active).sum()),
+                      "unexpanded_leaves": sum(k == "unexp" for k in new_nodes.kinds)}
+    return _graph(lin, trace, targets, new_nodes, new_index, adj, new_value, settings, prov, timings, t0)
+
+
+def _rows_of_features(lin: Linearised, nodes: NodeTable, which: list[int]) -> list[Target]:
+    """Row targets of the feature nodes ``which`` (indices into ``nodes``), grouped by site."""
+    by_site: dict[tuple[int, str], list[int]] = {}
+    for i in which:
+        by_site.setdefault((nodes.layer[i], nodes.site[i]), []).append(i)
+    rows: list[Target] = []
+    for (layer, site), members in by_site.items():
+        d = lin.dictionaries.get(layer, site)
+        feats = torch.tensor([nodes.feature[i] for i in members], dtype=torch.long)
+        rows += _feature_rows(d, layer, site, [nodes.ids[i] for i in members], [nodes.pos[i] for i in members], feats)
+    return rows
+
+
+def _fold_unexpanded(
+    nodes: NodeTable, site_cols: list[SiteColumns], expanded: torch.Tensor, active: torch.Tensor,
+    stored: dict[int, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]],
+) -> tuple[torch.Tensor, NodeTable, torch.Tensor]:
+    """The final node table (emb, pos, bias, then per site its errors, its ``unexp`` leaves and its expanded
+    features, then the other targets) and CSR: each stored row's entries on unexpanded features summed
+    (in float64) into the leaf of their (site, position). Frees ``stored`` as it goes.
+    Returns (adjacency, nodes, old index → new index)."""
+    n_full = len(nodes.ids)
+    old_to_new = torch.full((n_full,), -1, dtype=torch.long)
+    new = NodeTable()
+
+    def copy(idx: list[int]) -> None:
+        first = len(new.ids)
+        for name in ("ids", "kinds", "layer", "site", "pos", "feature", "activation"):
+            col = getattr(nodes, name)
+            getattr(new, name).extend(col[i] for i in idx)
+        old_to_new[idx] = torch.arange(first, first + len(idx))
+
+    in_sites = torch.zeros(n_full, dtype=torch.bool)
+    for sc in site_cols:
+        in_sites[sc.err_cols] = True
+        in_sites[sc.feat_cols[sc.feat_cols >= 0]] = True
+    first_site = min((int(sc.err_cols.min()) for sc in site_cols if sc.err_cols.numel()), default=n_full)
+    copy(list(range(first_site)))  # emb, pos, bias
+    for sc in site_cols:
+        layer, site = sc.key
+        copy(sc.err_cols.tolist())
+        feats = sc.feat_cols[sc.feat_cols >= 0]  # by position, then feature: ascending node index
+        left = feats[~expanded[feats]]
+        if left.numel():
+            lpos = torch.tensor([nodes.pos[i] for i in left.tolist()])
+            for p in lpos.unique().tolist():
+                leaf = new.add(ids.unexp_id(layer, site, p), "unexp", layer, site, p, -1, 1.0)
+                old_to_new[left[lpos == p]] = leaf
+        copy(feats[expanded[feats]].tolist())
+    copy([i for i in range(first_site, n_full) if not in_sites[i]])  # targets that are not active features
+    n = len(new.ids)
+    counts = torch.zeros(n, dtype=torch.long)
+    merged = []
+    for L in sorted(stored):
+        chunks = stored[L]
+        while chunks:
+            rn, cnt, C, V = chunks.pop()
+            key = old_to_new[rn].repeat_interleave(cnt) * n + old_to_new[C.long()]
+            key, perm = key.sort()
+            uk, inv = torch.unique_consecutive(key, return_inverse=True)
+            vals = torch.zeros(uk.numel(), dtype=torch.float64).index_add_(0, inv, V[perm].double())
+            rows, rc = torch.unique_consecutive(uk // n, return_counts=True)
+            counts[rows] = rc
+            merged.append((rows, rc, (uk % n).int(), vals.float()))
+    stored.clear()
+    writer = CSRWriter(counts)
+    for m in merged:
+        writer.write_rows(*m)
+    return writer.finish(), new, old_to_new
+
+
+def _graph(lin: Linearised, trace: Trace, targets: list[Target], nodes: NodeTable, index: dict[str, int],
+           adj: torch.Tensor, value: torch.Tensor, settings: AttributionSettings, provenance: dict | None,
+           timings: dict[str, float], t0: float) -> Graph:
     infos = []
     for t in targets:
         infos.append(TargetInfo(t.node_id, t.label, t.tensor, t.pos, t.weight, float(value[index[t.node_id]]),
@@ -285,8 +497,7 @@ def build_graph(
         "engine_version": ENGINE_VERSION,
         "settings": settings.to_dict(),
         "n_layers": lin.n_layers,
-        "timings_s": {"nodes": t_nodes - t0, "bias": t_bias - t_nodes, "edges": t_edges - t_bias,
-                      "total": time.perf_counter() - t0},
+        "timings_s": {**timings, "total": time.perf_counter() - t0},
     })
     return Graph(
         node_ids=nodes.ids, kinds=nodes.kinds, layer=torch.tensor(nodes.layer), site=nodes.site,
@@ -309,19 +520,26 @@ def _edges(
     value_only: bool = True,
     extra: tuple[torch.Tensor, torch.Tensor] | None = None,
     sink: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
+    reuse: dict | None = None,
 ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Every edge into ``rows``, as chunks (row node int32, column node int32, weight fp32) grouped by row
     with columns ascending, one chunk per backward batch; each row lies in exactly one chunk. ``extra`` = (columns
     [G], weights [len(rows), G]) adds per-row entries (the bias leaves).
 
     Rows whose tensor the explicit adjoint supports (``backward="adjoint"``, the default, on a supported
-    architecture) get their leaf gradients from it; the others from autograd through the frozen forward."""
+    architecture) get their leaf gradients from it; the others from autograd through the frozen forward.
+    ``reuse``: a dict kept by a caller that calls this repeatedly on one trace (the node budget's batches),
+    holding the read-out tables and the adjoint between calls."""
     order = _row_order(rows)
     chunks: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-    readout = _ReadOut(rows, index, emb_cols, pos_cols, site_cols, trace, extra, len(index))
-    # bf16 (autocast) is an autograd feature: those runs keep the autograd path
-    use_adjoint = settings.backward == "adjoint" and settings.dtype == "fp32"
-    adjoint = AdjointModel.build(lin, trace) if use_adjoint else None
+    reuse = {} if reuse is None else reuse
+    if "readout" not in reuse:
+        # bf16 (autocast) is an autograd feature: those runs keep the autograd path
+        use_adjoint = settings.backward == "adjoint" and settings.dtype == "fp32"
+        reuse["readout"] = _ReadOut(rows, index, emb_cols, pos_cols, site_cols, trace, extra, len(index))
+        reuse["adjoint"] = AdjointModel.build(lin, trace) if use_adjoint else None
+    readout, adjoint = reuse["readout"], reuse["adjoint"]
+    readout.rows, readout.extra = rows, extra
     fast = [i for i in order if adjoint is not None and adjoint.supports(rows[i].tensor)]
     slow = [i for i in order if adjoint is None or not adjoint.supports(rows[i].tensor)]
     done = 0
@@ -439,8 +657,7 @@ class _ReadOut:
             name = f"delta:L{sc.key[0]}.{sc.key[1]}"
             rank = _site_rank(site_order(sc.key))
             K = sc.feat_cols.shape[1]
-            vec = torch.cat([trace.sites[sc.key].err.float()[:, None, :], sc.feat_dec], 1)
-            self.vectors[name] = vec.contiguous()  # [pos, 1 + K, d]: slot 0 the error, then the features
+            self.vectors[name] = sc.vectors  # [pos, 1 + K, d]: slot 0 the error, then the features
             blocks.append((name, ar * (K + 1), sc.err_cols, ar, rank))
             if K:
                 ok = sc.feat_cols >= 0  # [pos, K]; features are numbered by (position, slot)

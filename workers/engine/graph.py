@@ -39,7 +39,8 @@ class Graph:
     Per node (length N): ``node_ids``, ``kinds``, ``layer`` (emb/pos −1, logits/targets n_layers, bias its
     group's layer or −1), ``site`` ("attn"/"mlp"/""), ``pos`` (−1 for bias), ``feature`` (−1 unless a
     feature), ``activation`` (feature activation a_s; 1 for other leaves, whose edges already carry
-    their value), ``value`` (rows: the attributed quantity — a feature's pre-activation or a target's
+    their value, including ``unexp`` leaves: the active features a node budget left unexpanded at one
+    (site, position), summed), ``value`` (rows: the attributed quantity — a feature's pre-activation or a target's
     value; leaves: NaN), ``bias`` (rows: the bias leaf's total contribution), ``influence`` (after pruning).
     """
 
@@ -61,6 +62,9 @@ class Graph:
 
     def __post_init__(self) -> None:
         self._index = {n: i for i, n in enumerate(self.node_ids)}
+
+    def __contains__(self, node_id: str) -> bool:
+        return node_id in self._index
 
     @property
     def n_nodes(self) -> int:
@@ -159,8 +163,11 @@ class Graph:
         keep_mask = torch.ones(self.n_nodes, dtype=torch.bool) if keep is None else keep
         target_ids = {t.node_id for t in self.targets}
         probs = {t.node_id: t.token_prob for t in self.targets}
+        # Neuronpedia has no kind for an unexpanded-features leaf: it is drawn like an error node (a leaf that
+        # carries its value), its clerp says what it is
         ftype = {"feat": "cross layer transcoder", "err": "mlp reconstruction error", "emb": "embedding",
-                 "pos": "embedding", "logit": "logit", "target": "logit", "bias": "bias"}
+                 "pos": "embedding", "logit": "logit", "target": "logit", "bias": "bias",
+                 "unexp": "mlp reconstruction error"}
         nodes = []
         for i in keep_mask.nonzero().flatten().tolist():
             k = self.kinds[i]
@@ -175,7 +182,7 @@ class Graph:
                 "is_target_logit": self.node_ids[i] in target_ids,
                 "influence": None if self.influence is None else float(self.influence[i]),
                 "activation": float(self.activation[i]) if k == "feat" else None,
-                "clerp": self.node_ids[i],
+                "clerp": ("unexpanded features " if k == "unexp" else "") + self.node_ids[i],
             })
         links = []
         adj = self.adjacency.to_sparse_coo().coalesce()

@@ -6,6 +6,7 @@ the same kind never collide either (circuit-tracer's ``{layer}_{feat}_{pos}`` ca
     pos:p3                learned positional embedding at position 3 (GPT-2's wpe)
     feat:L2.mlp:p5:f123   feature 123 of the dictionary at (layer 2, site mlp), position 5
     err:L2.mlp:p5         reconstruction error of that site at position 5
+    unexp:L2.mlp:p5       the active features of that site and position left outside a node budget, as one leaf
     bias:L0.attn          bias terms of one group (model biases of block 0's attention, ...); "bias:all" = total
     logit:p7:t42          logit of token 42 at position 7 (de-meaned unembedding)
     target:NAME           any other target (logit difference, direction, ...), named by the user
@@ -17,8 +18,8 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-NodeKind = Literal["emb", "pos", "feat", "err", "bias", "logit", "target"]
-KINDS: tuple[str, ...] = ("emb", "pos", "feat", "err", "bias", "logit", "target")
+NodeKind = Literal["emb", "pos", "feat", "err", "unexp", "bias", "logit", "target"]
+KINDS: tuple[str, ...] = ("emb", "pos", "feat", "err", "unexp", "bias", "logit", "target")
 
 
 def site_name(layer: int, site: str) -> str:
@@ -39,6 +40,10 @@ def feat_id(layer: int, site: str, pos: int, feature: int) -> str:
 
 def err_id(layer: int, site: str, pos: int) -> str:
     return f"err:{site_name(layer, site)}:p{pos}"
+
+
+def unexp_id(layer: int, site: str, pos: int) -> str:
+    return f"unexp:{site_name(layer, site)}:p{pos}"
 
 
 def bias_id(group: str) -> str:
@@ -71,6 +76,7 @@ _PATTERNS = {
     "pos": re.compile(r"pos:p(\d+)"),
     "feat": re.compile(r"feat:L(\d+)\.(attn|mlp):p(\d+):f(\d+)"),
     "err": re.compile(r"err:L(\d+)\.(attn|mlp):p(\d+)"),
+    "unexp": re.compile(r"unexp:L(\d+)\.(attn|mlp):p(\d+)"),
     "bias": re.compile(r"bias:(.+)"),
     "logit": re.compile(r"logit:p(\d+):t(\d+)"),
     "target": re.compile(r"target:(.+)"),
@@ -89,7 +95,7 @@ def parse(node_id: str) -> ParsedId:
         return ParsedId(kind, pos=int(g[0]))
     if kind == "feat":
         return ParsedId(kind, layer=int(g[0]), site=g[1], pos=int(g[2]), feature=int(g[3]))
-    if kind == "err":
+    if kind in ("err", "unexp"):
         return ParsedId(kind, layer=int(g[0]), site=g[1], pos=int(g[2]))
     if kind == "logit":
         return ParsedId(kind, pos=int(g[0]), token=int(g[1]))

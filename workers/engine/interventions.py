@@ -2,7 +2,8 @@
 model (features recomputed, patterns and norms live: the faithfulness check).
 
 An edit maps a node id to a number: for a feature, its new activation; for an error, token or positional
-embedding node, a multiplier of its clean vector (0 ablates it).
+embedding node, a multiplier of its clean vector (0 ablates it); for an ``unexp`` leaf of a budgeted graph
+(give the graph), a multiplier of the activation of every feature it holds.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from workers.engine import ids
+from workers.engine.graph import Graph
 from workers.engine.linearise import Linearised, Trace
 from workers.engine.targets import Target
 
@@ -19,12 +21,43 @@ def _read(run, t: Target) -> torch.Tensor:
     return x @ t.vector.to(x.dtype) + t.offset
 
 
+def unexpanded_features(graph: Graph, trace: Trace, leaf: str) -> list[tuple[str, float]]:
+    """(feature id, activation) of the active features an ``unexp`` leaf of ``graph`` holds: those active
+    at its site and position in ``trace`` that are not nodes of the graph."""
+    p = ids.parse(leaf)
+    if p.kind != "unexp" or leaf not in graph:
+        raise ValueError(f"{leaf} is not an unexpanded-features leaf of this graph")
+    rec = trace.sites[(p.layer, p.site)]
+    at = (rec.pos_idx == p.pos).nonzero().flatten().tolist()
+    out = []
+    for j in at:
+        fid = ids.feat_id(p.layer, p.site, p.pos, int(rec.feat_idx[j]))
+        if fid not in graph:
+            out.append((fid, float(rec.acts[j])))
+    return out
+
+
 @torch.no_grad()
-def frozen_values(lin: Linearised, trace: Trace, targets: list[Target], edits: list[dict[str, float]]) -> torch.Tensor:
+def frozen_values(lin: Linearised, trace: Trace, targets: list[Target], edits: list[dict[str, float]],
+                  graph: Graph | None = None) -> torch.Tensor:
     """Target values in the frozen model under each edit set: [len(edits), len(targets)].
 
     With every other feature, pattern and norm scale frozen, setting feature s from a_s to v changes each
-    target t by exactly (v/a_s − 1)·A[t, s]; zeroing it changes t by −A[t, s]."""
+    target t by exactly (v/a_s − 1)·A[t, s]; zeroing it changes t by −A[t, s]. Edits of ``unexp`` leaves
+    need the budgeted ``graph`` they belong to."""
+    expanded_edits = []
+    for e in edits:
+        flat: dict[str, float] = {}
+        for node, value in e.items():
+            if node.startswith("unexp:"):
+                if graph is None:
+                    raise ValueError(f"editing {node} needs the graph it belongs to (graph=...)")
+                for fid, act in unexpanded_features(graph, trace, node):
+                    flat[fid] = float(value) * act
+            else:
+                flat[node] = value
+        expanded_edits.append(flat)
+    edits = expanded_edits
     B = len(edits)
     feat_edits: list[dict[tuple[int, str, int, int], float]] = []
     err_scale = {k: torch.ones(B, trace.n_pos, 1) for k in trace.sites}

@@ -6,8 +6,14 @@ Nodes: keep the smallest set covering ``node_threshold`` of the influence (token
 kept); edges: score ``Â′[t,s]·(I′[t] + w[t])`` on the node-pruned graph, keep ``edge_threshold``; then
 drop dangling nodes until nothing changes.
 
-Replacement score = I(tokens) / (I(tokens) + I(errors)); completeness score =
+Replacement score = I(tokens) / (I(tokens) + I(errors) + I(unexp)); completeness score =
 Σ_n (1 − Σ_{e∈errors} Â[n,e])·(I[n] + w[n]) / Σ_n (I[n] + w[n]).
+
+Unexpanded-features leaves (``unexp``, node budget) are leaves like errors: pruned by influence, no incoming
+edges needed. They hold dictionary features, so completeness counts them as explained input; but their
+influence stops there instead of reaching the tokens, so replacement counts it against the tokens (without a
+budget there are none and both scores are circuit-tracer's). ``unexpanded`` = I(unexp) / (I(tokens) +
+I(errors) + I(unexp)), the share of the end-to-end influence left at the budget's boundary.
 """
 
 from __future__ import annotations
@@ -78,12 +84,15 @@ def scores(g: Graph, idx: torch.Tensor, val: torch.Tensor, w: torch.Tensor) -> d
     I = influence(idx, nv, w)
     tok = torch.tensor([k in ("emb", "pos") for k in kinds])
     err = torch.tensor([k == "err" for k in kinds])
-    ti, ei = float(I[tok].sum()), float(I[err].sum())
+    unexp = torch.tensor([k == "unexp" for k in kinds])
+    ti, ei, ui = float(I[tok].sum()), float(I[err].sum()), float(I[unexp].sum())
     err_frac = torch.zeros(g.n_nodes, dtype=torch.float64).index_add_(0, idx[0], nv * err[idx[1]].double())
     out_inf = I + w
+    leaves = ti + ei + ui
     return {
-        "replacement": ti / (ti + ei) if ti + ei > 0 else float("nan"),
+        "replacement": ti / leaves if leaves > 0 else float("nan"),
         "completeness": float(((1 - err_frac) * out_inf).sum() / out_inf.sum()),
+        "unexpanded": ui / leaves if leaves > 0 else float("nan"),
     }
 
 

@@ -64,6 +64,9 @@ class QKAttribution:
 
 def _columns(lin: Linearised, trace: Trace, g: Graph) -> tuple[torch.Tensor, torch.Tensor | None, list[SiteColumns]]:
     """Rebuild the source-column layout of ``g`` (which must come from this trace)."""
+    if "unexp" in g.kinds:
+        raise ValueError("QK attribution needs a graph with every active feature as a node; this one was computed "
+                         "under a node budget (max_feature_nodes): recompute it without one")
     n_pos = trace.n_pos
     emb = torch.tensor([g.index(ids.emb_id(p)) for p in range(n_pos)])
     pos = torch.tensor([g.index(ids.pos_id(p)) for p in range(n_pos)]) if trace.pos_emb is not None else None
@@ -74,7 +77,8 @@ def _columns(lin: Linearised, trace: Trace, g: Graph) -> tuple[torch.Tensor, tor
         counts = torch.bincount(rec.pos_idx, minlength=n_pos) if rec.n_active else torch.zeros(n_pos, dtype=torch.long)
         K = int(counts.max()) if rec.n_active else 0
         fc = torch.full((n_pos, K), -1, dtype=torch.long)
-        fd = torch.zeros(n_pos, K, rec.out.shape[-1])
+        fd = torch.zeros(n_pos, 1 + K, rec.out.shape[-1])  # slot 0 the error (SiteColumns.vectors)
+        fd[:, 0] = rec.err.float()
         slot = torch.zeros(n_pos, dtype=torch.long)
         if rec.dictionary is not None:
             W = rec.dictionary.W_dec.detach()
@@ -82,7 +86,7 @@ def _columns(lin: Linearised, trace: Trace, g: Graph) -> tuple[torch.Tensor, tor
                 k = int(slot[p])
                 slot[p] += 1
                 fc[p, k] = g.index(ids.feat_id(layer, site, p, f))
-                fd[p, k] = a * W[f]
+                fd[p, 1 + k] = a * W[f]
         cols.append(SiteColumns(rec.key, err, fc, fd))
     return emb, pos, cols
 

@@ -52,7 +52,30 @@ def cancel_key(job_id: str) -> str:
 
 
 def heartbeat_key(job_id: str) -> str:
-    return f"atlas:job:{job_id}:heartbeat"  # hash prompt_id -> unix time of the last beat
+    return f"atlas:job:{job_id}:heartbeat"  # hash prompt_id -> "<unix time of the last beat> <runner token>"
+
+
+class Beat(NamedTuple):
+    at: float  # unix time of the last beat (or, for a retry waiting its turn, of the promised start)
+    runner: str  # the writer token (Celery task id) of the delivery running the prompt; "" if unknown
+
+
+def beat(r: redis_lib.Redis, job_id: str, prompt_id: str, runner: str, at: float | None = None) -> None:
+    """Record that ``runner`` is alive on ``prompt_id`` at ``at`` (default now). A task about to retry sets it
+    to the time of its retry, so that the reaper does not re-enqueue a prompt whose own retry is queued."""
+    r.hset(heartbeat_key(job_id), prompt_id, f"{time.time() if at is None else at!r} {runner}")
+
+
+def clear_beat(r: redis_lib.Redis, job_id: str, prompt_id: str) -> None:
+    r.hdel(heartbeat_key(job_id), prompt_id)
+
+
+def last_beat(r: redis_lib.Redis, job_id: str, prompt_id: str) -> Beat | None:
+    raw = r.hget(heartbeat_key(job_id), prompt_id)
+    if raw is None:
+        return None
+    at, _, runner = (raw.decode() if isinstance(raw, bytes) else raw).partition(" ")
+    return Beat(float(at), runner)
 
 
 def ids_for_new_job() -> tuple[str, str]:
@@ -72,6 +95,12 @@ def job_id_of(prompt_id: str) -> str:
 
 def graph_id_for(prompt_id: str) -> str:
     return f"g-{prompt_id}"
+
+
+def prompt_id_of_graph(graph_id: str) -> str | None:
+    """Inverse of :func:`graph_id_for` (None for a graph not made by the pipeline)."""
+    prompt_id = graph_id[2:]
+    return prompt_id if graph_id_for(prompt_id) == graph_id else None
 
 
 def task_id_for(job_id: str, prompt_id: str, attempt: int = 0) -> str:
@@ -160,10 +189,10 @@ SET p._lock = true
 WITH p, c, j,
      CASE WHEN p.state IN ['done', 'failed', 'cancelled'] THEN p.state
           WHEN j.state IN ['cancelling', 'cancelled'] THEN 'cancel'
-          WHEN p.attempts >= $max_attempts THEN 'exhausted'
+          WHEN $count_attempt AND p.attempts >= $max_attempts THEN 'exhausted'
           ELSE 'run' END AS decision
 SET p.state = CASE WHEN decision = 'run' THEN 'running' ELSE p.state END,
-    p.attempts = CASE WHEN decision = 'run' THEN p.attempts + 1 ELSE p.attempts END,
+    p.attempts = CASE WHEN decision = 'run' AND $count_attempt THEN p.attempts + 1 ELSE p.attempts END,
     p.started_at = CASE WHEN decision = 'run' THEN $now ELSE p.started_at END,
     p.worker = CASE WHEN decision = 'run' THEN $worker ELSE p.worker END,
     j.state = CASE WHEN decision = 'run' AND j.state IN ['queued', 'submitting'] THEN 'running' ELSE j.state END,
@@ -176,12 +205,17 @@ RETURN decision, p.text AS text, p.tokens AS tokens, p.targets AS targets, p.att
 
 
 def start_prompt(driver: Driver, prompt_id: str, worker: str, database: str | None = None,
-                 max_attempts: int = 3) -> tuple[str, PromptWork | None]:
+                 max_attempts: int = 3, *, count_attempt: bool = True) -> tuple[str, PromptWork | None]:
     """Move a prompt to 'running'. Returns (decision, work): 'run' with the work, 'cancel' (the job is being
     cancelled), 'exhausted' (it was started ``max_attempts`` times already: each attempt died, e.g. killed
     by the hard time limit or out of memory), or the prompt's final state when it is already finished
-    (a duplicate delivery)."""
-    recs = quiet_records(driver, _START, database, pid=prompt_id, now=time.time(), worker=worker, max_attempts=max_attempts)
+    (a duplicate delivery).
+
+    ``count_attempt=False`` for a Celery retry of a delivery that already counted its attempt: an attempt is a
+    delivery that may die, and a retry after a transient error (a database restart, waiting out a dead writer's
+    lease) is the same delivery going on, not a new death."""
+    recs = quiet_records(driver, _START, database, pid=prompt_id, now=time.time(), worker=worker,
+                         max_attempts=max_attempts, count_attempt=count_attempt)
     if not recs:
         raise LookupError(f"prompt {prompt_id} does not exist (its job was deleted?)")
     r = recs[0]

@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # the store does not import the engine at run time (no torch 
 ENGINE_KINDS: dict[str, str] = {
     "feat": "feature",
     "err": "error",
+    "unexp": "unexpanded",
     "emb": "embedding",
     "pos": "pos_embedding",
     "logit": "logit",
@@ -54,6 +55,45 @@ def selected_edges(g: Graph, pruned: PruneResult | None) -> tuple[torch.Tensor, 
     return idx[:, pruned.edge_mask], val[pruned.edge_mask]
 
 
+def _fold_dropped_features(g: Graph, idx: torch.Tensor, val: torch.Tensor, dropped: torch.Tensor, kept: torch.Tensor,
+                           node_ids: list[str], kinds: list[str], layer: list, pos: list, feat: list, act: list,
+                           infl: list | None) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Edges out of ``dropped`` features re-pointed at the ``unexp`` leaf of their (site, position) and summed
+    per (target, leaf); edges into them removed. New leaves are appended to the per-node lists (in place).
+    Returns (edges [2, E] over the extended node list, weights, node indices to store)."""
+    from workers.engine import ids as engine_ids
+
+    index = {nid: i for i, nid in enumerate(node_ids)}
+    where = torch.arange(len(node_ids))
+    for i in dropped.nonzero().flatten().tolist():
+        leaf = engine_ids.unexp_id(int(layer[i]), g.site[i], int(pos[i]))
+        j = index.get(leaf)
+        if j is None:
+            j = index[leaf] = len(node_ids)
+            node_ids.append(leaf)
+            kinds.append("unexp")
+            layer.append(layer[i])
+            pos.append(pos[i])
+            feat.append(-1)
+            act.append(1.0)
+            if infl is not None:
+                infl.append(0.0)
+        where[i] = j
+        if infl is not None:
+            infl[j] += infl[i]
+    n_all = len(node_ids)
+    keep = torch.zeros(n_all, dtype=torch.bool)
+    keep[: kept.numel()] = kept
+    keep[kept.numel():] = True
+    keep[where[dropped]] = True
+    ok = ~dropped[idx[0]]
+    src = where[idx[1, ok]]
+    key = idx[0, ok] * n_all + src
+    uk, inv = torch.unique(key, return_inverse=True)
+    summed = torch.zeros(uk.numel(), dtype=torch.float64).index_add_(0, inv, val[ok].double())
+    return torch.stack([uk // n_all, uk % n_all]), summed.float(), keep.nonzero().flatten().tolist()
+
+
 def graph_to_record(
     g: Graph,
     *,
@@ -68,44 +108,52 @@ def graph_to_record(
     metrics: dict | None = None,
 ) -> GraphRecord:
     """The record of ``g``: the pruned node and edge sets when ``pruned`` is given (influence from it),
-    else the whole graph. ``max_features`` keeps only the most influential feature nodes (by influence,
-    or |activation| without pruning) and the edges among what remains."""
+    else the whole graph.
+
+    ``max_features`` (a storage-time cap, after the computation; the engine's ``max_feature_nodes`` budgets
+    the computation itself) keeps the most influential feature nodes (by influence, or |activation| without
+    pruning) as they are. The others are treated as the node budget treats unexpanded features: their rows
+    are dropped and their outgoing edges summed into the ``unexpanded`` leaf of their (site, position)
+    (merged with the engine's leaf if the graph has one), so the stored rows keep summing to what they
+    summed to before the cap. A leaf's influence is the sum of its members' (an upper bound)."""
     n = g.n_nodes
     node_mask = torch.ones(n, dtype=torch.bool) if pruned is None else pruned.node_mask.clone()
     influence = pruned.influence if pruned is not None else g.influence
     is_feat = torch.tensor([k == "feat" for k in g.kinds], dtype=torch.bool)
-    if max_features is not None:
-        score = (influence if influence is not None else g.activation.abs()).double().clone()
-        score[~(node_mask & is_feat)] = -float("inf")
-        n_keep = min(max_features, int((node_mask & is_feat).sum()))
-        chosen = torch.zeros(n, dtype=torch.bool)
-        chosen[score.topk(n_keep).indices] = True
-        node_mask &= chosen | ~is_feat
     idx, val = selected_edges(g, pruned)
     ok = node_mask[idx[0]] & node_mask[idx[1]]
     idx, val = idx[:, ok], val[ok]
-
-    token_strings = g.token_strings
-    keep_idx = node_mask.nonzero().flatten().tolist()
+    node_ids, kinds = list(g.node_ids), list(g.kinds)
     layer, pos, feat, act = g.layer.tolist(), g.pos.tolist(), g.feature.tolist(), g.activation.tolist()
     infl = influence.tolist() if influence is not None else None
+    keep_idx = node_mask.nonzero().flatten().tolist()
+    if max_features is not None and int((node_mask & is_feat).sum()) > max_features:
+        score = (influence if influence is not None else g.activation.abs()).double().clone()
+        score[~(node_mask & is_feat)] = -float("inf")
+        chosen = torch.zeros(n, dtype=torch.bool)
+        chosen[score.topk(max_features).indices] = True
+        dropped = node_mask & is_feat & ~chosen
+        idx, val, keep_idx = _fold_dropped_features(g, idx, val, dropped, node_mask & ~dropped, node_ids, kinds,
+                                                    layer, pos, feat, act, infl)
+
+    token_strings = g.token_strings
     nodes: list[NodeRow] = []
     for i in keep_idx:
-        kind = g.kinds[i]
+        kind = kinds[i]
         p = int(pos[i])
         is_feature = kind == "feat"
         nodes.append(NodeRow(
-            node_id=g.node_ids[i],
+            node_id=node_ids[i],
             kind=ENGINE_KINDS[kind],
             layer=int(layer[i]),
             pos=p if p >= 0 else None,
             feature=int(feat[i]) if is_feature else None,
-            dictionary=f"L{int(layer[i])}.{g.site[i]}" if is_feature else None,
+            dictionary=f"L{int(layer[i])}.{g.site[i]}" if is_feature else None,  # leaves appended: not features
             activation=float(act[i]),
             influence=None if infl is None else float(infl[i]),
             token=token_strings[p] if 0 <= p < len(token_strings) and kind in ("emb", "pos") else None,
         ))
-    ids = g.node_ids
+    ids = node_ids
     return GraphRecord(
         graph_id=graph_id,
         prompt_id=prompt_id,

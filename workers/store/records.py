@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 KIND_LABELS: dict[str, str] = {
     "feature": "Feat",
     "error": "Err",
+    "unexpanded": "Unexp",  # active features a node budget left unexpanded at one (site, position), summed
     "embedding": "Emb",
     "pos_embedding": "Emb",
     "logit": "Logit",

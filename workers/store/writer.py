@@ -41,7 +41,13 @@ DEFAULT_LEASE_S = 60.0
 
 
 class GraphBusy(RuntimeError):
-    """Another writer holds a live lease on this graph; retry after the lease expires."""
+    """Another writer holds a live lease on this graph; retry after the lease expires (``retry_after_s``, when
+    known: the lease's remaining time). Waiting is always enough: a live writer renews its lease and finishes
+    the graph, a dead one's lease runs out and the graph is taken over."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:  # Celery rebuilds it from message
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 @dataclass(frozen=True)
@@ -250,7 +256,8 @@ def write_graph(
     with driver.session(database=database, notifications_disabled_classifications=["DEPRECATION"]) as session:
         status, claimed = session.execute_write(_claim, rec.graph_id, token, lease_s)
         if status != "complete" and not claimed:
-            raise GraphBusy(f"graph {rec.graph_id} is being written by another worker")
+            raise GraphBusy(f"graph {rec.graph_id} is being written by another worker",
+                            lease_left_s(driver, rec.graph_id, token, database=database))
         if status != "complete":
             _write_claimed(session, rec, token, lease_s, should_stop, phases)
             written = True
@@ -325,6 +332,35 @@ def _write_claimed(session, rec: GraphRecord, token: str, lease_s: float,  # noq
         # Lost the lease (we were too slow and another writer took over): that writer completes it.
         raise GraphBusy(f"graph {rec.graph_id}: lease lost before completion")
     phases["finish"] += time.perf_counter() - t
+
+
+def lease_left_s(driver: Driver, graph_id: str, token: str, *, database: str | None = None) -> float:
+    """Seconds left on a lease another writer (not ``token``) holds on an unfinished ``graph_id``; 0 if none."""
+    recs = driver.execute_query(
+        "MATCH (g:Graph {graph_id: $g}) WHERE g.status = 'writing' AND g.writer IS NOT NULL AND g.writer <> $token "
+        "RETURN g.lease_until - $now AS left", g=graph_id, token=token, now=time.time(), database_=database,
+        routing_="r").records
+    return max(0.0, recs[0]["left"]) if recs and recs[0]["left"] is not None else 0.0
+
+
+def discard_unfinished(driver: Driver, graph_id: str, token: str, *, database: str | None = None) -> bool:
+    """Remove what an unfinished write of ``graph_id`` left (nodes, edges, the Graph node), if no other writer
+    holds a live lease on it (``token``'s own lease, or an expired one, is taken). A complete graph is left
+    alone. True if something was removed. Used when a prompt ends without its graph (failed, cancelled), so
+    that no half-written graph outlives its prompt."""
+    with driver.session(database=database) as session:
+        if session.execute_read(lambda tx: tx.run("MATCH (g:Graph {graph_id: $g}) RETURN g.status AS s",
+                                                  g=graph_id).single()) is None:
+            return False
+        status, claimed = session.execute_write(_claim, graph_id, token, DEFAULT_LEASE_S)
+        if status == "complete" or not claimed:
+            return False
+        while session.execute_write(_clear_batch, graph_id):
+            pass
+        session.execute_write(lambda tx: tx.run(
+            "MATCH (g:Graph {graph_id: $g}) WHERE g.writer = $token AND g.status = 'writing' DETACH DELETE g",
+            g=graph_id, token=token).consume())
+    return True
 
 
 def fold_graph_corpus(driver: Driver, corpus_id: str, graph_id: str, *, database: str | None = None,

@@ -11,6 +11,7 @@ export const COLORS = {
   neg: [200, 40, 40],
   feature: "#5b6fb3",
   error: "#9a9a9a",
+  unexpanded: "#c9a0dc",
   embedding: "#2a9d8f",
   pos_embedding: "#2a9d8f",
   bias: "#b0b0b0",
@@ -29,7 +30,7 @@ const MARGIN = { left: 70, right: 20, top: 20, bottom: 46 };
 
 /** Shape drawn for a node kind (also used by the SVG export, so both pictures agree). */
 export function shapeOf(kind) {
-  if (kind === "error" || kind === "embedding" || kind === "pos_embedding" || kind === "bias") return "square";
+  if (kind === "error" || kind === "unexpanded" || kind === "embedding" || kind === "pos_embedding" || kind === "bias") return "square";
   if (kind === "logit" || kind === "target") return "diamond";
   return "circle";
 }
