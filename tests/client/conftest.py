@@ -11,10 +11,9 @@ from tests.pipeline.conftest import registered, tiny_model, worker_factory  # no
 
 
 @pytest.fixture(scope="session")
-def cypher_key(neo4j_driver, settings) -> Iterator[str]:  # noqa: ANN001
-    from service.auth import create_key
+def cypher_key(redis_client) -> Iterator[str]:  # noqa: ANN001
+    from service.auth import create_key, delete_key
 
-    key, plain = create_key(neo4j_driver, "tests-client-cypher", ("cypher",), database=settings.neo4j_database)
+    key, plain = create_key(redis_client, "tests-client-cypher", ("cypher",))
     yield plain
-    neo4j_driver.execute_query("MATCH (k:ApiKey {key_id: $id}) DETACH DELETE k", id=key.key_id,
-                               database_=settings.neo4j_database)
+    delete_key(redis_client, key.key_id)
