@@ -82,7 +82,7 @@ def test_label_is_stored_with_its_author_and_shown_everywhere(client, store, neo
     assert {h["fkey"]: h["label"] for h in hits} == {fkey: text, other: None}
     found = client.get("/features", params={"q": f"label:{text.upper()}"}).json()
     assert [h["fkey"] for h in found["items"]] == [fkey] and found["query"] == {"mode": "key", "label": text}
-    token_hits = client.get("/features", params={"q": "token:cat"}).json()["items"]
+    token_hits = client.get("/features", params={"q": "token:cat", "corpus_id": rec.corpus_id}).json()["items"]
     assert {h["fkey"]: h["label"] for h in token_hits}.get(fkey) == text
 
     # Clearing: every view is back to no label; the circuit's ETag changes again.

@@ -47,7 +47,9 @@ def test_pinned_features_are_intervened_on_and_the_result_drawn(browser, api_url
     form = browser.find_element(By.ID, "intervene-form")
     Select(form.find_element(By.NAME, "mode")).select_by_value("scale")
     form.find_element(By.NAME, "value").send_keys("2")
-    form.find_element(By.NAME, "api_key").send_keys(write_key[1])
+    key_box = form.find_element(By.NAME, "api_key")
+    key_box.clear()  # the tab may remember another test's key (sessionStorage)
+    key_box.send_keys(write_key[1])
     form.find_element(By.TAG_NAME, "button").click()
     shown = wait_js(browser, """const b = document.getElementById('intervention-result');
         const rows = [...b.querySelectorAll('tr.intervention-target')];
