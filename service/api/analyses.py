@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.responses import Response
 
 from service.api.deps import driver_of, settings_of
 from service.auth import ApiKey, require_scope
@@ -38,3 +41,26 @@ def get_analysis(analysis_id: str, request: Request) -> AnalysisOut:
     if a is None:
         raise HTTPException(404, f"no analysis {analysis_id!r}")
     return AnalysisOut(**a)
+
+
+_MEDIA = {"png": "image/png", "svg": "image/svg+xml"}
+
+
+@router.get("/{analysis_id}/plot.{fmt}", response_class=Response,
+            responses={200: {"content": {"image/png": {}, "image/svg+xml": {}}},
+                       404: {"description": "Unknown analysis, or a kind without a picture"},
+                       409: {"description": "The analysis is not done yet"}})
+def get_analysis_plot(analysis_id: str, fmt: Literal["png", "svg"], request: Request) -> Response:
+    """A picture of a done analysis' result (workers/analysis/plots.py: recurring_features, consensus_circuit,
+    circuit_difference, interventions); the JSON stays at GET /analyses/{analysis_id}."""
+    from workers.analysis.plots import NoPlot, plot_analysis
+
+    a = jobs.get_analysis(driver_of(request), analysis_id, database=settings_of(request).neo4j_database)
+    if a is None:
+        raise HTTPException(404, f"no analysis {analysis_id!r}")
+    if a["status"] != "done":
+        raise HTTPException(409, f"analysis {analysis_id!r} is {a['status']}; its picture exists once it is done")
+    try:
+        return Response(plot_analysis(a["kind"], a["result"], fmt), media_type=_MEDIA[fmt])
+    except NoPlot as exc:
+        raise HTTPException(404, str(exc)) from None

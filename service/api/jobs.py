@@ -10,7 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 from service.api.deps import driver_of, redis_of, settings_of
 from service.auth import ApiKey, authorize_corpus, require_scope
 from service.query import corpora as q
-from service.schemas.jobs import JobPageOut, JobStatus
+from service.schemas.jobs import JobPageOut, JobStatus, JobTimelineOut
 from workers.pipeline import jobs
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -35,6 +35,17 @@ async def get_job(job_id: str, request: Request) -> JobStatus:
     except LookupError:
         raise HTTPException(404, f"no job {job_id!r}") from None
     return JobStatus(**status)
+
+
+@router.get("/{job_id}/timeline", response_model=JobTimelineOut, responses={404: {}})
+def get_job_timeline(job_id: str, request: Request, bins: int = Query(30, ge=1, le=500)) -> JobTimelineOut:
+    """Prompts finished per minute, and failures, over the job's run in ``bins`` equal intervals (the job page's
+    plot)."""
+    try:
+        return JobTimelineOut(**q.job_timeline(driver_of(request), job_id, bins,
+                                               database=settings_of(request).neo4j_database))
+    except LookupError:
+        raise HTTPException(404, f"no job {job_id!r}") from None
 
 
 @router.delete("/{job_id}", response_model=JobStatus, status_code=202,

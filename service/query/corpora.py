@@ -11,6 +11,7 @@ Order: newest first (``created_at`` desc; corpora without one last), then by id,
 
 from __future__ import annotations
 
+import time
 from typing import Literal, get_args
 
 from neo4j import Driver
@@ -74,3 +75,35 @@ def list_jobs(driver: Driver, offset: int, limit: int, *, state: str | None = No
     records, _, _ = driver.execute_query(_LIST_JOBS, offset=int(offset), limit=int(limit), state=state,
                                          corpus_id=corpus_id, database_=database, routing_="r")
     return [dict(r) for r in records]
+
+
+# Every finished prompt of a job (done or failed), with when it finished: the job page's plot.
+_TIMELINE = """
+MATCH (j:Job {job_id: $job_id})
+OPTIONAL MATCH (p:Prompt {job_id: $job_id}) WHERE p.state IN ['done', 'failed'] AND p.finished_at IS NOT NULL
+RETURN j.started_at AS started, j.finished_at AS finished, collect([p.finished_at, p.state]) AS events
+"""
+
+
+def job_timeline(driver: Driver, job_id: str, bins: int = 30, *, now: float | None = None,
+                 database: str | None = None) -> dict:
+    """Prompts finished per minute and failures over time: ``bins`` equal intervals from the job's start (its first
+    prompt started) to its end (or now, while it runs), each with its done and failed counts and
+    ``per_min = (done + failed) / minutes``. Raises LookupError for an unknown job."""
+    records, _, _ = driver.execute_query(_TIMELINE, job_id=job_id, database_=database, routing_="r")
+    if not records:
+        raise LookupError(f"no job {job_id!r}")
+    r = records[0]
+    events = sorted((float(t), state) for t, state in r["events"])
+    start = r["started"] if r["started"] is not None else (events[0][0] if events else None)
+    if start is None:
+        return {"job_id": job_id, "start": None, "end": None, "bin_s": None, "bins": []}
+    end = r["finished"] if r["finished"] is not None else (time.time() if now is None else now)
+    end = max(end, events[-1][0] if events else end, start)
+    width = (end - start) / bins if end > start else 1.0
+    out = [{"t0": start + i * width, "done": 0, "failed": 0} for i in range(bins)]
+    for t, state in events:
+        out[min(bins - 1, max(0, int((t - start) / width)))][state] += 1
+    for b in out:
+        b["per_min"] = (b["done"] + b["failed"]) / (width / 60.0)
+    return {"job_id": job_id, "start": start, "end": end, "bin_s": width, "bins": out}

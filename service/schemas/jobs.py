@@ -50,3 +50,18 @@ class JobPageOut(BaseModel):
     offset: int
     limit: int
     next_offset: int | None = Field(description="Pass as ?offset= for the next page; null on the last page.")
+
+
+class TimelineBinOut(BaseModel):
+    t0: float = Field(description="Start of the interval (epoch seconds).")
+    done: int
+    failed: int
+    per_min: float = Field(description="(done + failed) per minute in the interval.")
+
+
+class JobTimelineOut(BaseModel):
+    job_id: str
+    start: float | None = Field(description="The job's start (its first prompt started); null before that.")
+    end: float | None = Field(description="Its end, or now while it runs.")
+    bin_s: float | None = Field(description="Seconds per interval.")
+    bins: list[TimelineBinOut]

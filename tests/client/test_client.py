@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -81,6 +82,13 @@ def test_submit_wait_circuit_cypher_feature_global_analysis(api_url, write_key, 
         f=top["fkey"], c=job.corpus_id).records), reverse=True)
     assert [a["activation"] for a in page["top_activations"]] == pytest.approx(expected[:50], rel=1e-6)
     assert atlas.search_features(top["fkey"], job.corpus_id)["fkey"].iloc[0] == top["fkey"]
+
+    # Logit effects come back as a table of the API's promoted then suppressed tokens.
+    effects = atlas.logit_effects(top["fkey"], 3)
+    raw_eff = httpx.get(f"{api_url}/features/{quote(top['fkey'], safe='/')}/logit-effects", params={"k": 3}).json()
+    assert effects.to_dict("records") == [{"side": side, "token": e["token"], "token_id": e["token_id"],
+                                           "effect": e["effect"]} for side in ("promoted", "suppressed")
+                                          for e in raw_eff[side]]
 
     # A label set through the client is the circuit's, with the key's id as its author; then cleared.
     out = atlas.label_feature(top["fkey"], "client label", "a note")

@@ -99,7 +99,7 @@ def test_graph_list_shows_prompts_and_filters(browser, api_url, api, stored_grap
     neo4j_driver.execute_query("CREATE (:Prompt {prompt_id: $p, text: $t})", p=rec.prompt_id, t=prompt,
                                database_=settings.neo4j_database)
     try:
-        assert [r[0] for r in listed(text="GAVE A DRINK")] == [rec.graph_id]
+        assert [r[0] for r in listed(corpus_id=rec.corpus_id, text="GAVE A DRINK")] == [rec.graph_id]
         assert listed(corpus_id=rec.corpus_id, text="zebra") == ["none"]
     finally:
         neo4j_driver.execute_query("MATCH (p:Prompt {prompt_id: $p}) DELETE p", p=rec.prompt_id,

@@ -8,10 +8,9 @@ import uuid
 from urllib.parse import quote
 
 import pytest
-from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 
-from tests.ui.test_viewer import api_circuit, open_graph, wait_js
+from tests.ui.test_viewer import api_circuit, hover_node, open_graph, wait_js
 
 pytestmark = pytest.mark.usefixtures("services")
 
@@ -29,7 +28,9 @@ def test_label_from_the_feature_page_shows_in_graph_and_search(browser, api_url,
     assert browser.find_element(By.CSS_SELECTOR, "#feature-label .label-line").text == "no label"
     form.find_element(By.NAME, "label").send_keys(text)
     form.find_element(By.NAME, "note").send_keys("moves the name")
-    form.find_element(By.NAME, "api_key").send_keys(write_key[1])
+    key_box = form.find_element(By.NAME, "api_key")
+    key_box.clear()  # the tab may remember another test's key (sessionStorage)
+    key_box.send_keys(write_key[1])
     form.find_element(By.TAG_NAME, "button").click()
     shown = wait_js(browser, "return document.querySelector('#feature-label .label-text')?.textContent",
                     what="the saved label")
@@ -41,12 +42,7 @@ def test_label_from_the_feature_page_shows_in_graph_and_search(browser, api_url,
 
     # The graph view: the tooltip on hover and the node panel carry the label.
     open_graph(browser, api_url, gid, 30)
-    pos = browser.execute_script("return window.atlas.graph.nodeClientPosition(arguments[0])", node["node_id"])
-    overlay = browser.find_element(By.CSS_SELECTOR, "canvas.graph-overlay")
-    rect = overlay.rect
-    ActionChains(browser).move_to_element_with_offset(
-        overlay, round(pos["x"] - rect["x"] - rect["width"] / 2), round(pos["y"] - rect["y"] - rect["height"] / 2)
-    ).perform()
+    hover_node(browser, node["node_id"])
     tip = wait_js(browser, "const t = document.getElementById('tooltip'); return !t.hidden && t.innerText",
                   what="the tooltip")
     assert node["node_id"] in tip and f"label: {text}" in tip

@@ -76,6 +76,17 @@ def click_node(browser, node_id: str, shift: bool = False) -> None:  # noqa: ANN
     chain.perform()
 
 
+def hover_node(browser, node_id: str) -> None:  # noqa: ANN001
+    """A real mouse move onto the node's position on the canvas."""
+    pos = browser.execute_script("return window.atlas.graph.nodeClientPosition(arguments[0])", node_id)
+    assert pos is not None, f"{node_id} is not drawn"
+    overlay = browser.find_element(By.CSS_SELECTOR, "canvas.graph-overlay")
+    rect = overlay.rect
+    ActionChains(browser).move_to_element_with_offset(
+        overlay, round(pos["x"] - rect["x"] - rect["width"] / 2), round(pos["y"] - rect["y"] - rect["height"] / 2)
+    ).perform()
+
+
 def open_graph(browser, api_url: str, graph_id: str, max_nodes: int) -> dict:  # noqa: ANN001
     # A fresh page each time: navigating to the same URL with only a fragment would keep the old view's state.
     browser.get("about:blank")
@@ -148,12 +159,7 @@ def test_hover_and_click_open_the_node_panel(browser, api_url, api, stored_graph
     feats = sorted((n for n in circuit["nodes"] if n["kind"] == "feature"), key=lambda n: -(n["influence"] or 0))
     node = feats[0]
     # Hover: the tooltip names the node and shows its activation and influence.
-    pos = browser.execute_script("return window.atlas.graph.nodeClientPosition(arguments[0])", node["node_id"])
-    overlay = browser.find_element(By.CSS_SELECTOR, "canvas.graph-overlay")
-    rect = overlay.rect
-    ActionChains(browser).move_to_element_with_offset(
-        overlay, round(pos["x"] - rect["x"] - rect["width"] / 2), round(pos["y"] - rect["y"] - rect["height"] / 2)
-    ).perform()
+    hover_node(browser, node["node_id"])
     tip = browser.find_element(By.ID, "tooltip")
     wait_js(browser, "return !document.getElementById('tooltip').hidden", what="the tooltip")
     assert node["node_id"] in tip.text and "activation" in tip.text and "influence" in tip.text

@@ -60,6 +60,17 @@ export function sendJSON(url, method, body, key = sessionStorage.getItem(KEY_STO
   });
 }
 
+/** Poll GET /analyses/{id} until done or failed; `onStatus(analysis)` sees each state; returns the last. */
+export async function pollAnalysis(analysis, onStatus = () => {}, everyMs = 700) {
+  let a = analysis;
+  while (a.status === "queued" || a.status === "running") {
+    if (onStatus(a) === false) return a;
+    await new Promise((r) => setTimeout(r, everyMs));
+    a = await getJSON(`/analyses/${encodeURIComponent(a.analysis_id)}`);
+  }
+  return a;
+}
+
 export function featureUrl(fkey) {
   // fkeys look like "dset/L1.mlp#17": '#' must be escaped, '/' is fine (the route takes a path).
   return `/features/${encodeURIComponent(fkey)}`;

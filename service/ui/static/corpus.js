@@ -2,8 +2,8 @@
 // feature, QK pairs of a head. Each reads the public API; an endpoint this server lacks is shown as
 // "not available" with the route it would need, never with invented data.
 
-import { ApiError, KEY_STORE, apiPaths, featureUrl, findGetEndpoint, getJSON, sendJSON, withQuery } from "./api.js";
-import { histogramSVG, shade } from "./plots.js";
+import { ApiError, KEY_STORE, apiPaths, featureUrl, findGetEndpoint, getJSON, pollAnalysis, sendJSON, withQuery } from "./api.js";
+import { histogramSVG, shade, timelineSVG } from "./plots.js";
 
 const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
 const fmt = (v) => (v == null ? "–" : typeof v === "number" ? (Number.isInteger(v) ? String(v) : v.toPrecision(4)) : esc(v));
@@ -148,6 +148,7 @@ export function jobPage(root, jobId) {
     if (!el.isConnected) return; // the reader left this page: stop polling
     try {
       const j = await getJSON(`/jobs/${encodeURIComponent(jobId)}`);
+      const tl = await getJSON(`/jobs/${encodeURIComponent(jobId)}/timeline?bins=30`).catch(() => null);
       const pct = j.total ? (100 * (j.done + j.failed + j.cancelled)) / j.total : 0;
       box.innerHTML = `
         <div class="progress"><div class="bar" style="width:${pct.toFixed(1)}%"></div></div>
@@ -157,6 +158,7 @@ export function jobPage(root, jobId) {
           · ETA ${j.eta_s != null ? `${Math.round(j.eta_s)} s` : "–"}</p>
         <p>corpus <a href="#/graphs?corpus_id=${encodeURIComponent(j.corpus_id)}">${esc(j.corpus_id)}</a> · model ${esc(j.model)}
           · dictionaries ${esc(j.dictionary_set)}</p>
+        ${tl && tl.bins.length ? `<div id="job-timeline">${timelineSVG(tl)}</div>` : ""}
         ${TERMINAL.has(j.state) ? "" : '<button id="cancel-job">Cancel job</button>'}
         ${j.failures.length ? `<h3>Failures</h3><table class="data"><tr><th>#</th><th>prompt</th><th>error</th></tr>
           ${j.failures.map((f) => `<tr><td>${f.index}</td><td>${esc(f.prompt_id)}</td><td>${esc(f.error)}</td></tr>`).join("")}</table>` : ""}`;
@@ -448,13 +450,12 @@ export async function qkPage(root, params) {
     try {
       const job = await sendJSON(`/graphs/${encodeURIComponent(f.get("graph_id").trim())}/qk`, "POST", body, key);
       out.dataset.analysisId = job.analysis_id;
-      let a = job;
-      while (a.status === "queued" || a.status === "running") {
-        if (!out.isConnected) return;
-        out.innerHTML = `<p class="qk-status">analysis <code>${esc(job.analysis_id)}</code>: ${esc(a.status)}…</p>`;
-        await new Promise((r) => setTimeout(r, 700));
-        a = await getJSON(`/analyses/${encodeURIComponent(job.analysis_id)}`);
-      }
+      const a = await pollAnalysis(job, (st) => {
+        if (!out.isConnected) return false;
+        out.innerHTML = `<p class="qk-status">analysis <code>${esc(job.analysis_id)}</code>: ${esc(st.status)}…</p>`;
+        return true;
+      });
+      if (!out.isConnected) return;
       if (a.status !== "done") {
         out.innerHTML = `<div class="error">analysis ${esc(job.analysis_id)} ${esc(a.status)}: ${esc(a.error)}</div>`;
         return;

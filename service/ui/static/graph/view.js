@@ -2,7 +2,7 @@
 // controls change; hover tooltip, node panel (top inputs/outputs, feature page link), pins, supernodes,
 // exports. State that a reader would want to share (pruning) lives in the URL hash.
 
-import { getJSON, withQuery } from "../api.js";
+import { ApiError, KEY_STORE, getJSON, pollAnalysis, sendJSON, withQuery } from "../api.js";
 import { canvasesToPNG, download, neuronpediaJSON, sceneToSVG } from "./export.js";
 import { GraphCanvas } from "./render.js";
 import { buildScene, neighbours } from "./scene.js";
@@ -57,6 +57,12 @@ export class GraphView {
         </div>
         <div class="graph-foot">
           <div><b>Pinned</b> <span id="pinned-list" class="chips"></span></div>
+          <form id="intervene-form" class="inline"><b>Intervene on the pinned features</b>
+            <select name="mode"><option value="ablate">ablate</option><option value="scale">scale by</option><option value="set">set to</option></select>
+            <input name="value" type="number" step="any" size="6" placeholder="value">
+            <input name="api_key" type="password" size="18" placeholder="API key (write)">
+            <button>Run</button></form>
+          <div id="intervention-result"></div>
           <div><b>Supernodes</b> <span id="supernode-list" class="chips"></span></div>
           <div class="hint">Wheel: zoom · drag: pan · double-click: fit · click: node panel · shift-click: choose for a supernode</div>
         </div>
@@ -84,6 +90,13 @@ export class GraphView {
     $("#max-edges").addEventListener("change", (e) => this.setPruning({ max_edges: Math.max(0, Math.floor(Number(e.target.value) || 0)) }));
     $("#fit").addEventListener("click", () => { this.canvas.fit(); this.canvas.draw(); });
     $("#group").addEventListener("click", () => this.groupChosen($("#group-name").value));
+    const iform = $("#intervene-form");
+    iform.elements.api_key.value = sessionStorage.getItem(KEY_STORE) || "";
+    iform.addEventListener("submit", (e) => {
+      e.preventDefault();
+      const f = new FormData(iform);
+      this.intervene(f.get("mode"), f.get("value"), f.get("api_key").trim());
+    });
     $("#export-png").addEventListener("click", () => download(`${this.graphId}.png`, this.exportPNG(), "image/png"));
     $("#export-svg").addEventListener("click", () => download(`${this.graphId}.svg`, this.exportSVG(), "image/svg+xml"));
     $("#export-np").addEventListener("click", async () => {
@@ -327,6 +340,30 @@ export class GraphView {
     }));
   }
 
+  /** POST the pinned feature nodes to the interventions analysis, poll it, draw its result under the graph. */
+  async intervene(mode, value, key) {
+    const out = this.$("#intervention-result");
+    const nodeIds = [...this.pinned].filter((id) => id.startsWith("feat:"));
+    if (!nodeIds.length) {
+      out.innerHTML = '<div class="error">pin at least one feature node first (node panel → Pin)</div>';
+      return null;
+    }
+    sessionStorage.setItem(KEY_STORE, key);
+    out.innerHTML = '<p class="intervention-status">queueing…</p>';
+    try {
+      const body = { node_ids: nodeIds, mode, ...(mode === "ablate" || value === "" ? {} : { value: Number(value) }) };
+      const job = await sendJSON(`/graphs/${encodeURIComponent(this.graphId)}/interventions`, "POST", body, key);
+      const a = await pollAnalysis(job, (st) => { out.innerHTML = `<p class="intervention-status">analysis ${esc(st.analysis_id)}: ${esc(st.status)}…</p>`; });
+      if (a.status !== "done") throw new Error(`analysis ${a.analysis_id} ${a.status}: ${a.error}`);
+      out.innerHTML = interventionTables(a.result);
+      out.dataset.analysisId = a.analysis_id;
+      return a.result;
+    } catch (err) {
+      out.innerHTML = `<div class="error">${esc(err instanceof ApiError ? err.message : String(err))}</div>`;
+      return null;
+    }
+  }
+
   exportSVG() {
     return sceneToSVG(this.scene, this.graphId);
   }
@@ -348,4 +385,18 @@ export class GraphView {
     const b = this.canvas.overlay.getBoundingClientRect();
     return { x: b.left + p.x, y: b.top + p.y };
   }
+}
+
+/** Per target: frozen change, the edges' prediction (equal to it), live change; then the live top-logit changes. */
+function interventionTables(r) {
+  const edits = r.edits.map((e) => `${esc(e.node_id)}: ${fmt(e.clean_activation)} → ${fmt(e.new_activation)}`).join("; ");
+  const w = (v) => (v == null ? "–" : `<span class="w ${v < 0 ? "neg" : "pos"}">${fmt(v)}</span>`);
+  return `<p class="intervention-edits"><b>${esc(r.mode)}</b> ${edits}</p>
+    <div class="cols"><table class="data intervention-targets"><thead><tr><th>target</th><th>clean</th><th>frozen Δ</th>
+      <th>from edges</th><th>live Δ</th></tr></thead><tbody>${r.targets.map((t) => `<tr class="intervention-target" data-id="${esc(t.node_id)}"
+      data-frozen="${t.frozen_change}" data-edges="${t.from_edges}" data-live="${t.live_change ?? ""}"><td>${esc(t.label)}</td><td class="num">${fmt(t.clean)}</td>
+      <td class="num">${w(t.frozen_change)}</td><td class="num">${w(t.from_edges)}</td><td class="num">${w(t.live_change)}</td></tr>`).join("")}</tbody></table>
+    <table class="data intervention-logits"><thead><tr><th>token (live, position ${r.position})</th><th>before</th><th>after</th><th>Δ</th></tr></thead>
+      <tbody>${r.top_logit_changes.map((c) => `<tr class="logit-change" data-change="${c.change}"><td>${esc(c.token ?? `#${c.token_id}`)}</td>
+      <td class="num">${fmt(c.before)}</td><td class="num">${fmt(c.after)}</td><td class="num">${w(c.change)}</td></tr>`).join("")}</tbody></table></div>`;
 }
