@@ -171,6 +171,11 @@ def _unauthorized(message: str) -> HTTPException:
     return HTTPException(401, message, headers={"WWW-Authenticate": "Bearer"})
 
 
+def key_responses(scope: str, more: dict[int, dict] | None = None) -> dict[int, dict]:
+    """The OpenAPI ``responses`` of a route behind ``require_scope(scope)``: its 401 and 403, plus the route's own."""
+    return {401: {"description": "No or invalid API key"}, 403: {"description": f"Key lacks '{scope}'"}, **(more or {})}
+
+
 def require_scope(scope: str) -> Callable[[Request], ApiKey]:
     """A FastAPI dependency: the request's valid API key having ``scope`` (401 / 403 otherwise; 503 if Redis,
     where the keys live, does not answer)."""

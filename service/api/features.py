@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from service.api.deps import driver_of, settings_of
-from service.auth import ApiKey, require_scope
+from service.auth import ApiKey, key_responses, require_scope
 from service.query import features as q
 from service.query import labels
 from service.query.features import MAX_QUERY_CHARS, BadSearch
@@ -102,8 +102,7 @@ def feature_page(request: Request, fkey: str, corpus_id: str | None = Query(None
     return FeaturePageOut(**page)
 
 
-_WRITE_RESPONSES = {401: {"description": "No or invalid API key"}, 403: {"description": "Key lacks 'write'"},
-                    404: {"description": "Unknown feature"}}
+_WRITE_RESPONSES = key_responses("write", {404: {"description": "Unknown feature"}})
 
 
 @router.put("/{fkey:path}/label", response_model=FeatureLabelOut, responses=_WRITE_RESPONSES)

@@ -11,7 +11,7 @@ import workers.analysis_tasks  # noqa: F401 - registers the 'interventions' anal
 from service.api.analyses import enqueue_analysis
 from service.api.deps import driver_of, settings_of
 from service.api.qk import unprocessable
-from service.auth import ApiKey, require_scope
+from service.auth import ApiKey, key_responses, require_scope
 from service.query import circuits as cq
 from service.schemas.analyses import AnalysisOut, AnalysisRequest
 from service.schemas.interventions import InterventionRequest
@@ -20,9 +20,8 @@ router = APIRouter(prefix="/graphs", tags=["circuits"])
 
 
 @router.post("/{graph_id}/interventions", response_model=AnalysisOut, status_code=202,
-             responses={401: {"description": "No or invalid API key"}, 403: {"description": "Key lacks 'write'"},
-                        404: {"description": "Unknown graph"},
-                        422: {"description": "A field that cannot be used (detail[].loc names it)"}})
+             responses=key_responses("write", {404: {"description": "Unknown graph"},
+                                                422: {"description": "A field that cannot be used (detail[].loc names it)"}}))
 def request_interventions(graph_id: str, body: InterventionRequest, request: Request,
                           key: ApiKey = Depends(require_scope("write"))) -> AnalysisOut | JSONResponse:
     """Queue a worker to ablate, scale or set the chosen features (together) of this graph's prompt. The result

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 import workers.analysis_tasks  # noqa: F401 - registers the 'qk_pairs' analysis kind (in this process too)
 from service.api.analyses import enqueue_analysis
 from service.api.deps import driver_of, settings_of
-from service.auth import ApiKey, require_scope
+from service.auth import ApiKey, key_responses, require_scope
 from service.query import circuits as cq
 from service.schemas.analyses import AnalysisOut, AnalysisRequest
 from service.schemas.qk import QKRequest
@@ -62,9 +62,8 @@ def check_request(body: QKRequest, n_positions: int | None, n_layers: int | None
 
 
 @router.post("/{graph_id}/qk", response_model=AnalysisOut, status_code=202,
-             responses={401: {"description": "No or invalid API key"}, 403: {"description": "Key lacks 'write'"},
-                        404: {"description": "Unknown graph"},
-                        422: {"description": "A field that cannot be used (detail[].loc names it)"}})
+             responses=key_responses("write", {404: {"description": "Unknown graph"},
+                                                422: {"description": "A field that cannot be used (detail[].loc names it)"}}))
 def request_qk_pairs(graph_id: str, body: QKRequest, request: Request,
                      key: ApiKey = Depends(require_scope("write"))) -> AnalysisOut | JSONResponse:
     """Queue a worker to split a head's pre-softmax attention score into (query node, key node) pairs plus
