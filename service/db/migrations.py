@@ -194,8 +194,10 @@ def acquire_lock(
             ledger=ledger,
             database_=database,
         )
-        if not records:
-            continue  # released between our CREATE and this read: try again at once
+        if not records or records[0]["age_s"] is None:
+            # Released between our CREATE and this read: try again at once. (Under read-committed isolation a
+            # lock deleted while this query ran can still be matched, with its properties already null.)
+            continue
         holder, since, age_s = records[0]["owner"], records[0]["since"], records[0]["age_s"]
         if age_s > stale_lock_s:
             # Delete only the exact stale holder, so two runners breaking it at once cannot both win.
