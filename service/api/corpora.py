@@ -73,9 +73,13 @@ async def submit(request: Request, key: ApiKey = Depends(require_scope("write"))
         declared = request.headers.get("content-length")
         if declared and declared.isdigit():
             validation.check_size(int(declared), cfg)  # refuse before reading a huge body
-        raw = await request.body()
-        validation.check_size(len(raw), cfg)
-        text = validation.decode_utf8(raw)
+        chunks: list[bytes] = []
+        received = 0
+        async for chunk in request.stream():  # a chunked body has no Content-Length: count while it arrives
+            received += len(chunk)
+            validation.check_size(received, cfg)
+            chunks.append(chunk)
+        text = validation.decode_utf8(b"".join(chunks))
         ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
         if ctype in JSONL_TYPES:
             payload = _request_from_jsonl(text, dict(request.query_params))
