@@ -27,6 +27,7 @@ from service.api import (
     qk,
     registry,
 )
+from service.api.limits import BodyLimit
 from service.db import Neo4jPasswordMissing, neo4j_driver
 from service.db.migrations import MigrationError, migrate
 from service.ui import router as ui_router
@@ -87,6 +88,8 @@ def create_app(settings: Settings | None = None, *, run_migrations: bool = True)
         version="0.1.0",
         lifespan=lifespan,
     )
+    app.add_middleware(BodyLimit, limit_of=lambda scope: None if scope["path"] == "/corpora" else (
+        settings.api_max_body_bytes, "ATLAS_API_MAX_BODY_BYTES"))
     app.include_router(health.router)
     for module in (registry, corpora, jobs):  # the corpus pipeline (issue #5)
         app.include_router(module.router)

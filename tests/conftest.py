@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 import threading
 import time
 import uuid
@@ -26,6 +27,10 @@ os.environ.setdefault("ATLAS_REDIS_URL", "redis://127.0.0.1:16379/0")
 os.environ.setdefault("ATLAS_NEO4J_PASSWORD", "atlas-test-password")
 os.environ.setdefault("ATLAS_NEO4J_HEAP", "768m")
 os.environ.setdefault("ATLAS_NEO4J_PAGECACHE", "256m")
+# Registration over HTTP is limited to ATLAS_REGISTRY_ROOTS: the tests register from pytest's temporary
+# directories and the zoo.
+os.environ.setdefault("ATLAS_REGISTRY_ROOTS", os.pathsep.join([
+    tempfile.gettempdir(), str(Path(os.environ.get("ATLAS_CACHE_DIR", Path.home() / ".cache" / "circuit-atlas")) / "zoo")]))
 
 
 @pytest.fixture(scope="session")

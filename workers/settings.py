@@ -6,6 +6,7 @@ passes the same names, and a test checks that the two agree.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -109,6 +110,12 @@ class Settings(BaseSettings):
     api_port: int = 8000
     # POST /cypher: user queries running at once across every API process (leases in Redis).
     cypher_max_concurrent: int = 4
+    # Request bodies of every route but POST /corpora (ATLAS_PIPELINE_MAX_UPLOAD_BYTES) stop here: 413.
+    api_max_body_bytes: int = 1024 * 1024
+    # POST /registry/*: the directories under which models and dictionary sets may be registered, separated by
+    # os.pathsep (':'); empty: the zoo (cache_dir/zoo) and cache_dir/models. The API serves the whole
+    # machine's files otherwise: any readable path would be hashed, parsed and loaded by the workers.
+    registry_roots: str = ""
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -123,6 +130,12 @@ class Settings(BaseSettings):
     @property
     def zoo_dir(self) -> Path:
         return self.cache_dir / "zoo"
+
+    @property
+    def registry_root_paths(self) -> list[Path]:
+        if not self.registry_roots.strip():
+            return [self.zoo_dir.resolve(), (self.cache_dir / "models").resolve()]
+        return [Path(p).expanduser().resolve() for p in self.registry_roots.split(os.pathsep) if p.strip()]
 
 
 @lru_cache(maxsize=1)

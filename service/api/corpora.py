@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from service.api.deps import driver_of, pipeline_settings_of, settings_of, tokenizer_for
 from service.auth import ApiKey, require_scope
@@ -26,6 +26,23 @@ router = APIRouter(prefix="/corpora", tags=["corpora"])
 
 JSONL_TYPES = ("application/x-ndjson", "application/jsonl", "application/x-jsonlines", "application/json-lines")
 _SETTINGS_PARAMS = ("prune", "node_threshold", "edge_threshold", "max_features", "max_feature_nodes", "batch_size")
+
+
+def inlined_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """``model``'s JSON schema with its ``$defs`` inlined: a schema placed in an OpenAPI document by hand cannot
+    keep them (its ``#/$defs/...`` references would point at the document's root, where they do not resolve)."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return inline({**defs[ref.rsplit("/", 1)[1]], **{k: v for k, v in node.items() if k != "$ref"}})
+            return {k: inline(v) for k, v in node.items()}
+        return [inline(v) for v in node] if isinstance(node, list) else node
+
+    return inline(schema)
 
 
 def _invalid(exc: InvalidCorpus) -> JSONResponse:
@@ -61,7 +78,7 @@ def validate_request(driver, req: CorpusRequest, tokenizer_of, cfg, database: st
              responses={400: {}, 401: {"description": "No or invalid API key"},
                         403: {"description": "Key lacks 'write'"}, 413: {}, 422: {}, 503: {}},
              openapi_extra={"requestBody": {"content": {
-                 "application/json": {"schema": CorpusRequest.model_json_schema()},
+                 "application/json": {"schema": inlined_schema(CorpusRequest)},
                  "application/x-ndjson": {"schema": {"type": "string"}}}, "required": True}})
 async def submit(request: Request, key: ApiKey = Depends(require_scope("write"))):  # noqa: ANN201
     """Validate and queue a corpus: one job, one task per (deduplicated) prompt."""
@@ -73,9 +90,13 @@ async def submit(request: Request, key: ApiKey = Depends(require_scope("write"))
         declared = request.headers.get("content-length")
         if declared and declared.isdigit():
             validation.check_size(int(declared), cfg)  # refuse before reading a huge body
-        raw = await request.body()
-        validation.check_size(len(raw), cfg)
-        text = validation.decode_utf8(raw)
+        chunks: list[bytes] = []
+        received = 0
+        async for chunk in request.stream():  # a chunked body has no Content-Length: count while it arrives
+            received += len(chunk)
+            validation.check_size(received, cfg)
+            chunks.append(chunk)
+        text = validation.decode_utf8(b"".join(chunks))
         ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
         if ctype in JSONL_TYPES:
             payload = _request_from_jsonl(text, dict(request.query_params))

@@ -1,5 +1,6 @@
 """Register models and dictionary sets by path (content-hashed in Neo4j); list them. Registering needs an API
-key with the ``write`` scope; listing is public."""
+key with the ``write`` scope and a path under ``ATLAS_REGISTRY_ROOTS`` (403 naming the roots otherwise) holding
+no pickled weights (422); listing is public."""
 
 from __future__ import annotations
 
@@ -29,21 +30,24 @@ def _error(exc: registry.RegistryError) -> JSONResponse:
 
 
 @router.post("/models", response_model=ModelOut, status_code=201,
-             responses={401: {"description": "No or invalid API key"}, 403: {"description": "Key lacks 'write'"},
+             responses={401: {"description": "No or invalid API key"},
+                        403: {"description": "Key lacks 'write', or the path is outside ATLAS_REGISTRY_ROOTS"},
                         422: {}})
 async def register_model(body: ModelRegistration, request: Request,  # noqa: ANN201
                          key: ApiKey = Depends(require_scope("write"))):
     """Register (or re-register after its files changed) a model under ``model_id``."""
     driver, db = driver_of(request), settings_of(request).neo4j_database
     try:
-        reg = await run_in_threadpool(registry.register_model, driver, body.model_id, body.path, db)
+        reg = await run_in_threadpool(registry.register_model, driver, body.model_id, body.path, db,
+                                      roots=settings_of(request).registry_root_paths)
     except registry.RegistryError as exc:
         return _error(exc)
     return ModelOut(**asdict(reg))
 
 
 @router.post("/dictionary-sets", response_model=DictionarySetOut, status_code=201,
-             responses={401: {"description": "No or invalid API key"}, 403: {"description": "Key lacks 'write'"},
+             responses={401: {"description": "No or invalid API key"},
+                        403: {"description": "Key lacks 'write', or the path is outside ATLAS_REGISTRY_ROOTS"},
                         422: {}})
 async def register_dictionary_set(body: DictionarySetRegistration, request: Request,  # noqa: ANN201
                                   key: ApiKey = Depends(require_scope("write"))):
@@ -51,7 +55,7 @@ async def register_dictionary_set(body: DictionarySetRegistration, request: Requ
     driver, db = driver_of(request), settings_of(request).neo4j_database
     try:
         reg = await run_in_threadpool(registry.register_dictionary_set, driver, body.dictionary_set_id, body.path,
-                                      body.model_id, db)
+                                      body.model_id, db, roots=settings_of(request).registry_root_paths)
     except registry.RegistryError as exc:
         if exc.field == "model":
             exc.field = "model_id"

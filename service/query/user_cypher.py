@@ -376,23 +376,26 @@ class CypherRunner:
                             break
                         rows.append(row)
                     # Leaving the session discards the rest of the stream and ends the transaction.
-            except neo4j.exceptions.ClientError as exc:
-                if "TransactionTimedOut" in (exc.code or "") or "Terminated" in (exc.code or ""):
-                    raise CypherRefused("timeout", f"the query ran longer than {self.limits.timeout_s:g} s and was "
-                                                   "stopped", status=408) from None
-                if "AccessMode" in (exc.code or "") or "Forbidden" in (exc.code or ""):
-                    raise CypherRefused("read-only", f"the server refused a write: {exc.message}") from None
-                raise CypherRefused("execution", f"the query failed ({exc.code}): {exc.message}") from None
-            except neo4j.exceptions.TransientError as exc:
-                if "Terminated" in (exc.code or "") or "Timed" in (exc.code or ""):
-                    raise CypherRefused("timeout", f"the query ran longer than {self.limits.timeout_s:g} s and was "
-                                                   "stopped", status=408) from None
-                raise CypherRefused("execution", f"the query failed ({exc.code}): {exc.message}", status=503) from None
-            except neo4j.exceptions.DatabaseError as exc:
-                raise CypherRefused("execution", f"the query failed ({exc.code}): {exc.message}") from None
+            except neo4j.exceptions.Neo4jError as exc:
+                raise self._mapped(exc) from None
             return CypherResult(columns=columns, rows=rows, truncated=truncated_by is not None,
                                 truncated_by=truncated_by, elapsed_ms=(time.perf_counter() - t0) * 1e3,
                                 plan_operators=operators)
         finally:
             if token is not None and self.slots is not None:
                 self.slots.release(token)
+
+    def _mapped(self, exc: neo4j.exceptions.Neo4jError) -> CypherRefused:
+        """The refusal for a server error while the query ran."""
+        code = exc.code or ""
+        if "MemoryPool" in code or "OutOfMemory" in code:  # the transaction memory pool stopped it: the query's fault
+            return CypherRefused("memory", f"the query needs more memory than the server allows one transaction "
+                                           f"({code}); aggregate less, or add LIMIT")
+        if "TransactionTimedOut" in code or "Terminated" in code or (
+                isinstance(exc, neo4j.exceptions.TransientError) and "Timed" in code):
+            return CypherRefused("timeout", f"the query ran longer than {self.limits.timeout_s:g} s and was stopped",
+                                 status=408)
+        if isinstance(exc, neo4j.exceptions.ClientError) and ("AccessMode" in code or "Forbidden" in code):
+            return CypherRefused("read-only", f"the server refused a write: {exc.message}")
+        status = 503 if isinstance(exc, neo4j.exceptions.TransientError) else 422
+        return CypherRefused("execution", f"the query failed ({code}): {exc.message}", status=status)

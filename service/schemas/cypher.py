@@ -8,7 +8,9 @@ from pydantic import BaseModel, Field
 
 
 class CypherRequest(BaseModel):
-    query: str = Field(max_length=20_000, examples=[
+    # A query with no non-space character is refused (rule 'non-empty'): the schema says so, so that a request
+    # the schema allows is never a 422.
+    query: str = Field(min_length=1, max_length=20_000, pattern=r"\S", examples=[
         "MATCH (f:Feature)-[o:OCCURS]->(c:Corpus {corpus_id: $corpus}) RETURN f.fkey, o.n_graphs "
         "ORDER BY o.n_graphs DESC LIMIT 10"])
     parameters: dict[str, Any] = Field(default_factory=dict, examples=[{"corpus": "ioi-demo"}])

@@ -226,3 +226,91 @@ def test_corpus_records_its_owner_and_only_the_owner_or_admin_cancels(client, an
     assert r.status_code == 202 and r.json()["state"] == "cancelled"
     r = client.delete(acc["job_url"])
     assert r.status_code == 202 and r.json()["state"] == "cancelled"
+
+
+def test_registration_is_limited_to_the_configured_roots_and_refuses_pickles(settings, neo4j_driver, write_key,
+                                                                            tiny_model, unique_id, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+
+    model_dir, dict_dir = tiny_model
+    allowed, elsewhere = tmp_path / "allowed", tmp_path / "elsewhere"
+    allowed.mkdir()
+    shutil.copytree(model_dir, elsewhere)
+    shutil.copytree(model_dir, allowed / "model")
+    (allowed / "escape").symlink_to(elsewhere)
+    shutil.copytree(model_dir, allowed / "pickled")
+    (allowed / "pickled" / "pytorch_model.bin").write_bytes(b"\x80\x04K\x01.")  # a pickle: never to be loaded
+    restricted = settings.model_copy(update={"registry_roots": str(allowed)})
+    with TestClient(create_app(restricted), headers={"Authorization": f"Bearer {write_key[1]}"}) as c:
+        def register(model_id: str, path: object) -> object:
+            return c.post("/registry/models", json={"model_id": model_id, "path": str(path)})
+
+        for i, path in enumerate([elsewhere, allowed / "escape", f"{allowed}/../elsewhere", "/etc"]):
+            r = register(f"{unique_id}-out{i}", path)
+            assert r.status_code == 403, (path, r.text)
+            assert r.json()["detail"][0]["loc"] == ["body", "path"] and str(allowed) in r.json()["detail"][0]["msg"]
+        r = c.post("/registry/dictionary-sets", json={"dictionary_set_id": f"{unique_id}-dout", "path": str(dict_dir),
+                                                      "model_id": f"{unique_id}-in"})
+        assert r.status_code == 403 and str(allowed) in r.text
+        r = register(f"{unique_id}-pickled", allowed / "pickled")
+        assert r.status_code == 422 and "pickled weights (pytorch_model.bin)" in r.text
+        assert register(f"{unique_id}-in", allowed / "model").status_code == 201
+    stored = neo4j_driver.execute_query("MATCH (m:Model) WHERE m.model_id STARTS WITH $p RETURN m.model_id AS id",
+                                        p=unique_id, database_=settings.neo4j_database).records
+    assert [r["id"] for r in stored] == [f"{unique_id}-in"]  # the refusals wrote nothing
+
+
+def test_upload_limits_hold_for_chunked_bodies_prompt_counts_and_every_post_route(client, neo4j_driver, registered,
+                                                                                  limits, settings, write_key):
+    import asyncio
+
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+
+    model, dset = registered
+    before = counts(neo4j_driver)
+    # A chunked body (no Content-Length) that would never end, fed to the app one 1 KB chunk at a time (straight
+    # through ASGI: the test client would read a generator whole before the app sees it).
+    chunks = 0
+
+    async def receive() -> dict:
+        nonlocal chunks
+        chunks += 1
+        head = b'{"model": "' + model.encode() + b'", "dictionary_set": "' + dset.encode() + b'", "prompts": ['
+        return {"type": "http.request", "body": head if chunks == 1 else b'"the cat sat on the mat", ' * 40,
+                "more_body": chunks < 100_000}
+
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/corpora", "raw_path": b"/corpora", "query_string": b"", "root_path": "",
+             "client": ("127.0.0.1", 1), "server": ("testserver", 80),
+             "headers": [(b"content-type", b"application/json"), (b"authorization", f"Bearer {write_key[1]}".encode())]}
+    asyncio.run(client.app(scope, receive, send))
+    assert sent[0]["status"] == 413 and b"ATLAS_PIPELINE_MAX_UPLOAD_BYTES" in sent[1]["body"]
+    assert chunks < 10  # refused while streaming (the cap is 4,000 bytes), not after reading it all
+    limits.max_prompts = 3
+    r = client.post("/corpora", json=body(model, dset, ["a b", "b c", "c d", "d e"]))
+    assert r.status_code == 413 and "the corpus has 4 prompts; the limit is 3 (ATLAS_PIPELINE_MAX_PROMPTS)" in r.text
+    assert client.post("/corpora", json=body(model, dset, ["the cat", "the dog", "the mat"])).status_code == 202
+    after = counts(neo4j_driver)
+    assert (after["corpora"] - before["corpora"], after["prompts"] - before["prompts"]) == (1, 3)
+
+    # Every other POST route: ATLAS_API_MAX_BODY_BYTES, checked before the key and before the body is parsed.
+    small = settings.model_copy(update={"api_max_body_bytes": 2000})
+    with TestClient(create_app(small), headers={"Authorization": f"Bearer {write_key[1]}"}) as c:
+        big = {"query": "RETURN 1 AS x // " + "x" * 3000}
+        for path, payload in [("/cypher", big), ("/analyses", {"kind": "recurring_features", "params": {"x": "y" * 3000}}),
+                              ("/registry/models", {"model_id": "m", "path": "/" + "p" * 3000})]:
+            r = c.post(path, json=payload)
+            assert r.status_code == 413 and "ATLAS_API_MAX_BODY_BYTES" in r.json()["detail"], (path, r.text)
+            chunked = c.post(path, content=iter([b'{"query": "RETURN 1 // ', b"x" * 1500, b"x" * 1500, b'"}']),
+                             headers={"content-type": "application/json"})
+            assert chunked.status_code == 413, (path, chunked.text)
+        assert c.post("/cypher", json={"query": "RETURN 1 AS x"}).status_code in (401, 403)  # small bodies pass

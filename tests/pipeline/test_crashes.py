@@ -69,14 +69,24 @@ def nothing_half_written(driver, corpus_id: str) -> None:  # noqa: ANN001
     assert (unfinished, orphans[0]["c"]) == (0, 0)
 
 
-def graph_mid_write(driver, corpus_id: str) -> str | None:  # noqa: ANN001
-    """A graph of the corpus being written with some of its nodes committed and none of its edges."""
+def graph_mid_write(driver, corpus_id: str, group: int | None = None) -> str | None:  # noqa: ANN001
+    """A graph of the corpus being written with some of its nodes committed and none of its edges (by a worker
+    of process group ``group``, if given)."""
     recs = driver.execute_query(
         "MATCH (g:Graph {corpus_id: $c}) WHERE g.status = 'writing' "
+        "MATCH (p:Prompt {prompt_id: g.prompt_id}) "
         "CALL (g) { MATCH (n:Node {graph_id: g.graph_id}) RETURN count(n) AS nodes } "
         "CALL (g) { MATCH (:Node {graph_id: g.graph_id})-[r:ATTR]->() RETURN count(r) AS edges } "
-        "WITH g, nodes, edges WHERE nodes > 0 AND edges = 0 RETURN g.graph_id AS g", c=corpus_id).records
-    return recs[0]["g"] if recs else None
+        "WITH g, p, nodes, edges WHERE nodes > 0 AND edges = 0 RETURN g.graph_id AS g, p.worker AS w",
+        c=corpus_id).records
+    for rec in recs:
+        pid = int(rec["w"].rsplit(":", 1)[1])
+        try:
+            if group is None or os.getpgid(pid) == group:
+                return rec["g"]
+        except ProcessLookupError:
+            continue
+    return None
 
 
 def start_reaper(extra_env: dict[str, str]) -> subprocess.Popen:
@@ -88,26 +98,35 @@ def prompt_row(driver, prompt_id: str) -> dict:  # noqa: ANN001
     return driver.execute_query("MATCH (p:Prompt {prompt_id: $p}) RETURN p {.*} AS p", p=prompt_id).records[0]["p"]
 
 
-def test_worker_group_killed_mid_write_recovers_to_the_clean_run(client, neo4j_driver, registered, worker_factory):
+def test_worker_group_killed_mid_write_recovers_to_the_clean_run(client, neo4j_driver, registered, worker_factory,
+                                                                  unique_id):
+    from workers.celery_app import celery_app
+
     model, dset = registered
+    prompts = [*PROMPTS, "when alice and bob went to the park", "the dog sat on the mat and the cat"]
     clean_worker = worker_factory()
-    clean = submit(client, model, dset, PROMPTS)
+    clean = submit(client, model, dset, prompts)
     st = wait_for(lambda: finished(client, clean), 120, "the clean run")
     assert st["state"] == "complete"
     stop_worker(clean_worker)
 
     # The dead writer's lease (20 s) outlives the reaper's staleness (3 s): the re-enqueued prompt must wait it
-    # out without spending attempts (before the fix: failed, "started 3 times", graph left 'writing').
-    victim = worker_factory({**LIVENESS, "ATLAS_PIPELINE_FAULT_WRITE_DELAY_S": "1.0",
+    # out without spending attempts (before the fix: failed, "started 3 times", graph left 'writing'). The second
+    # worker is up before the kill, so the re-enqueued prompt reaches it while that lease is surely live.
+    victim = worker_factory({**LIVENESS, "ATLAS_PIPELINE_FAULT_WRITE_DELAY_S": "1.5",
                              "ATLAS_PIPELINE_GRAPH_LEASE_S": "20"})
-    crash = submit(client, model, dset, PROMPTS)
-    graph_id = wait_for(lambda: graph_mid_write(neo4j_driver, crash["corpus_id"]), 120, "a graph mid-write")
+    crash = submit(client, model, dset, prompts)
+    wait_for(lambda: graph_mid_write(neo4j_driver, crash["corpus_id"]), 120, "a graph mid-write")
+    worker_factory(LIVENESS)
+    name = f"{unique_id}-2@{socket.gethostname()}"
+    wait_for(lambda: celery_app.control.ping(destination=[name], timeout=1.0), 90, "the second worker")
+    graph_id = wait_for(lambda: graph_mid_write(neo4j_driver, crash["corpus_id"], victim.pid), 60,
+                        "a graph mid-write by the first worker")
     os.killpg(victim.pid, signal.SIGKILL)  # main process and pool child together
     victim.wait(10)
     assert graph_mid_write(neo4j_driver, crash["corpus_id"]) == graph_id  # really half-written when killed
     reaper = start_reaper(LIVENESS)
     try:
-        worker_factory(LIVENESS)
         st = wait_for(lambda: finished(client, crash), 180, "the corpus to finish after the kill", every_s=0.5)
     finally:
         reaper.send_signal(signal.SIGINT)
@@ -116,13 +135,13 @@ def test_worker_group_killed_mid_write_recovers_to_the_clean_run(client, neo4j_d
         except subprocess.TimeoutExpired:
             os.killpg(reaper.pid, signal.SIGKILL)
             reaper.wait(5)
-    assert (st["state"], st["done"], st["failed"]) == ("complete", len(PROMPTS), 0), st
+    assert (st["state"], st["done"], st["failed"]) == ("complete", len(prompts), 0), st
     killed = prompt_row(neo4j_driver, graph_id[2:])
     assert (killed["attempts"], killed["reaped"]) == (2, 1)  # killed once, re-enqueued once by the reaper
     nothing_half_written(neo4j_driver, crash["corpus_id"])
     assert_each_graph_once(neo4j_driver, crash["corpus_id"])
     assert_aggregates_match_stored_edges(neo4j_driver, crash["corpus_id"])
-    assert_same_as_clean_run(neo4j_driver, clean["corpus_id"], crash["corpus_id"], len(PROMPTS))
+    assert_same_as_clean_run(neo4j_driver, clean["corpus_id"], crash["corpus_id"], len(prompts))
 
 
 def test_duplicate_delivery_of_a_prompt_being_written_changes_nothing(client, neo4j_driver, registered, worker_factory,
@@ -157,7 +176,7 @@ def test_soft_time_limit_fails_the_prompt_and_the_job_completes(client, neo4j_dr
                                                                  settings):
     """The time limits travel in each task message (Celery takes them from the sender's configuration, not the
     worker's), so the prompts are sent here as the API sends them, with a 2 s soft limit."""
-    from workers.celery_app import GPU_QUEUE
+    from workers.celery_app import GPU_QUEUE, celery_app
     from workers.pipeline import jobs, registry
     from workers.pipeline.compute import load_tokenizer
     from workers.pipeline.submit import submit_corpus
@@ -172,16 +191,22 @@ def test_soft_time_limit_fails_the_prompt_and_the_job_completes(client, neo4j_dr
                              prompts=[PromptSpec(text=t) for t in texts], tokens=[tok(t)["input_ids"] for t in texts],
                              duplicates=[])
 
-    def enqueue(job_id: str, prompt_id: str, round_: int) -> None:
+    def enqueue(job_id: str, prompt_id: str, round_: int) -> None:  # the first prompt may take 60 s, the last 2 s
         compute_prompt.apply_async(args=[prompt_id], task_id=jobs.task_id_for(job_id, prompt_id, round_),
-                                   queue=GPU_QUEUE, soft_time_limit=2, time_limit=60)
+                                   queue=GPU_QUEUE, soft_time_limit=60 if prompt_id.endswith("-0") else 2,
+                                   time_limit=90)
 
     created = submit_corpus(neo4j_driver, corpus, enqueue, db)
-    worker_factory({"ATLAS_PIPELINE_FAULT_DELAY_S": "4"})  # each prompt sleeps 4 s: past the 2 s soft limit
+    worker_factory({"ATLAS_PIPELINE_FAULT_DELAY_S": "4"})  # each prompt sleeps 4 s: the last one past its limit
+    # The over-limit prompt is the job's last: its handler must record it AND send the corpus-done task (the
+    # first prompt's graph waits to be folded), else the job stays 'aggregating'.
+    last = celery_app.AsyncResult(jobs.task_id_for(created.job_id, created.prompt_ids[1]))
+    assert last.get(timeout=120) == "failed"  # the handler returned; it did not raise
     st = wait_for(lambda: (s := jobs.job_status(neo4j_driver, created.job_id, db))["state"] in jobs.FINAL_JOB_STATES
-                  and s, 120, "the job to complete")
-    assert (st["state"], st["done"], st["failed"]) == ("complete_with_failures", 0, 2)
-    assert all("soft time limit of 2s" in f["error"] for f in st["failures"]), st["failures"]
+                  and s, 60, "the job to complete")
+    assert (st["state"], st["done"], st["failed"]) == ("complete_with_failures", 1, 1)
+    assert [f["index"] for f in st["failures"]] == [1] and "soft time limit of 2s" in st["failures"][0]["error"]
+    assert_aggregates_match_stored_edges(neo4j_driver, created.corpus_id)
     nothing_half_written(neo4j_driver, created.corpus_id)
 
 

@@ -269,3 +269,4 @@ def test_keys_stored_in_neo4j_by_older_versions_move_to_redis_at_start_up(neo4j_
     finally:
         neo4j_driver.execute_query("MATCH (k:ApiKey {key_id: $id}) DELETE k", id=key_id, database_=db)
         delete_key(redis_client, key_id)
+

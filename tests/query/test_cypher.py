@@ -107,6 +107,14 @@ def fingerprint(driver, db: str) -> tuple:  # noqa: ANN001
         m = s.run("MATCH ()-[e]->() RETURN count(e) AS c").single()["c"]
         schema = sorted(r["name"] for r in s.run("SHOW INDEXES YIELD name RETURN name"))
         schema += sorted(r["name"] for r in s.run("SHOW CONSTRAINTS YIELD name RETURN name"))
+        # Tokens a write could add without adding a node (CALL db.createLabel and friends), and what the system
+        # database shows: users, roles, databases.
+        schema += sorted(r["label"] for r in s.run("CALL db.labels() YIELD label RETURN label"))
+        schema += sorted(r["t"] for r in s.run("CALL db.relationshipTypes() YIELD relationshipType AS t RETURN t"))
+        schema += sorted(r["k"] for r in s.run("CALL db.propertyKeys() YIELD propertyKey AS k RETURN k"))
+    with driver.session(database="system") as s:
+        schema += sorted(str(r.values()) for r in s.run("SHOW USERS YIELD user, roles RETURN user, roles"))
+        schema += sorted(r["name"] for r in s.run("SHOW DATABASES YIELD name RETURN name"))
     return n, m, h.hexdigest(), tuple(schema)
 
 

@@ -42,6 +42,34 @@ def test_openapi_schema_has_examples_and_every_query_route(live_app):
     assert body.get("examples"), "POST /cypher documents an example query"
 
 
+def test_every_reference_in_the_openapi_document_resolves_and_cypher_declares_non_empty(live_app):
+    spec = live_app.openapi()
+    refs: list[str] = []
+
+    def collect(node: object) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("$ref"), str):
+                refs.append(node["$ref"])
+            for v in node.values():
+                collect(v)
+        elif isinstance(node, list):
+            for v in node:
+                collect(v)
+
+    collect(spec)
+    assert len(refs) > 20
+    unresolved = []
+    for ref in set(refs):
+        target: object = spec
+        for part in ref.removeprefix("#/").split("/"):
+            target = target.get(part) if isinstance(target, dict) else None
+        if target is None:
+            unresolved.append(ref)
+    assert unresolved == []
+    query = spec["components"]["schemas"]["CypherRequest"]["properties"]["query"]
+    assert query["minLength"] == 1 and query["pattern"] == r"\S"
+
+
 def test_no_server_errors_anywhere(live_app, redis_client):
     _, key = create_key(redis_client, "schemathesis", ("admin",))
     schema = schemathesis.openapi.from_asgi("/openapi.json", live_app)

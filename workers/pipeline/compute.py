@@ -107,7 +107,8 @@ class ModelCache:
 
             hf, tok = load_gguf_model(Path(model.path))
         else:
-            hf = AutoModelForCausalLM.from_pretrained(model.path, dtype=torch.float32, local_files_only=True).eval()
+            hf = AutoModelForCausalLM.from_pretrained(model.path, dtype=torch.float32, local_files_only=True,
+                                                      use_safetensors=True).eval()  # never unpickle weights
             tok = load_tokenizer(model)
         ds = load_dictionary_set(dset.path, hf)
         self.loads += 1

@@ -28,6 +28,24 @@ class RegistryError(ValueError):
         self.status = status
 
 
+# Weights formats that unpickle (run code) when loaded. Registration refuses them: only safetensors and GGUF.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
+
+
+def check_registrable(path: str | Path, roots: list[Path]) -> Path:
+    """``path`` resolved (symlinks followed), if it lies under one of ``roots`` and holds no pickled weights;
+    RegistryError on ``path`` otherwise (403 outside the roots, 422 for pickles), naming the allowed roots."""
+    p = Path(path).expanduser().resolve()
+    if not any(p == root or p.is_relative_to(root) for root in roots):
+        raise RegistryError("path", f"{p} is outside the directories models and dictionaries may be registered "
+                                    f"from: {', '.join(map(str, roots))} (ATLAS_REGISTRY_ROOTS)", status=403)
+    pickled = [f for f in _files(p) if f.suffix.lower() in PICKLE_SUFFIXES] if p.exists() else []
+    if pickled:
+        raise RegistryError("path", f"{p} holds pickled weights ({', '.join(f.name for f in pickled[:3])}), which "
+                                    "are never loaded (unpickling runs code): convert them to safetensors")
+    return p
+
+
 class RegisteredFilesChanged(RuntimeError):
     """The files of a registered model or dictionary set no longer match their registered hash."""
 
@@ -103,10 +121,12 @@ def inspect_model(path: Path) -> tuple[str, int | None]:
                                 "nor a .gguf file")
 
 
-def register_model(driver: Driver, model_id: str, path: str | Path, database: str | None = None) -> RegisteredModel:
-    """Register (or re-register, updating the hash) a model under ``model_id``."""
+def register_model(driver: Driver, model_id: str, path: str | Path, database: str | None = None, *,
+                   roots: list[Path] | None = None) -> RegisteredModel:
+    """Register (or re-register, updating the hash) a model under ``model_id``. ``roots``: where it may lie
+    (:func:`check_registrable`; the API passes ATLAS_REGISTRY_ROOTS, trusted library callers may pass None)."""
     _check_id("model_id", model_id)
-    p = Path(path).expanduser().resolve()
+    p = Path(path).expanduser().resolve() if roots is None else check_registrable(path, roots)
     if not p.exists():
         raise RegistryError("path", f"{p} does not exist")
     fmt, n_ctx = inspect_model(p)
@@ -117,13 +137,14 @@ def register_model(driver: Driver, model_id: str, path: str | Path, database: st
 
 
 def register_dictionary_set(driver: Driver, dictionary_set_id: str, path: str | Path, model_id: str,
-                            database: str | None = None) -> RegisteredDictionarySet:
-    """Register a dictionary directory (any format ``load_dictionary_set`` reads) for a registered model."""
+                            database: str | None = None, *, roots: list[Path] | None = None) -> RegisteredDictionarySet:
+    """Register a dictionary directory (any format ``load_dictionary_set`` reads) for a registered model;
+    ``roots`` as for :func:`register_model`."""
     from workers.dictionaries.formats import detect_format, load_dictionary_set
 
     _check_id("dictionary_set_id", dictionary_set_id)
+    p = Path(path).expanduser().resolve() if roots is None else check_registrable(path, roots)
     get_model(driver, model_id, database=database)
-    p = Path(path).expanduser().resolve()
     if not p.is_dir():
         raise RegistryError("path", f"{p} is not a directory (expected a dictionary set directory)")
     try:

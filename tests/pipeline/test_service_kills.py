@@ -1,0 +1,67 @@
+"""The services themselves SIGKILLed under a running pipeline (no clean shutdown, no checkpoint), then
+restarted; each run is compared with a clean run of the same prompts (tests/pipeline/test_crashes.py)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from tests.pipeline.checks import assert_aggregates_match_stored_edges, assert_each_graph_once
+from tests.pipeline.conftest import stop_worker, wait_for
+from tests.pipeline.test_crashes import LIVENESS, assert_same_as_clean_run, nothing_half_written
+from tests.pipeline.test_workers import PROMPTS, finished, submit
+
+
+def _sigkill(pid: int) -> None:
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"pid {pid} survived SIGKILL")
+
+
+def _clean_run(client, model: str, dset: str, worker_factory) -> dict:  # noqa: ANN001
+    worker = worker_factory()
+    clean = submit(client, model, dset, PROMPTS)
+    st = wait_for(lambda: finished(client, clean), 120, "the clean run")
+    assert st["state"] == "complete"
+    stop_worker(worker)
+    return clean
+
+
+def test_redis_sigkilled_with_a_task_unacknowledged_and_others_queued_loses_nothing(
+        client, neo4j_driver, redis_client, registered, worker_factory, settings):
+    import redis
+
+    from service.runtime import redis as redis_runtime
+    from service.runtime.processes import read_pid_file
+
+    model, dset = registered
+    clean = _clean_run(client, model, dset, worker_factory)
+    worker_factory({**LIVENESS, "ATLAS_PIPELINE_FAULT_DELAY_S": "6"})  # holds its one task for 6 s
+    crash = submit(client, model, dset, PROMPTS)
+    wait_for(lambda: neo4j_driver.execute_query(
+        "MATCH (p:Prompt {corpus_id: $c}) WHERE p.state = 'running' RETURN count(p) AS n",
+        c=crash["corpus_id"]).records[0]["n"] == 1, 90, "one running prompt")
+    queued_before = redis_client.llen("gpu")
+    unacked_before = redis_client.hlen("unacked")
+    assert queued_before >= len(PROMPTS) - 1 and unacked_before >= 1  # (earlier tests may have left some)
+    time.sleep(1.5)  # appendfsync everysec: what was queued a second ago is on disk
+    pid = read_pid_file(redis_runtime.RedisPaths.from_settings(settings).pid_file)
+    assert pid is not None
+    _sigkill(pid)
+    redis_runtime.start(settings)  # replays the append-only file
+    fresh = redis.Redis.from_url(settings.redis_url)
+    assert (fresh.llen("gpu"), fresh.hlen("unacked")) == (queued_before, unacked_before)  # nothing lost or added
+    fresh.close()
+    st = wait_for(lambda: finished(client, crash), 180, "the corpus to finish after the Redis kill", every_s=1.0)
+    assert (st["state"], st["done"], st["failed"]) == ("complete", len(PROMPTS), 0), st
+    nothing_half_written(neo4j_driver, crash["corpus_id"])
+    assert_each_graph_once(neo4j_driver, crash["corpus_id"])
+    assert_aggregates_match_stored_edges(neo4j_driver, crash["corpus_id"])
+    assert_same_as_clean_run(neo4j_driver, clean["corpus_id"], crash["corpus_id"], len(PROMPTS))
