@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from bench.engine_speed import _reset_peak_rss, _rss_now_gb, _status_gb  # noqa: E402
 
 
-def calibrated_transcoders(lin, model, n_feat: int, active: float, seed: int):  # noqa: ANN001, ANN201
+def calibrated_transcoders(lin, model, n_feat: int, active: float, seed: int, n_calib: int):  # noqa: ANN001, ANN201
     import torch
 
     from workers.dictionaries.modules import Dictionary, DictionaryConfig, DictionarySet
@@ -35,7 +35,7 @@ def calibrated_transcoders(lin, model, n_feat: int, active: float, seed: int):  
     vocab = model.config.vocab_size
     bos = int(model.config.bos_token_id or 2)
     calib = [torch.cat([torch.tensor([bos]), torch.randint(3, min(vocab, 50_000), (127,), generator=gen)])
-             for _ in range(4)]
+             for _ in range(n_calib)]
     xs: dict[int, list[torch.Tensor]] = {}
     outs: dict[int, list[torch.Tensor]] = {}
     for ids in calib:
@@ -80,11 +80,15 @@ def main() -> None:
     ap.add_argument("--features", type=int, default=16384)
     ap.add_argument("--active", type=float, default=50.0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--calib-prompts", type=int, default=32,
+                    help="128-token calibration prompts (4 gave ~157 active per token instead of 50: too few "
+                         "samples for a 0.3%% quantile)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     t0 = time.time()
     model, _ = load_gemma3_270m()
-    lin = Linearised(model, calibrated_transcoders(Linearised(model, _empty()), model, a.features, a.active, 0))
+    lin = Linearised(model, calibrated_transcoders(Linearised(model, _empty()), model, a.features, a.active, 0,
+                                                      a.calib_prompts))
     print(f"loaded Gemma 3 270M + {len(lin.dictionaries.dictionaries)} transcoders of {a.features} in "
           f"{time.time() - t0:.0f} s; RSS {_rss_now_gb():.2f} GB; load {os.getloadavg()[0]:.1f}", flush=True)
     gen = torch.Generator().manual_seed(1)
