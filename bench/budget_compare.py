@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -27,10 +28,16 @@ CACHE = Path(os.environ.get("ATLAS_CACHE_DIR", Path.home() / ".cache" / "circuit
 
 def _run(cmd: list[str], timeout: float, threads: int) -> tuple[dict | None, str]:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    # its own process group: both scripts run their measurement in a grandchild, which a timeout must stop too
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
     try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        out, err_text = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
         return None, f"did not finish within {timeout:.0f} s"
+    p = subprocess.CompletedProcess(cmd, proc.returncode, out, err_text)
     if p.returncode != 0:
         return None, f"exit {p.returncode}: {p.stderr.strip().splitlines()[-1] if p.stderr.strip() else ''}"
     lines = p.stdout.splitlines()  # the JSON is the last thing printed, starting at column 0

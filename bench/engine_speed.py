@@ -42,6 +42,7 @@ def _one(bench: Path, length: int, batch_size: int, cone_chunk: int, threads: in
     dicts = load_dictionary_set(bench / "dictionaries", model)
     lin = Linearised(model, dicts)
     rss_loaded = _rss_now_gb()
+    _reset_peak_rss()  # the peak of what follows, not of loading's transient copies
     prompts = json.loads((bench / "prompts.json").read_text())
     ids = torch.tensor(prompts[str(length)] if str(length) in prompts else prompts["prompts"][str(length)])
     settings = AttributionSettings(batch_size=batch_size, cone_chunk=cone_chunk, dtype="bf16" if bf16 else "fp32",
@@ -84,7 +85,7 @@ def _one(bench: Path, length: int, batch_size: int, cone_chunk: int, threads: in
         "rss_after_imports_gb": rss_imports,
         "peak_rss_above_imports_gb": peak - rss_imports,
         "rss_after_load_gb": rss_loaded,
-        "peak_rss_above_load_gb": peak - rss_loaded,
+        "peak_rss_above_load_gb": _status_gb("VmHWM") - rss_loaded,
         "budget": g.provenance.get("budget"),
         "backward": g.provenance["settings"]["backward"],
         "settings": settings.to_dict(),
@@ -103,12 +104,21 @@ def _one(bench: Path, length: int, batch_size: int, cone_chunk: int, threads: in
     return res
 
 
-def _rss_now_gb() -> float:
-    """Current resident set size (VmRSS of /proc/self/status), GB."""
+def _status_gb(field: str) -> float:
+    """A /proc/self/status memory field (VmRSS: now; VmHWM: peak since start or the last reset), GB."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1e6
     return float("nan")
+
+
+def _rss_now_gb() -> float:
+    return _status_gb("VmRSS")
+
+
+def _reset_peak_rss() -> None:
+    """Reset VmHWM to the current RSS (Linux: clear_refs 5)."""
+    Path("/proc/self/clear_refs").write_text("5")
 
 
 def main() -> None:

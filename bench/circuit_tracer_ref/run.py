@@ -64,6 +64,21 @@ def rss_peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3  # Linux reports KiB
 
 
+def hwm_mb() -> float:
+    """Peak RSS since the last ``reset_hwm()`` (VmHWM), MB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1e3
+    return float("nan")
+
+
+def reset_hwm() -> None:
+    """Reset VmHWM to the current RSS (Linux: clear_refs 5), so loading's transient copies do not count."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
 # --------------------------------------------------------------------------------------------------
 # worker side: one subprocess per measurement
 # --------------------------------------------------------------------------------------------------
@@ -135,6 +150,7 @@ def worker_time(bench_dir: Path, length: int, batch_size: int, repeats: int,
     model = load_replacement_model(bench_dir)
     load_s = time.perf_counter() - t0
     rss_loaded = rss_now_mb()
+    reset_hwm()
 
     prompts = json.loads((bench_dir / "prompts.json").read_text())
     if str(length) not in prompts:
@@ -173,7 +189,7 @@ def worker_time(bench_dir: Path, length: int, batch_size: int, repeats: int,
         "warmup_seconds": warmup_s, "load_seconds": load_s,
         "rss_start_mb": RSS_AT_START_MB, "rss_after_imports_mb": rss_imports, "rss_after_load_mb": rss_loaded,
         "peak_rss_mb": peak, "peak_rss_above_imports_mb": peak - rss_imports,
-        "peak_rss_above_load_mb": peak - rss_loaded, "max_feature_nodes": max_feature_nodes,
+        "peak_rss_above_load_mb": hwm_mb() - rss_loaded, "max_feature_nodes": max_feature_nodes,
         **stats,
     }
 

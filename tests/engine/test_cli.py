@@ -33,3 +33,22 @@ def test_cli_attribute_prints_summary_and_writes_outputs(tmp_path):
     assert g.influence is not None
     np_json = json.loads((tmp_path / "np.json").read_text())
     assert np_json["metadata"]["schema_version"] == 1 and np_json["nodes"] and np_json["links"]
+
+
+def test_cli_node_budget(tmp_path):
+    model = make_gpt2(2, 64)
+    dicts = make_dicts(model, 2, 64, sites=("mlp",))
+    calibrate(Linearised(model, dicts), PROMPTS[0])
+    model.save_pretrained(tmp_path / "model")
+    save_dictionary_set(dicts, tmp_path / "dicts")
+    app = typer.Typer()
+    app.command()(attribute)
+    ids = ",".join(str(i) for i in PROMPTS[0].tolist())
+    res = CliRunner().invoke(app, ["--model", str(tmp_path / "model"), "--dictionaries", str(tmp_path / "dicts"),
+                                   ids, "--ids", "--max-feature-nodes", "5", "--out", str(tmp_path / "g")])
+    assert res.exit_code == 0, res.output
+    g = Graph.load(tmp_path / "g")
+    assert g.provenance["budget"]["expanded_features"] == 5 and "unexp" in g.kinds
+    bad = CliRunner().invoke(app, ["--model", str(tmp_path / "model"), "--dictionaries", str(tmp_path / "dicts"),
+                                   ids, "--ids", "--max-feature-nodes", "-1"])
+    assert bad.exit_code != 0 and "max-feature-nodes" in bad.output

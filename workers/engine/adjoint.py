@@ -60,6 +60,7 @@ class _BlockWeights:
 class _Norm:
     scale: torch.Tensor  # [P] frozen per-position scale
     F: torch.Tensor  # [d, d] = diag(w') · C: the norm's transpose on a row vector, without the scale
+    diag: torch.Tensor | None = None  # w' when F is diagonal (RMSNorm: no centring), for elementwise products
 
 
 @dataclass
@@ -173,7 +174,7 @@ def _norm(trace: Trace, lin: Linearised, name: str, module: nn.Module) -> _Norm 
     F = torch.diag(wv)
     if rec.centre:
         F = F - wv[:, None] / d  # diag(w) · (I − 11ᵀ/d)
-    return _Norm(rec.scale.reshape(-1).float(), F.contiguous())
+    return _Norm(rec.scale.reshape(-1).float(), F.contiguous(), None if rec.centre else wv.contiguous())
 
 
 class AdjointModel:
@@ -428,6 +429,8 @@ def _through(G: torch.Tensor, post: _Norm | None, P: int) -> torch.Tensor:
     post-norm, ``s_q · G[q] · F`` (G [P, n, d]); the same tensor without one."""
     if post is None:
         return G
+    if post.diag is not None:  # RMSNorm (Gemma): F is diagonal, an elementwise product
+        return G * post.diag * post.scale[:P, None, None]
     return (G @ post.F) * post.scale[:P, None, None]
 
 

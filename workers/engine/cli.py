@@ -45,6 +45,10 @@ def attribute(
         help="top | logit:TOKEN[@POS] | diff:GOOD,BAD[@POS] | feat:L2.mlp:p5:f123 (repeatable; default top)"),
     ids_input: bool = typer.Option(False, "--ids", help="the prompt is comma-separated token ids"),
     batch_size: int = typer.Option(32, help="targets per backward pass"),
+    max_feature_nodes: int | None = typer.Option(
+        None, "--max-feature-nodes", min=0,
+        help="node budget: at most this many active features become rows (the rest: one 'unexp' leaf per site "
+             "and position; rows stay complete). Default: every active feature"),
     node_threshold: float = typer.Option(0.8, help="influence pruning: node threshold"),
     edge_threshold: float = typer.Option(0.98, help="influence pruning: edge threshold"),
     top: int = typer.Option(15, help="nodes to list"),
@@ -63,7 +67,7 @@ def attribute(
         if tok is None:
             raise typer.BadParameter(f"{model} has no tokenizer: pass token ids with --ids")
         text_or_ids = prompt
-    settings = AttributionSettings(batch_size=batch_size)
+    settings = AttributionSettings(batch_size=batch_size, max_feature_nodes=max_feature_nodes)
     with Progress(TextColumn("attributing"), BarColumn(), TextColumn("{task.completed}/{task.total} rows"),
                   TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True) as bar:
         task = bar.add_task("rows", total=None)
