@@ -223,6 +223,14 @@ def test_pins_supernodes_and_neuronpedia_export(browser, api_url, api, stored_gr
     png = browser.execute_script("return window.atlas.graph.exportPNG()")
     assert png.startswith("data:image/png;base64,") and len(png) > 5_000
 
+    # A supernode's panel pins all its members at once (what the interventions form sends).
+    assert browser.execute_script("return window.atlas.graph.selectNode('super:pair')")
+    wait_js(browser, "return document.querySelector('#node-panel .node-id')?.textContent === 'super:pair'")
+    browser.find_element(By.CSS_SELECTOR, "#node-panel button[data-pin-members]").click()
+    pinned = wait_js(browser, f"""const p = document.getElementById('pinned-list').textContent;
+        return p.includes({json.dumps(b)}) && [...window.atlas.graph.pinned];""", what="the members pinned")
+    assert sorted(pinned) == sorted([a, b])
+
 
 def test_corpus_views(browser, api_url, api, stored_graph, artifacts_dir) -> None:  # noqa: ANN001
     rec = stored_graph

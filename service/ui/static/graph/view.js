@@ -249,7 +249,8 @@ export class GraphView {
          · <a href="#/global?fkey=${encodeURIComponent(n.fkey)}${corpus ? `&corpus_id=${encodeURIComponent(corpus)}` : ""}">global circuit</a></p>`
       : "";
     const members = n.kind === "supernode"
-      ? `<p>members: ${n.members.map(esc).join(", ")}</p><button data-ungroup="${esc(n.label)}">Ungroup</button>` : "";
+      ? `<p>members: ${n.members.map(esc).join(", ")}</p><button data-ungroup="${esc(n.label)}">Ungroup</button>
+         <button data-pin-members="${esc(n.label)}" title="pin every member, e.g. to intervene on the supernode">Pin its members</button>` : "";
     panel.innerHTML = `
       <header><b class="node-id">${esc(n.node_id)}</b><button class="close" title="close">×</button></header>
       <table>
@@ -271,6 +272,7 @@ export class GraphView {
     panel.querySelector(".pin")?.addEventListener("click", () => this.togglePin(n.node_id));
     panel.querySelector(".choose")?.addEventListener("click", () => this.toggleChosen(n.node_id));
     panel.querySelector("[data-ungroup]")?.addEventListener("click", (e) => this.ungroup(e.target.dataset.ungroup));
+    panel.querySelector("[data-pin-members]")?.addEventListener("click", (e) => this.pinMembers(e.target.dataset.pinMembers));
     panel.querySelectorAll("[data-select]").forEach((a) => a.addEventListener("click", (e) => {
       e.preventDefault();
       this.selectNode(a.dataset.select);
@@ -320,6 +322,15 @@ export class GraphView {
     this.$("#group-name").value = "";
     this._rebuild();
     return true;
+  }
+
+  /** Pin every member of a supernode, so that "Intervene" acts on the supernode's features together. */
+  pinMembers(name) {
+    const sn = this.supernodes.find((s) => s.name === name);
+    if (!sn) return;
+    for (const id of sn.members) this.pinned.add(id);
+    this._syncHighlight();
+    this._renderLists();
   }
 
   ungroup(name) {
