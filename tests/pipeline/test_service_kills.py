@@ -7,6 +7,7 @@ import os
 import signal
 import time
 
+from service.runtime.processes import process_cmdline
 from tests.pipeline.checks import assert_aggregates_match_stored_edges, assert_each_graph_once
 from tests.pipeline.conftest import stop_worker, wait_for
 from tests.pipeline.test_crashes import LIVENESS, assert_same_as_clean_run, nothing_half_written
@@ -17,9 +18,9 @@ def _sigkill(pid: int) -> None:
     os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        # Dead or a zombie: a server started by `atlas services up` is an orphan, and its new parent (the
+        # machine's init) may reap it late, so `os.kill(pid, 0)` would still succeed.
+        if process_cmdline(pid) is None:
             return
         time.sleep(0.1)
     raise AssertionError(f"pid {pid} survived SIGKILL")
@@ -54,8 +55,10 @@ def test_redis_sigkilled_with_a_task_unacknowledged_and_others_queued_loses_noth
     time.sleep(1.5)  # appendfsync everysec: what was queued a second ago is on disk
     pid = read_pid_file(redis_runtime.RedisPaths.from_settings(settings).pid_file)
     assert pid is not None
-    _sigkill(pid)
-    redis_runtime.start(settings)  # replays the append-only file
+    try:
+        _sigkill(pid)
+    finally:
+        redis_runtime.start(settings)  # replays the append-only file (and leaves the suite a Redis either way)
     fresh = redis.Redis.from_url(settings.redis_url)
     assert (fresh.llen("gpu"), fresh.hlen("unacked")) == (queued_before, unacked_before)  # nothing lost or added
     fresh.close()
