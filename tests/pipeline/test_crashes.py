@@ -112,15 +112,17 @@ def test_worker_group_killed_mid_write_recovers_to_the_clean_run(client, neo4j_d
 
     # The dead writer's lease (20 s) outlives the reaper's staleness (3 s): the re-enqueued prompt must wait it
     # out without spending attempts (before the fix: failed, "started 3 times", graph left 'writing'). The second
-    # worker is up before the kill, so the re-enqueued prompt reaches it while that lease is surely live.
+    # worker is up before the kill, so the re-enqueued prompt reaches it while that lease is surely live. Both
+    # workers answer before the corpus is submitted: the victim takes one of the first prompts whatever the
+    # machine's speed (started after the submission, the second worker once found every prompt written).
     victim = worker_factory({**LIVENESS, "ATLAS_PIPELINE_FAULT_WRITE_DELAY_S": "1.5",
                              "ATLAS_PIPELINE_GRAPH_LEASE_S": "20"})
-    crash = submit(client, model, dset, prompts)
-    wait_for(lambda: graph_mid_write(neo4j_driver, crash["corpus_id"]), 120, "a graph mid-write")
     worker_factory(LIVENESS)
-    name = f"{unique_id}-2@{socket.gethostname()}"
-    wait_for(lambda: celery_app.control.ping(destination=[name], timeout=1.0), 90, "the second worker")
-    graph_id = wait_for(lambda: graph_mid_write(neo4j_driver, crash["corpus_id"], victim.pid), 60,
+    for i in (1, 2):
+        name = f"{unique_id}-{i}@{socket.gethostname()}"
+        wait_for(lambda name=name: celery_app.control.ping(destination=[name], timeout=1.0), 90, f"worker {name}")
+    crash = submit(client, model, dset, prompts)
+    graph_id = wait_for(lambda: graph_mid_write(neo4j_driver, crash["corpus_id"], victim.pid), 120,
                         "a graph mid-write by the first worker")
     os.killpg(victim.pid, signal.SIGKILL)  # main process and pool child together
     victim.wait(10)
