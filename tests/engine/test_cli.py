@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import typer
 from typer.testing import CliRunner
 
@@ -14,7 +15,10 @@ from workers.engine.graph import Graph
 from workers.engine.linearise import Linearised
 
 
-def test_cli_attribute_prints_summary_and_writes_outputs(tmp_path):
+@pytest.fixture
+def run_cli(tmp_path):  # noqa: ANN001, ANN201
+    """Saves a small GPT-2 and its transcoders, and returns ``run(*options)``: the ``attribute`` command on them and
+    PROMPTS[0]."""
     model = make_gpt2(2, 64)
     dicts = make_dicts(model, 2, 64, sites=("mlp",))
     calibrate(Linearised(model, dicts), PROMPTS[0])
@@ -23,9 +27,16 @@ def test_cli_attribute_prints_summary_and_writes_outputs(tmp_path):
     app = typer.Typer()
     app.command()(attribute)
     ids = ",".join(str(i) for i in PROMPTS[0].tolist())
-    res = CliRunner().invoke(app, ["--model", str(tmp_path / "model"), "--dictionaries", str(tmp_path / "dicts"),
-                                   ids, "--ids", "-t", "top", "-t", "diff:3,4", "--out", str(tmp_path / "g"),
-                                   "--neuronpedia", str(tmp_path / "np.json")])
+
+    def run(*options: str):  # noqa: ANN202
+        return CliRunner().invoke(app, ["--model", str(tmp_path / "model"), "--dictionaries", str(tmp_path / "dicts"),
+                                        ids, "--ids", *options])
+
+    return run
+
+
+def test_cli_attribute_prints_summary_and_writes_outputs(run_cli, tmp_path):  # noqa: ANN001
+    res = run_cli("-t", "top", "-t", "diff:3,4", "--out", str(tmp_path / "g"), "--neuronpedia", str(tmp_path / "np.json"))
     assert res.exit_code == 0, res.output
     assert "replacement_unpruned" in res.output and "target:diff" in res.output
     g = Graph.load(tmp_path / "g")
@@ -35,20 +46,10 @@ def test_cli_attribute_prints_summary_and_writes_outputs(tmp_path):
     assert np_json["metadata"]["schema_version"] == 1 and np_json["nodes"] and np_json["links"]
 
 
-def test_cli_node_budget(tmp_path):
-    model = make_gpt2(2, 64)
-    dicts = make_dicts(model, 2, 64, sites=("mlp",))
-    calibrate(Linearised(model, dicts), PROMPTS[0])
-    model.save_pretrained(tmp_path / "model")
-    save_dictionary_set(dicts, tmp_path / "dicts")
-    app = typer.Typer()
-    app.command()(attribute)
-    ids = ",".join(str(i) for i in PROMPTS[0].tolist())
-    res = CliRunner().invoke(app, ["--model", str(tmp_path / "model"), "--dictionaries", str(tmp_path / "dicts"),
-                                   ids, "--ids", "--max-feature-nodes", "5", "--out", str(tmp_path / "g")])
+def test_cli_node_budget(run_cli, tmp_path):  # noqa: ANN001
+    res = run_cli("--max-feature-nodes", "5", "--out", str(tmp_path / "g"))
     assert res.exit_code == 0, res.output
     g = Graph.load(tmp_path / "g")
     assert g.provenance["budget"]["expanded_features"] == 5 and "unexp" in g.kinds
-    bad = CliRunner().invoke(app, ["--model", str(tmp_path / "model"), "--dictionaries", str(tmp_path / "dicts"),
-                                   ids, "--ids", "--max-feature-nodes", "-1"])
+    bad = run_cli("--max-feature-nodes", "-1")
     assert bad.exit_code != 0 and "max-feature-nodes" in bad.output
