@@ -30,7 +30,7 @@ DEFAULT_BENCH_DIR = Path.home() / ".cache" / "circuit-atlas" / "bench" / "gpt2-4
 
 def circuit_tracer_node_ids(npz: np.lib.npyio.NpzFile) -> list[str]:
     """Our node ids for circuit-tracer's node order: features, errors [layer][pos], tokens [pos], logits."""
-    from workers.engine import ids
+    from workers.vocabulary import ids
 
     n_layers = int(npz["n_layers"])
     n_pos = len(npz["input_tokens"])

@@ -12,12 +12,13 @@ from service.auth import ApiKey, authorize_corpus, require_scope
 from service.query import corpora as q
 from service.schemas.jobs import JobPageOut, JobStatus, JobTimelineOut
 from workers.pipeline import jobs
+from workers.vocabulary.defaults import JobState
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 
 @router.get("", response_model=JobPageOut)
-def list_jobs(request: Request, state: q.JobState | None = Query(None, description="Only jobs in this state."),
+def list_jobs(request: Request, state: JobState | None = Query(None, description="Only jobs in this state."),
               corpus_id: str | None = None, offset: int = Query(0, ge=0, le=10_000_000),
               limit: int = Query(50, ge=1, le=1000)) -> JobPageOut:
     """Jobs, newest first, with their state and done/failed/cancelled/total (GET /jobs/{id} has the rest)."""

@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 from neo4j import Driver
 
 from service.query.labels import labels_of
+from workers.vocabulary.ids import node_uid
+from workers.vocabulary.kinds import DEFAULT_KEEP_KINDS
 
-DEFAULT_KEEP_KINDS: tuple[str, ...] = ("logit", "target", "embedding")
 NODE_FIELDS = ("node_id", "kind", "layer", "pos", "feature", "dictionary", "fkey", "activation", "influence",
                "token")
 
@@ -188,7 +189,7 @@ def circuit(driver: Driver, graph_id: str, pruning: Pruning | None = None, *, da
     pruning = pruning or Pruning()
     params = {
         "graph_id": graph_id, "keep_kinds": list(pruning.keep_kinds),
-        "target_uid": f"{graph_id}|{pruning.target}" if pruning.target else None,
+        "target_uid": node_uid(graph_id, pruning.target) if pruning.target else None,
         "node_threshold": float(pruning.node_threshold), "edge_threshold": float(pruning.edge_threshold),
         "max_nodes": int(pruning.max_nodes), "max_edges": int(pruning.max_edges),
     }

@@ -12,14 +12,10 @@ Order: newest first (``created_at`` desc; corpora without one last), then by id,
 from __future__ import annotations
 
 import time
-from typing import Literal, get_args
 
 from neo4j import Driver
 
-# The job states of workers/pipeline/jobs.py (its module docstring), as the API's filter accepts them.
-JobState = Literal["submitting", "queued", "running", "aggregating", "complete", "complete_with_failures",
-                   "cancelling", "cancelled"]
-JOB_STATES: tuple[str, ...] = get_args(JobState)
+from workers.vocabulary.defaults import JOB_STATES
 
 # One row per corpus: its job (at most one per corpus) and how many complete graphs it has (graph_corpus_id index).
 _CORPUS_FIELDS = """

@@ -1,6 +1,6 @@
 """Feature pages: where a feature fires, what feeds it and what it feeds, how often it is in circuits.
 
-A feature is the global ``(:Feature {fkey})`` (``workers/store/records.py: feature_key``); its instances are
+A feature is the global ``(:Feature {fkey})`` (``workers/vocabulary/ids.py: feature_key``); its instances are
 the ``(:Node:Feat {fkey})`` of complete graphs (linked by the indexed property, not a relationship).
 
 Feature search (``search_features``) finds features by key or prefix, or by the token text they fire on
@@ -22,6 +22,7 @@ from neo4j import Driver
 
 from service.query.global_circuits import aggregate_neighbours
 from workers.pipeline.jobs import quiet_records
+from workers.vocabulary.tensors import SITES
 
 # Hot features have tens of thousands of instances. Step 1 finds the activation of the (offset+limit)-th
 # instance from the (fkey, activation) index alone (migrations/0011), touching graphs lazily in activation
@@ -177,9 +178,8 @@ def feature_page(driver: Driver, fkey: str, corpus_id: str | None = None, *, top
 #   label:<text>                                                 -> features whose label contains the text
 #   anything else, or token:<text>                               -> features that fire on that token
 # (``key:<text>`` forces the key reading.) Dictionaries are named L<layer>.<site> (workers/store/from_engine.py)
-# and sites are those of the engine's node ids (workers/engine/ids.py).
+# and sites are those of the engine's node ids (workers/vocabulary/ids.py).
 
-SITES = ("attn", "mlp")
 _SITE = "|".join(SITES)
 _LAYER_FORM = re.compile(rf"(?:(?P<dset>[^/#\s]+)/)?L(?P<layer>\d+)(?:[.:/](?P<site>{_SITE}))?(?:[#:/](?P<index>\d+))?/?",
                          re.IGNORECASE)

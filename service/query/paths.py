@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 from neo4j import Driver
 
+from workers.vocabulary.ids import node_uid
+
 MAX_HOPS_LIMIT = 8
 
 # Out-edges of a graph's frontier, strongest first per node.
@@ -98,7 +100,7 @@ def graph_paths(driver: Driver, graph_id: str, source: str, target: str, *, max_
     """Strongest paths between two nodes (engine node ids) of one stored graph."""
     def out_edges(frontier: list[str]) -> dict[str, list[tuple[str, float]]]:
         records, _, _ = driver.execute_query(
-            _GRAPH_OUT, uids=[f"{graph_id}|{n}" for n in frontier], min_abs_w=float(min_abs_w), fanout=int(fanout),
+            _GRAPH_OUT, uids=[node_uid(graph_id, n) for n in frontier], min_abs_w=float(min_abs_w), fanout=int(fanout),
             database_=database, routing_="r",
         )
         return {r["src"]: [(e["dst"], e["w"]) for e in r["out"]] for r in records}

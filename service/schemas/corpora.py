@@ -4,6 +4,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from workers.vocabulary.defaults import EDGE_THRESHOLD, NODE_THRESHOLD
+
 
 class CorpusSettings(BaseModel):
     """How each prompt's graph is computed and stored."""
@@ -11,8 +13,8 @@ class CorpusSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     prune: bool = Field(True, description="Store the influence-pruned graph (False: every node and edge).")
-    node_threshold: float = Field(0.8, gt=0, le=1, description="Influence pruning: node threshold.")
-    edge_threshold: float = Field(0.98, gt=0, le=1, description="Influence pruning: edge threshold.")
+    node_threshold: float = Field(NODE_THRESHOLD, gt=0, le=1, description="Influence pruning: node threshold.")
+    edge_threshold: float = Field(EDGE_THRESHOLD, gt=0, le=1, description="Influence pruning: edge threshold.")
     max_features: int | None = Field(None, ge=1, description=(
         "Store at most this many feature nodes per graph (most influential first); the others are folded into "
         "one 'unexpanded' leaf per (site, position), as under max_feature_nodes. A storage cap: it does not "

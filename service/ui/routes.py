@@ -1,11 +1,14 @@
-"""Serve ``service/ui/static`` at ``/ui``: ``/ui`` is the single-page app, ``/ui/<file>`` its assets."""
+"""Serve ``service/ui/static`` at ``/ui``: ``/ui`` is the single-page app, ``/ui/<file>`` its assets,
+``/ui/schema.json`` the vocabulary it draws with (``service/ui/schema.py``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from fastapi import APIRouter, HTTPException
-from fastapi.responses import FileResponse, RedirectResponse
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
+
+from service.ui.schema import ui_schema
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
@@ -37,6 +40,12 @@ def ui_root() -> RedirectResponse:
 @router.get("/", include_in_schema=False)
 def ui_index() -> FileResponse:
     return _file("index.html")
+
+
+@router.get("/schema.json", include_in_schema=False)
+def ui_schema_json() -> JSONResponse:
+    """The vocabulary the viewer draws with (service/ui/schema.py); before the asset route, which would 404 it."""
+    return JSONResponse(ui_schema(), headers={"Cache-Control": "no-cache"})
 
 
 @router.get("/{asset:path}", include_in_schema=False)

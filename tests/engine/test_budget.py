@@ -9,11 +9,11 @@ import torch
 
 from tests.engine.conftest import PROMPTS
 from tests.engine.test_identities import _targets, _tol
-from workers.engine import ids
 from workers.engine.attribution import AttributionSettings, build_graph
 from workers.engine.graph import Graph
 from workers.engine.interventions import frozen_values, unexpanded_features
 from workers.engine.pruning import influence, prune
+from workers.vocabulary import ids
 
 
 def _budgeted(lin, tr, tg, budget: int, batch_size: int = 16, expand_batch: int = 16) -> Graph:

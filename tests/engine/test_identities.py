@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from tests.engine.conftest import PROMPTS
-from workers.engine import ids
 from workers.engine import targets as T
 from workers.engine.attribution import AttributionSettings, build_graph
 from workers.engine.graph import Graph
 from workers.engine.hierarchical import hierarchical
 from workers.engine.interventions import frozen_values, live_values
+from workers.vocabulary import ids
 
 
 def _tol(x: torch.Tensor | float) -> float:

@@ -17,7 +17,7 @@ import torch
 
 from service.schemas.qk import QKResultOut
 from tests.pipeline.conftest import start_worker, stop_worker, wait_for
-from workers.engine import ids
+from workers.vocabulary import ids
 
 pytestmark = pytest.mark.usefixtures("services")
 

@@ -20,8 +20,9 @@ from tests.store.graphs import (
     stored,
 )
 from workers.store import writer
-from workers.store.records import GraphRecord, feature_key
+from workers.store.records import GraphRecord
 from workers.store.writer import GraphBusy, write_graph
+from workers.vocabulary.ids import feature_key
 
 
 def test_write_then_rewrite_is_one_graph_and_aggregates_count_once(neo4j_driver, unique_id):

@@ -19,6 +19,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 
 from service.ui import STATIC_DIR
+from service.ui.schema import ui_schema
 from tests.pipeline.checks import played_job
 
 pytestmark = pytest.mark.usefixtures("services")
@@ -103,6 +104,8 @@ def test_assets_are_served_and_small(api) -> None:  # noqa: ANN001
     assert api.get("/ui/../app.py").status_code == 404
     assert api.get("/ui/%2e%2e/routes.py").status_code == 404
     assert api.get("/ui/nope.js").status_code == 404
+    schema = api.get("/ui/schema.json")  # the vocabulary the viewer draws with (service/ui/schema.py)
+    assert schema.status_code == 200 and schema.json() == ui_schema()
     total = sum(p.stat().st_size for p in STATIC_DIR.rglob("*") if p.is_file())
     assert total < 300_000, f"UI assets are {total} bytes; the budget is 300 KB"
 

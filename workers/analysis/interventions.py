@@ -21,6 +21,7 @@ from typing import Literal
 from neo4j import Driver
 
 from workers.analysis.recompute import recompute_graph
+from workers.vocabulary import tensors as tn
 
 Mode = Literal["ablate", "scale", "set"]
 
@@ -44,8 +45,8 @@ def compute_interventions(driver: Driver, graph_id: str, node_ids: list[str], mo
     targets, and the live top-logit changes. ValueError names what cannot be used."""
     import torch
 
-    from workers.engine import ids
     from workers.engine.interventions import frozen_values, live_values
+    from workers.vocabulary import ids
 
     if not node_ids:
         raise ValueError("node_ids is empty: choose the features to intervene on")
@@ -64,7 +65,7 @@ def compute_interventions(driver: Driver, graph_id: str, node_ids: list[str], mo
         rows.append({"node_id": node, "clean_activation": clean, "new_activation": edits[node]})
     frozen = frozen_values(lin, trace, targets, [{}, edits]).double()
     # The live model reads targets at the unembedding only (a local circuit's feature target has no live value).
-    live = live_values(lin, trace, targets, [{}, edits]).double() if all(t.tensor == "final" for t in targets) else None
+    live = live_values(lin, trace, targets, [{}, edits]).double() if all(t.tensor == tn.FINAL for t in targets) else None
     out_targets = []
     for j, t in enumerate(targets):
         tid = t.node_id

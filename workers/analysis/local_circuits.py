@@ -14,7 +14,7 @@ import json
 
 from neo4j import Driver
 
-from workers.engine import ids
+from workers.vocabulary import ids
 
 _MODEL_CACHE = None  # one per worker process (models load once)
 
@@ -54,7 +54,7 @@ def compute_local_circuit(driver: Driver, graph_id: str, node_id: str, *, prune:
         _MODEL_CACHE = ModelCache()
     loaded = _MODEL_CACHE.get(model, dset)
     g = attribute(loaded.lin, list(tokens), [node_id], tokenizer=loaded.tokenizer, settings=AttributionSettings())
-    pr = prune_graph(g, 0.8, 0.98) if prune else None
+    pr = prune_graph(g) if prune else None  # the default thresholds (workers/vocabulary/defaults.py)
     new_id = local_graph_id(graph_id, node_id)
     rec = graph_to_record(g, graph_id=new_id, prompt_id=r["prompt_id"], corpus_id=f"local:{r['corpus_id']}",
                           model=r["model"], dictionary_set=r["dset"], pruned=pr,

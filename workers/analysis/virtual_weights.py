@@ -42,7 +42,7 @@ from neo4j import Driver
 from torch import nn
 
 from workers.dictionaries.modules import DictionarySet
-from workers.store.records import feature_key
+from workers.vocabulary.ids import feature_key
 
 WRITE_BATCH = 20_000
 

@@ -41,9 +41,10 @@ from torch import nn
 from workers.engine.linearise import Linearised, Trace, site_order
 from workers.engine.norms import NormRecord, norm_params
 from workers.engine.targets import tensor_site_bound
+from workers.vocabulary import tensors as tn
 
 # tensors a target may read for the adjoint path (queries/keys need gradients through W_Q/W_K: autograd)
-_STARTS = ("final", "resid:", "in:")
+_STARTS = (tn.FINAL, "resid", "in")  # tensor kinds a gradient can start from (workers/vocabulary/tensors.py)
 
 
 @dataclass
@@ -257,7 +258,10 @@ class AdjointModel:
         return adj
 
     def supports(self, tensor: str) -> bool:
-        return tensor.startswith(_STARTS)
+        try:
+            return tn.parse_tensor(tensor).kind in _STARTS
+        except ValueError:
+            return False
 
     # -- propagation -------------------------------------------------------------------------------
     def _start(self, tensor: str, pos: torch.Tensor, vec: torch.Tensor, P: int):
@@ -272,15 +276,19 @@ class AdjointModel:
         m = len(upos)
         A = torch.zeros(1, m, P)
         at_mid = False
-        if tensor == "final":
+        t = tn.parse_tensor(tensor)
+        if t.kind == tn.FINAL:
             k, nrm = self.n_layers - 1, self.final
-        elif tensor.startswith("resid:L"):
-            k, nrm = int(tensor[7:]), None
-        elif tensor.endswith(".mlp"):
-            k = int(tensor[4:].split(".")[0])
+        elif t.kind == "resid":
+            assert t.layer is not None
+            k, nrm = t.layer, None
+        elif t.site == "mlp":  # in:L{l}.mlp
+            assert t.layer is not None
+            k = t.layer
             nrm, at_mid = self.ln2[k], True
         else:  # in:L{l}.attn: the gradient enters the attention of layer l at its output
-            layer = int(tensor[4:].split(".")[0])
+            assert t.layer is not None
+            layer = t.layer
             A[0, torch.arange(m), upos] = 1.0
             op = self.layers[layer]
             assert op.M_out is not None
@@ -366,7 +374,7 @@ class AdjointModel:
                     out["emb"] = out["pos"] = here()
                     return out
                 op = self.layers[k]
-                out[f"delta:L{k}.mlp"] = _through(here(), op.post_mlp, P)
+                out[tn.site_delta(k, "mlp")] = _through(here(), op.post_mlp, P)
                 if op.mlp_skip is not None:  # R_k -> M_k through the transcoder's skip connection
                     if not dense and self._factored_is_cheaper(U.shape[0], P, 1):
                         A, U = self._step(A, U, torch.diag(op.ln2_scale[:P])[None], op.mlp_skip[None], True)
@@ -378,7 +386,7 @@ class AdjointModel:
                     G_at = (k, True)  # no skip: the same gradient at the mid-point
                 at_mid = True
             op = self.layers[k]
-            out[f"delta:L{k}.attn"] = _through(here(), op.post_attn, P)
+            out[tn.site_delta(k, "attn")] = _through(here(), op.post_attn, P)
             if op.M_res is not None:  # M_k -> R_{k−1} through the attention
                 if not dense and self._factored_is_cheaper(U.shape[0], P, op.pattern.shape[0]):
                     A, U = self._step(A, U, op.position_maps(P)[0], op.M_res, identity=True)
@@ -394,8 +402,8 @@ class AdjointModel:
         autograd through the frozen forward."""
         tr, P = self.trace, self.trace.n_pos
         gen = torch.Generator().manual_seed(0)
-        tensors = ["final"] + [f"in:L{k}.mlp" for k in range(self.n_layers)] + [f"resid:L{max(self.n_layers - 2, 0)}"]
-        tensors += [f"in:L{k}.attn" for k in range(self.n_layers) if (k, "attn") in tr.sites]
+        tensors = [tn.FINAL] + [tn.site_input(k, "mlp") for k in range(self.n_layers)] + [tn.resid(max(self.n_layers - 2, 0))]
+        tensors += [tn.site_input(k, "attn") for k in range(self.n_layers) if (k, "attn") in tr.sites]
         run = self.lin.frozen_forward(tr, P, value_only=True)
         leaves = list(run.leaves_out)
         for tensor in tensors:
@@ -412,8 +420,8 @@ class AdjointModel:
                 bound = tensor_site_bound(tensor)
                 for name, g in zip(leaves, ref, strict=True):
                     if name.startswith("delta:"):
-                        layer, site = name[7:].split(".")
-                        if site_order((int(layer), site)) >= bound:
+                        leaf = tn.parse_tensor(name)
+                        if site_order((leaf.layer, leaf.site)) >= bound:
                             continue  # not upstream: the read-out never looks at it
                     if g is None:
                         g = torch.zeros_like(run.leaves_out[name])

@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from workers.engine import ids
 from workers.engine.backward import edges
 from workers.engine.bias import bias_contributions, read_rows
 from workers.engine.csr import CSRWriter
@@ -19,6 +18,7 @@ from workers.engine.linearise import Linearised, Trace
 from workers.engine.nodes import Layout, NodeTable, SiteColumns, assemble, feature_rows
 from workers.engine.readout import site_rank
 from workers.engine.targets import Target, tensor_site_bound
+from workers.vocabulary import ids
 
 if TYPE_CHECKING:
     from workers.engine.attribution import AttributionSettings

@@ -14,6 +14,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from workers.vocabulary.defaults import EDGE_THRESHOLD, NODE_THRESHOLD
+
 console = Console()
 
 
@@ -49,8 +51,8 @@ def attribute(
         None, "--max-feature-nodes", min=0,
         help="node budget: at most this many active features become rows (the rest: one 'unexp' leaf per site "
              "and position; rows stay complete). Default: every active feature"),
-    node_threshold: float = typer.Option(0.8, help="influence pruning: node threshold"),
-    edge_threshold: float = typer.Option(0.98, help="influence pruning: edge threshold"),
+    node_threshold: float = typer.Option(NODE_THRESHOLD, help="influence pruning: node threshold"),
+    edge_threshold: float = typer.Option(EDGE_THRESHOLD, help="influence pruning: edge threshold"),
     top: int = typer.Option(15, help="nodes to list"),
     out: Path | None = typer.Option(None, help="save the graph here (safetensors + JSON)"),
     neuronpedia: Path | None = typer.Option(None, help="write Neuronpedia graph JSON (pruned nodes) to this file"),

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import torch
 
-from workers.engine import ids
 from workers.engine import targets as T
 from workers.engine.hierarchical import hierarchical
 from workers.engine.linearise import Linearised
+from workers.vocabulary import ids
 
 
 @dataclass

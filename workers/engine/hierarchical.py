@@ -19,9 +19,9 @@ from typing import Literal
 
 import torch
 
-from workers.engine import ids
 from workers.engine.linearise import Linearised, Trace
 from workers.engine.targets import Target
+from workers.vocabulary import ids
 
 
 @dataclass

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import torch
 
-from workers.engine import ids
 from workers.engine.graph import Graph
 from workers.engine.linearise import Linearised, Trace
 from workers.engine.targets import Target
+from workers.vocabulary import ids
+from workers.vocabulary import tensors as tn
 
 
 def _read(run, t: Target) -> torch.Tensor:
@@ -91,7 +92,7 @@ def live_values(lin: Linearised, trace: Trace, targets: list[Target], edits: lis
     [len(edits), len(targets)]. Only targets read at the unembedding input (logits, logit differences,
     final directions) are supported."""
     for t in targets:
-        if t.tensor != "final":
+        if t.tensor != tn.FINAL:
             raise NotImplementedError(f"live interventions read targets at the unembedding only, not {t.tensor}")
     out = []
     for e in edits:

@@ -34,9 +34,9 @@ from torch import nn
 from workers.dictionaries.modules import Dictionary, DictionarySet
 from workers.engine.norms import NormRecord, fit_norm, frozen_norm_output, is_norm
 from workers.models import sites as model_sites
+from workers.vocabulary import tensors as tn
 
 ATTN_IMPL = "atlas_frozen"
-SITES: tuple[str, str] = ("attn", "mlp")
 
 # The run the hooks and the attention function serve; one per thread (workers may run threads).
 _state = threading.local()
@@ -109,7 +109,7 @@ class Trace:
 
 
 def site_order(key: tuple[int, str]) -> tuple[int, int]:
-    return (key[0], SITES.index(key[1]))
+    return (key[0], tn.SITES.index(key[1]))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -180,8 +180,8 @@ def _frozen_attention(
         rec = run.trace.attn[layer]
         p = query.shape[2]
         pattern = rec.pattern[:, :p, :p].to(value.dtype)
-        run.tensors[f"q:L{layer}"] = query.transpose(1, 2).flatten(2)
-        run.tensors[f"k:L{layer}"] = key.transpose(1, 2).flatten(2)
+        run.tensors[tn.queries(layer)] = query.transpose(1, 2).flatten(2)
+        run.tensors[tn.keys(layer)] = key.transpose(1, 2).flatten(2)
         v = _repeat_kv(value, n_rep)  # [B, H, P, hd]
         # The pattern is shared by every batch row (and every vmapped gradient): per head, one
         # [B·hd, P] @ [P, P]ᵀ product (F.linear with the pattern as weight) is a far better GEMM, forward
@@ -373,7 +373,7 @@ class Linearised:
             run = _active()
             if run is not None and run.mode == "frozen":
                 h = output[0] if isinstance(output, tuple) else output
-                run.tensors[f"resid:L{layer}"] = h
+                run.tensors[tn.resid(layer)] = h
             return None
 
         return hook
@@ -395,7 +395,7 @@ class Linearised:
                     return None
                 new = _live_site_output(run, (layer, "attn"), d, out, out)
                 return (new, *output[1:]) if isinstance(output, tuple) else new
-            run.tensors[f"in:L{layer}.attn"] = out
+            run.tensors[tn.site_input(layer, "attn")] = out
             if d is None:
                 return None
             new = self._spliced(run, (layer, "attn"), d, out)
@@ -424,7 +424,7 @@ class Linearised:
         def forward(x, *args, **kwargs):
             run = _active()
             assert run is not None
-            run.tensors[f"in:L{layer}.mlp"] = x
+            run.tensors[tn.site_input(layer, "mlp")] = x
             d = self.dictionaries.get(layer, "mlp")
             return self._spliced(run, (layer, "mlp"), d, x)
 
@@ -464,7 +464,7 @@ class Linearised:
                 out = out + skip
         delta = torch.zeros(run.batch, p, out.shape[-1], dtype=out.dtype, device=out.device)
         delta.requires_grad_(run.require_grad)
-        run.leaves_out[f"delta:L{key[0]}.{key[1]}"] = delta
+        run.leaves_out[tn.site_delta(*key)] = delta
         return out + delta
 
     # ---------------------------------------------------------------------------------------------
@@ -585,7 +585,7 @@ class Linearised:
         ids = trace.input_ids[:p].to(self.device)[None].expand(batch, p)
         with self._installed(run), torch.set_grad_enabled(require_grad):
             out = self.base(input_ids=ids, use_cache=False)
-        run.tensors["final"] = out.last_hidden_state
+        run.tensors[tn.FINAL] = out.last_hidden_state
         return run
 
     @torch.no_grad()

@@ -15,11 +15,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from workers.engine import ids
 from workers.engine.bias import bias_groups
 from workers.engine.graph import ENGINE_VERSION, Graph, TargetInfo
 from workers.engine.linearise import Linearised, Trace
 from workers.engine.targets import Target
+from workers.vocabulary import ids
+from workers.vocabulary import tensors as tn
 
 if TYPE_CHECKING:
     from workers.engine.attribution import AttributionSettings
@@ -64,7 +65,7 @@ def feature_rows(d, layer: int, site: str, fids: list[str], pos: list[int], feat
     """Rows of features: each read at its pre-activation ``W_enc[f]·in[pos] + b_enc[f]``."""
     enc = d.W_enc.detach()[feats]
     benc = d.b_enc.detach()[feats].tolist()
-    tensor = f"in:L{layer}.{site}"
+    tensor = tn.site_input(layer, site)
     return [Target(fid, tensor, p, enc[j], benc[j], label=fid) for j, (fid, p) in enumerate(zip(fids, pos, strict=True))]
 
 

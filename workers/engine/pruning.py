@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from workers.engine.graph import Graph
+from workers.vocabulary.defaults import EDGE_THRESHOLD, NODE_THRESHOLD
 
 
 @dataclass
@@ -96,7 +97,7 @@ def scores(g: Graph, idx: torch.Tensor, val: torch.Tensor, w: torch.Tensor) -> d
     }
 
 
-def prune(g: Graph, node_threshold: float = 0.8, edge_threshold: float = 0.98) -> PruneResult:
+def prune(g: Graph, node_threshold: float = NODE_THRESHOLD, edge_threshold: float = EDGE_THRESHOLD) -> PruneResult:
     """Influence pruning of ``g`` (see the module doc). ``g`` is not modified: the influence is returned in
     the result (``g.influence = result.influence`` stores it with the graph)."""
     idx, val = _coo(g)

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import torch
 
-from workers.engine import ids
 from workers.engine.attribution import AttributionSettings
 from workers.engine.backward import edges
 from workers.engine.bias import bias_contributions
@@ -22,6 +21,7 @@ from workers.engine.graph import Graph
 from workers.engine.linearise import Linearised, Trace
 from workers.engine.nodes import SiteColumns
 from workers.engine.targets import Target
+from workers.vocabulary import ids
 
 
 @dataclass

@@ -11,6 +11,7 @@ import torch
 
 from workers.engine.linearise import site_order
 from workers.engine.targets import tensor_site_bound
+from workers.vocabulary import tensors as tn
 
 
 class ReadOut:
@@ -41,7 +42,7 @@ class ReadOut:
         if extra is not None:
             blocks.append(("bias", None, extra[0], torch.full((len(extra[0]),), -1), -1))
         for sc in site_cols:
-            name = f"delta:L{sc.key[0]}.{sc.key[1]}"
+            name = tn.site_delta(*sc.key)
             rank = site_rank(site_order(sc.key))
             K = sc.feat_cols.shape[1]
             self.vectors[name] = sc.vectors  # [pos, 1 + K, d]: slot 0 the error, then the features

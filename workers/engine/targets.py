@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
-from workers.engine import ids
 from workers.engine.linearise import Linearised, Trace
+from workers.vocabulary import ids
+from workers.vocabulary import tensors as tn
 
 
 @dataclass
@@ -41,19 +42,19 @@ class Target:
 @functools.lru_cache(maxsize=4096)
 def tensor_site_bound(tensor: str) -> tuple[int, int]:
     """Sites (layer, 0=attn / 1=mlp) strictly before the returned pair are upstream of ``tensor``."""
-    if tensor == "final":
+    t = tn.parse_tensor(tensor)
+    if t.kind == tn.FINAL:
         return (10**9, 0)
-    kind, rest = tensor.split(":", 1)
-    if kind == "in":
-        layer, site = rest[1:].split(".")
+    assert t.layer is not None
+    if t.kind == "in":
         # an attn SAE reads the attention output: sites of earlier layers feed it; a transcoder reads the
         # MLP input: the attention site of its own layer feeds it too
-        return (int(layer), 0) if site == "attn" else (int(layer), 1)
-    if kind == "resid":
-        return (int(rest[1:]) + 1, 0)
-    if kind in ("q", "k"):
-        return (int(rest[1:]), 0)
-    raise ValueError(f"unknown tensor {tensor!r}")
+        return (t.layer, 0) if t.site == "attn" else (t.layer, 1)
+    if t.kind == "resid":
+        return (t.layer + 1, 0)
+    if t.kind in ("q", "k"):
+        return (t.layer, 0)
+    raise ValueError(f"{tensor!r} is not a tensor a target can read")
 
 
 def _unembed(lin: Linearised, token: int) -> tuple[torch.Tensor, float]:
@@ -95,7 +96,7 @@ def top_logits(
     out = []
     for prob, tok in zip(top.values[:k].tolist(), top.indices[:k].tolist(), strict=True):
         vec, off = _demeaned(lin, tok)
-        out.append(Target(ids.logit_id(p, tok), "final", p, vec, off, weight=prob, label=f"logit t{tok}",
+        out.append(Target(ids.logit_id(p, tok), tn.FINAL, p, vec, off, weight=prob, label=f"logit t{tok}",
                           token_prob=prob))
     return out
 
@@ -104,7 +105,7 @@ def logit(lin: Linearised, trace: Trace, token: int, pos: int = -1) -> Target:
     p = _pos(trace, pos)
     vec, off = _demeaned(lin, token)
     prob = float(torch.softmax(trace.logits[p].double(), -1)[token])
-    return Target(ids.logit_id(p, token), "final", p, vec, off, label=f"logit t{token}", token_prob=prob)
+    return Target(ids.logit_id(p, token), tn.FINAL, p, vec, off, label=f"logit t{token}", token_prob=prob)
 
 
 def logit_diff(lin: Linearised, trace: Trace, good: int, bad: int, pos: int = -1, name: str | None = None) -> Target:
@@ -113,7 +114,7 @@ def logit_diff(lin: Linearised, trace: Trace, good: int, bad: int, pos: int = -1
     wg, bg = _unembed(lin, good)
     wb, bb = _unembed(lin, bad)
     name = name or f"diff p{p} t{good}-t{bad}"
-    return Target(ids.target_id(name), "final", p, wg - wb, bg - bb, label=name)
+    return Target(ids.target_id(name), tn.FINAL, p, wg - wb, bg - bb, label=name)
 
 
 def direction(
@@ -122,7 +123,7 @@ def direction(
     """A custom direction ``vector [d_model]`` read from the residual stream after block ``layer`` (or,
     with ``layer=None``, at the unembedding input)."""
     p = _pos(trace, pos)
-    tensor = "final" if layer is None else f"resid:L{layer}"
+    tensor = tn.FINAL if layer is None else tn.resid(layer)
     return Target(ids.target_id(name), tensor, p, vector.detach().float(), 0.0, label=name)
 
 
@@ -134,7 +135,7 @@ def feature(lin: Linearised, trace: Trace, layer: int, site: str, pos: int, inde
     p = _pos(trace, pos)
     if not 0 <= index < d.cfg.d_dict:
         raise ValueError(f"feature {index} out of range: {d.cfg.name} has {d.cfg.d_dict} features")
-    return Target(ids.feat_id(layer, site, p, index), f"in:L{layer}.{site}", p, d.W_enc[index].detach(),
+    return Target(ids.feat_id(layer, site, p, index), tn.site_input(layer, site), p, d.W_enc[index].detach(),
                   float(d.b_enc[index].detach()), label=f"{d.cfg.name} f{index} p{p}")
 
 

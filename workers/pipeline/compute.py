@@ -33,6 +33,7 @@ from neo4j import Driver
 from workers.pipeline import jobs, registry
 from workers.pipeline.config import PipelineSettings
 from workers.store.writer import GraphBusy, discard_unfinished, lease_left_s, write_graph
+from workers.vocabulary.defaults import EDGE_THRESHOLD, NODE_THRESHOLD
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +186,7 @@ def compute_graph(loaded: Loaded, work: jobs.PromptWork, check: Callable[[str], 
     if loaded.tokenizer is not None and not g.token_strings:
         g.token_strings = [loaded.tokenizer.decode([t]) for t in work.tokens]
     check("prune")
-    pr = prune(g, float(st.get("node_threshold", 0.8)), float(st.get("edge_threshold", 0.98))) if st.get("prune", True) else None
+    pr = prune(g, float(st.get("node_threshold", NODE_THRESHOLD)), float(st.get("edge_threshold", EDGE_THRESHOLD))) if st.get("prune", True) else None
     return g, pr
 
 

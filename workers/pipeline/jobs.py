@@ -33,8 +33,8 @@ import redis as redis_lib
 from neo4j import Driver, ManagedTransaction, Record
 
 from workers.pipeline.validation import ValidatedCorpus
+from workers.vocabulary.defaults import FINAL_JOB_STATES
 
-FINAL_JOB_STATES = ("complete", "complete_with_failures", "cancelled")
 AGGREGATING = "aggregating"  # every prompt final, aggregates not yet folded
 FINAL_PROMPT_STATES = ("done", "failed", "cancelled")
 

@@ -1,7 +1,7 @@
 """Convert the engine's :class:`~workers.engine.graph.Graph` (plus an optional pruning) into a
 :class:`~workers.store.records.GraphRecord`, the plain columns the writer stores.
 
-Node kinds are renamed to the store's vocabulary (``feat`` -> ``feature`` ...), features get the
+Node kinds are renamed to the store's vocabulary (``feat`` -> ``feature`` ...; workers/vocabulary/kinds.py), features get the
 dictionary name of their site (``L2.mlp``), so that their global key is ``<set>/L2.mlp#<index>``.
 Edges are taken from the sparse CSR adjacency without densifying: ``adjacency[t, s]`` becomes an edge
 ``s -> t`` with weight ``A[t, s]``.
@@ -14,22 +14,12 @@ from typing import TYPE_CHECKING
 import torch
 
 from workers.store.records import GraphRecord, NodeRow
+from workers.vocabulary import ids
+from workers.vocabulary.kinds import STORE_KIND
 
 if TYPE_CHECKING:  # the store does not import the engine at run time (no torch model code needed)
     from workers.engine.graph import Graph
     from workers.engine.pruning import PruneResult
-
-ENGINE_KINDS: dict[str, str] = {
-    "feat": "feature",
-    "err": "error",
-    "unexp": "unexpanded",
-    "emb": "embedding",
-    "pos": "pos_embedding",
-    "logit": "logit",
-    "target": "target",
-    "bias": "bias",
-}
-
 
 def _coo(g: Graph) -> tuple[torch.Tensor, torch.Tensor]:
     """([2, nnz] (target, source) indices, [nnz] values) of the CSR adjacency, in CSR order."""
@@ -61,12 +51,10 @@ def _fold_dropped_features(g: Graph, idx: torch.Tensor, val: torch.Tensor, dropp
     """Edges out of ``dropped`` features re-pointed at the ``unexp`` leaf of their (site, position) and summed
     per (target, leaf); edges into them removed. New leaves are appended to the per-node lists (in place).
     Returns (edges [2, E] over the extended node list, weights, node indices to store)."""
-    from workers.engine import ids as engine_ids
-
     index = {nid: i for i, nid in enumerate(node_ids)}
     where = torch.arange(len(node_ids))
     for i in dropped.nonzero().flatten().tolist():
-        leaf = engine_ids.unexp_id(int(layer[i]), g.site[i], int(pos[i]))
+        leaf = ids.unexp_id(int(layer[i]), g.site[i], int(pos[i]))
         j = index.get(leaf)
         if j is None:
             j = index[leaf] = len(node_ids)
@@ -144,7 +132,7 @@ def graph_to_record(
         is_feature = kind == "feat"
         nodes.append(NodeRow(
             node_id=node_ids[i],
-            kind=ENGINE_KINDS[kind],
+            kind=STORE_KIND[kind],
             layer=int(layer[i]),
             pos=p if p >= 0 else None,
             feature=int(feat[i]) if is_feature else None,

@@ -8,33 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# Node kinds and the Neo4j label each one gets besides :Node (DESIGN.md §3).
-KIND_LABELS: dict[str, str] = {
-    "feature": "Feat",
-    "error": "Err",
-    "unexpanded": "Unexp",  # active features a node budget left unexpanded at one (site, position), summed
-    "embedding": "Emb",
-    "pos_embedding": "Emb",
-    "logit": "Logit",
-    "target": "Logit",
-    "bias": "Bias",
-}
-
-
-def feature_key(dictionary_set: str, dictionary: str, index: int) -> str:
-    """The global identity of a dictionary feature: one (:Feature) node per key, shared by all graphs."""
-    return f"{dictionary_set}/{dictionary}#{index}"
-
-
-def node_uid(graph_id: str, node_id: str) -> str:
-    """Instance ids are unique across the database: the engine's node id is unique within a graph."""
-    return f"{graph_id}|{node_id}"
+from workers.vocabulary.ids import feature_key
+from workers.vocabulary.kinds import NEO4J_LABEL
 
 
 @dataclass
 class NodeRow:
     node_id: str  # the engine's typed id, unique within the graph
-    kind: str  # a key of KIND_LABELS
+    kind: str  # a store kind (workers/vocabulary/kinds.py)
     layer: int | None
     pos: int | None
     feature: int | None = None
@@ -72,6 +53,6 @@ class GraphRecord:
                 f"edge columns differ in length: src {len(self.edge_src)}, dst {len(self.edge_dst)}, "
                 f"w {len(self.edge_w)}"
             )
-        unknown = {n.kind for n in self.nodes} - KIND_LABELS.keys()
+        unknown = {n.kind for n in self.nodes} - NEO4J_LABEL.keys()
         if unknown:
-            raise ValueError(f"unknown node kinds {sorted(unknown)}; expected one of {sorted(KIND_LABELS)}")
+            raise ValueError(f"unknown node kinds {sorted(unknown)}; expected one of {sorted(NEO4J_LABEL)}")

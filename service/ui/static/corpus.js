@@ -4,10 +4,11 @@
 
 import { ApiError, KEY_STORE, apiPaths, featureUrl, findGetEndpoint, getJSON, pollAnalysis, sendJSON, withQuery } from "./api.js";
 import { histogramSVG, shade, timelineSVG } from "./plots.js";
+import { SCHEMA } from "./schema.js";
 
 const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
 const fmt = (v) => (v == null ? "–" : typeof v === "number" ? (Number.isInteger(v) ? String(v) : v.toPrecision(4)) : esc(v));
-const TERMINAL = new Set(["complete", "complete_with_failures", "cancelled", "failed"]);
+const TERMINAL = new Set([...SCHEMA.final_job_states, "failed"]); // jobs' final states, and a failed analysis
 
 function section(root, html) {
   const el = document.createElement("section");
@@ -107,7 +108,7 @@ export async function corpusList(root, params) {
   load();
 }
 
-const JOB_STATES = ["", "submitting", "queued", "running", "aggregating", "complete", "complete_with_failures", "cancelling", "cancelled"];
+const JOB_STATES = ["", ...SCHEMA.job_states]; // "" = any state
 
 export async function jobList(root, params) {
   const state = params.get("state") || "";

@@ -2,31 +2,32 @@
 // logits at the top, one column per token position (the prompt's tokens sit under their columns).
 // Pure functions on plain data, in "world" units; the renderer maps world -> screen with zoom and pan.
 
+import { SCHEMA, kindInfo } from "../schema.js";
+
 export const ROW_HEIGHT = 60;
 export const SLOT = 14; // world units between neighbouring nodes of one cell
 const MIN_COL = 46;
 
-const SITE_ORDER = { attn: 0, mlp: 1 };
+const SITE_ORDER = Object.fromEntries(SCHEMA.sites.map((s, i) => [s, i]));
+const SITE_IN_NAME = new RegExp(`\\.(${SCHEMA.sites.join("|")})\\b`);
+const LAST_SITE = SCHEMA.sites[SCHEMA.sites.length - 1];
 
 /** The site ("attn" / "mlp") of a feature or error node, from its dictionary name or typed id. */
 export function siteOf(node) {
-  const m = /\.(attn|mlp)\b/.exec(node.dictionary || node.node_id || "");
-  return m ? m[1] : "mlp";
+  const m = SITE_IN_NAME.exec(node.dictionary || node.node_id || "");
+  return m ? m[1] : LAST_SITE;
 }
 
 function rowKey(node) {
-  switch (node.kind) {
-    case "embedding":
-    case "pos_embedding":
-    case "bias":
+  switch (kindInfo(node.kind).row) {
+    case "E":
       return { key: "E", order: -1, label: "emb" };
-    case "logit":
-    case "target":
+    case "T":
       return { key: "T", order: 1e9, label: "logits" };
     default: {
       const layer = node.layer ?? 0;
       const site = siteOf(node);
-      return { key: `L${layer}.${site}`, order: layer * 2 + (SITE_ORDER[site] ?? 1), label: `L${layer}.${site}` };
+      return { key: `L${layer}.${site}`, order: layer * SCHEMA.sites.length + (SITE_ORDER[site] ?? SCHEMA.sites.length - 1), label: `L${layer}.${site}` };
     }
   }
 }
@@ -37,7 +38,7 @@ export function promptTokens(circuit) {
   const fromProv = prov.token_strings || prov.prompt_tokens;
   const tokens = Array.isArray(fromProv) ? fromProv.map(String) : [];
   for (const n of circuit.nodes) {
-    if ((n.kind === "embedding" || n.kind === "pos_embedding") && n.pos != null && n.token != null && tokens[n.pos] == null) {
+    if (kindInfo(n.kind).token && n.pos != null && n.token != null && tokens[n.pos] == null) {
       tokens[n.pos] = n.token;
     }
   }

@@ -4,20 +4,15 @@
 // so a frame costs a handful of canvas calls whatever the graph size; that is what keeps 5,000 nodes
 // interactive. Lines keep their pixel width under zoom because coordinates are mapped by hand.
 
+import { SCHEMA, kindInfo } from "../schema.js";
 import { SLOT } from "./layout.js";
 
+// Colours by node kind, edge sign (RGB) and for supernodes: all from the API's schema (service/ui/schema.py).
 export const COLORS = {
-  pos: [33, 102, 172],
-  neg: [200, 40, 40],
-  feature: "#5b6fb3",
-  error: "#9a9a9a",
-  unexpanded: "#c9a0dc",
-  embedding: "#2a9d8f",
-  pos_embedding: "#2a9d8f",
-  bias: "#b0b0b0",
-  logit: "#e0a400",
-  target: "#e76f51",
-  supernode: "#8e44ad",
+  ...Object.fromEntries(Object.entries(SCHEMA.kinds).map(([kind, info]) => [kind, info.colour])),
+  pos: SCHEMA.edge_rgb.pos,
+  neg: SCHEMA.edge_rgb.neg,
+  supernode: SCHEMA.supernode_colour,
 };
 const WIDTH_BINS = 6;
 // Above this many drawn items, zoom and pan move the last full picture with a CSS transform (the compositor
@@ -30,9 +25,7 @@ const MARGIN = { left: 70, right: 20, top: 20, bottom: 46 };
 
 /** Shape drawn for a node kind (also used by the SVG export, so both pictures agree). */
 export function shapeOf(kind) {
-  if (kind === "error" || kind === "unexpanded" || kind === "embedding" || kind === "pos_embedding" || kind === "bias") return "square";
-  if (kind === "logit" || kind === "target") return "diamond";
-  return "circle";
+  return kind === "supernode" ? "circle" : kindInfo(kind).shape;
 }
 
 /** Bucket of an edge for drawing: [sign 0/1][width bin], width and opacity growing with |w| / max|w|. */

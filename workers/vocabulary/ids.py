@@ -10,20 +10,22 @@ the same kind never collide either (circuit-tracer's ``{layer}_{feat}_{pos}`` ca
     bias:L0.attn          bias terms of one group (model biases of block 0's attention, ...); "bias:all" = total
     logit:p7:t42          logit of token 42 at position 7 (de-meaned unembedding)
     target:NAME           any other target (logit difference, direction, ...), named by the user
+
+In the store, a node instance is unique across graphs by its uid ``{graph_id}|{node_id}`` (``node_uid``), and a
+dictionary feature's global identity is its key ``{dictionary_set}/{dictionary}#{index}`` (``feature_key``;
+the dictionary is the site name, ``L2.mlp``).
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal
 
-NodeKind = Literal["emb", "pos", "feat", "err", "unexp", "bias", "logit", "target"]
-KINDS: tuple[str, ...] = ("emb", "pos", "feat", "err", "unexp", "bias", "logit", "target")
+from workers.vocabulary.kinds import KINDS, NodeKind
+from workers.vocabulary.tensors import SITES, site_name
 
-
-def site_name(layer: int, site: str) -> str:
-    return f"L{layer}.{site}"
+__all__ = ["KINDS", "NodeKind", "ParsedId", "bias_id", "emb_id", "err_id", "feat_id", "feature_key", "logit_id",
+           "node_uid", "parse", "pos_id", "site_name", "target_id", "unexp_id"]
 
 
 def emb_id(pos: int) -> str:
@@ -71,12 +73,13 @@ class ParsedId:
     name: str | None = None
 
 
+_SITE = "|".join(SITES)
 _PATTERNS = {
     "emb": re.compile(r"emb:p(\d+)"),
     "pos": re.compile(r"pos:p(\d+)"),
-    "feat": re.compile(r"feat:L(\d+)\.(attn|mlp):p(\d+):f(\d+)"),
-    "err": re.compile(r"err:L(\d+)\.(attn|mlp):p(\d+)"),
-    "unexp": re.compile(r"unexp:L(\d+)\.(attn|mlp):p(\d+)"),
+    "feat": re.compile(rf"feat:L(\d+)\.({_SITE}):p(\d+):f(\d+)"),
+    "err": re.compile(rf"err:L(\d+)\.({_SITE}):p(\d+)"),
+    "unexp": re.compile(rf"unexp:L(\d+)\.({_SITE}):p(\d+)"),
     "bias": re.compile(r"bias:(.+)"),
     "logit": re.compile(r"logit:p(\d+):t(\d+)"),
     "target": re.compile(r"target:(.+)"),
@@ -89,7 +92,7 @@ def parse(node_id: str) -> ParsedId:
     pat = _PATTERNS.get(kind)
     m = pat.fullmatch(node_id) if pat else None
     if m is None:
-        raise ValueError(f"not a node id: {node_id!r} (see workers/engine/ids.py for the format)")
+        raise ValueError(f"not a node id: {node_id!r} (see workers/vocabulary/ids.py for the format)")
     g = m.groups()
     if kind in ("emb", "pos"):
         return ParsedId(kind, pos=int(g[0]))
@@ -100,3 +103,13 @@ def parse(node_id: str) -> ParsedId:
     if kind == "logit":
         return ParsedId(kind, pos=int(g[0]), token=int(g[1]))
     return ParsedId(kind, name=g[0])
+
+
+def node_uid(graph_id: str, node_id: str) -> str:
+    """Instance ids are unique across the database: the engine's node id is unique within a graph."""
+    return f"{graph_id}|{node_id}"
+
+
+def feature_key(dictionary_set: str, dictionary: str, index: int) -> str:
+    """The global identity of a dictionary feature: one (:Feature) node per key, shared by all graphs."""
+    return f"{dictionary_set}/{dictionary}#{index}"
