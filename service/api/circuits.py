@@ -22,6 +22,7 @@ from service.query.labels import labels_version
 from service.query.paths import MAX_HOPS_LIMIT, graph_paths
 from service.schemas.analyses import AnalysisOut, AnalysisRequest
 from service.schemas.circuits import CircuitOut, GraphPageOut, LocalCircuitRequest, PathsOut
+from workers.neuronpedia import NeuronpediaGraph
 
 router = APIRouter(prefix="/graphs", tags=["circuits"])
 
@@ -61,9 +62,10 @@ def list_graphs(request: Request, corpus_id: str | None = None,
     return GraphPageOut(items=items[:limit], offset=offset, limit=limit, next_offset=offset + limit if more else None)
 
 
-@router.get("/{graph_id}/circuit", response_model=CircuitOut,
+@router.get("/{graph_id}/circuit", response_model=CircuitOut | NeuronpediaGraph,
             responses={200: {"description": "The circuit (CircuitOut), or Neuronpedia graph JSON with "
-                                            "format=neuronpedia."}, 304: {"description": "Not modified"},
+                                            "format=neuronpedia (NeuronpediaGraph: circuit-tracer's graph model, "
+                                            "workers/neuronpedia.py)."}, 304: {"description": "Not modified"},
                        404: {"description": "Unknown graph or target node"}})
 def get_circuit(
     request: Request, graph_id: str,

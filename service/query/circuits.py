@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from neo4j import Driver
 
 from service.query.labels import labels_of
+from workers import neuronpedia
 from workers.vocabulary.ids import node_uid
 from workers.vocabulary.kinds import DEFAULT_KEEP_KINDS
 
@@ -226,13 +227,7 @@ def circuit(driver: Driver, graph_id: str, pruning: Pruning | None = None, *, da
                           "graph_n_nodes": graph.get("n_nodes"), "graph_n_edges": graph.get("n_edges")})
 
 
-# -- Neuronpedia graph JSON (schema_version 1; shared/REFERENCE.md) -----------------------------------------
-
-# an unexpanded-features leaf has no Neuronpedia kind: drawn like an error node (a leaf carrying its value)
-_FEATURE_TYPE = {"feature": "cross layer transcoder", "error": "mlp reconstruction error", "embedding": "embedding",
-                 "pos_embedding": "embedding", "logit": "logit", "target": "logit", "bias": "bias",
-                 "unexpanded": "mlp reconstruction error"}
-
+# -- Neuronpedia graph JSON (schema_version 1; the exporter: workers/neuronpedia.py) ---------------------------
 
 def to_neuronpedia(c: Circuit, slug: str | None = None) -> dict:
     """The circuit as Neuronpedia graph JSON. Node ids are the engine's typed ids (collision-free)."""
@@ -240,50 +235,25 @@ def to_neuronpedia(c: Circuit, slug: str | None = None) -> dict:
     target = c.graph.get("target") or {}
     layers = [n["layer"] for n in c.nodes if n.get("layer") is not None]
     n_layers = int(prov.get("n_layers", (max(layers) + 1) if layers else 0))
-    probs: dict[str, float] = {}
-    for t in target.get("targets", []) if isinstance(target, dict) else []:
-        if isinstance(t, dict) and "node_id" in t:
-            probs[t["node_id"]] = float(t.get("token_prob") or 0.0)
-    nodes = []
-    for n in c.nodes:
-        kind = n["kind"]
-        if kind in ("embedding", "pos_embedding"):
-            layer = "E"
-        elif kind in ("logit", "target"):
-            layer = str(n_layers)
-        else:
-            layer = str(n["layer"])
-        nodes.append({
-            "node_id": n["node_id"],
-            "feature": n["feature"] if kind == "feature" else None,
-            "layer": layer,
-            "ctx_idx": n["pos"] if n["pos"] is not None else 0,
-            "feature_type": _FEATURE_TYPE.get(kind, kind),
-            "token_prob": probs.get(n["node_id"], 0.0),
-            "is_target_logit": kind in ("logit", "target") and (not probs or n["node_id"] in probs),
-            "influence": n["influence"],
-            "activation": n["activation"] if kind == "feature" else None,
-            "clerp": n.get("label") or n["fkey"] or n["token"] or n["node_id"],
-        })
+    targets: dict[str, float | None] | None = None
+    listed = target.get("targets") if isinstance(target, dict) else None
+    if isinstance(listed, list):
+        # an empty list says nothing: every logit / target node then counts as a target
+        targets = {t["node_id"]: t.get("token_prob") for t in listed if isinstance(t, dict) and "node_id" in t} or None
+    dset = str(c.graph.get("dictionary_set") or "")
     p = c.pruning
-    return {
-        "metadata": {
-            "slug": slug or c.graph["graph_id"],
-            "scan": str(c.graph.get("model", "")),
-            "prompt": str(prov.get("prompt", "")),
-            "prompt_tokens": list(prov.get("token_strings") or [str(t) for t in prov.get("tokens", [])]),
-            "node_threshold": p.node_threshold,
-            "schema_version": 1,
-            "info": {"generator": {"name": "circuit-atlas"}, "graph_id": c.graph["graph_id"],
-                     "corpus_id": c.graph.get("corpus_id"), "dictionary_set": c.graph.get("dictionary_set")},
-            "pruning_settings": {"node_threshold": p.node_threshold, "edge_threshold": p.edge_threshold,
-                                 "max_nodes": p.max_nodes, "max_edges": p.max_edges, "target": p.target},
-        },
-        "qParams": {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": p.target or "",
-                    "sg_pos": ""},
-        "nodes": nodes,
-        "links": [{"source": e["source"], "target": e["target"], "weight": e["weight"]} for e in c.edges],
-    }
+    return neuronpedia.export(
+        c.nodes, [(e["source"], e["target"], e["weight"]) for e in c.edges],
+        slug=slug or c.graph["graph_id"], scan=str(c.graph.get("model", "")), prompt=str(prov.get("prompt", "")),
+        prompt_tokens=list(prov.get("token_strings") or [str(t) for t in prov.get("tokens", [])]),
+        n_layers=n_layers, targets=targets, node_threshold=p.node_threshold, clicked=p.target or "",
+        transcoder_list=neuronpedia.transcoder_list(dset, [n["dictionary"] for n in c.nodes
+                                                           if n["kind"] == "feature" and n.get("dictionary")]),
+        info={"generator": {"name": "circuit-atlas"}, "graph_id": c.graph["graph_id"],
+              "corpus_id": c.graph.get("corpus_id"), "dictionary_set": c.graph.get("dictionary_set")},
+        pruning_settings={"node_threshold": p.node_threshold, "edge_threshold": p.edge_threshold,
+                          "max_nodes": p.max_nodes, "max_edges": p.max_edges, "target": p.target},
+    )
 
 
 # The prompt's text is its (:Prompt)'s (graphs the pipeline made); a graph written outside the pipeline has

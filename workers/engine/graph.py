@@ -158,50 +158,35 @@ class Graph:
     # -- Neuronpedia --------------------------------------------------------------------------------
     def to_neuronpedia(self, slug: str = "circuit-atlas", keep: torch.Tensor | None = None,
                        node_threshold: float | None = None) -> dict:
-        """Neuronpedia graph JSON, schema_version 1. ``keep`` [N] bool restricts to a pruned node set."""
+        """Neuronpedia graph JSON, schema_version 1 (``workers/neuronpedia.py``, the one exporter). ``keep`` [N]
+        bool restricts to a pruned node set."""
+        from workers.neuronpedia import export, transcoder_list
+        from workers.vocabulary.ids import site_name
+        from workers.vocabulary.kinds import STORE_KIND, TOKEN_KINDS
+
         n_layers = int(self.provenance.get("n_layers", int(self.layer.max()) if self.n_nodes else 0))
         keep_mask = torch.ones(self.n_nodes, dtype=torch.bool) if keep is None else keep
-        target_ids = {t.node_id for t in self.targets}
-        probs = {t.node_id: t.token_prob for t in self.targets}
-        # Neuronpedia has no kind for an unexpanded-features leaf: it is drawn like an error node (a leaf that
-        # carries its value), its clerp says what it is
-        ftype = {"feat": "cross layer transcoder", "err": "mlp reconstruction error", "emb": "embedding",
-                 "pos": "embedding", "logit": "logit", "target": "logit", "bias": "bias",
-                 "unexp": "mlp reconstruction error"}
-        nodes = []
-        for i in keep_mask.nonzero().flatten().tolist():
-            k = self.kinds[i]
-            layer = "E" if k in ("emb", "pos") else str(n_layers if k in ("logit", "target") else int(self.layer[i]))
-            nodes.append({
-                "node_id": self.node_ids[i],
-                "feature": int(self.feature[i]) if k == "feat" else None,
-                "layer": layer,
-                "ctx_idx": int(self.pos[i]),
-                "feature_type": ftype[k],
-                "token_prob": probs.get(self.node_ids[i]) or 0.0,
-                "is_target_logit": self.node_ids[i] in target_ids,
-                "influence": None if self.influence is None else float(self.influence[i]),
-                "activation": float(self.activation[i]) if k == "feat" else None,
-                "clerp": ("unexpanded features " if k == "unexp" else "") + self.node_ids[i],
-            })
-        links = []
+        tokens = self.token_strings or [str(t) for t in self.tokens]
+        kept = keep_mask.nonzero().flatten().tolist()
+        layer, pos, feature = self.layer.tolist(), self.pos.tolist(), self.feature.tolist()
+        activation = self.activation.tolist()
+        influence = None if self.influence is None else self.influence.tolist()
+        kinds = [STORE_KIND[k] for k in self.kinds]
+        nodes = [{
+            "node_id": self.node_ids[i], "kind": kinds[i], "layer": layer[i], "pos": pos[i], "feature": feature[i],
+            "activation": activation[i], "influence": None if influence is None else influence[i],
+            "token": tokens[pos[i]] if kinds[i] in TOKEN_KINDS and 0 <= pos[i] < len(tokens) else None,
+        } for i in kept]
         adj = self.adjacency.to_sparse_coo().coalesce()
         (rows, cols), vals = adj.indices(), adj.values()
         m = keep_mask[rows] & keep_mask[cols]
-        for t, s, w in zip(rows[m].tolist(), cols[m].tolist(), vals[m].tolist(), strict=True):
-            links.append({"source": self.node_ids[s], "target": self.node_ids[t], "weight": w})
-        return {
-            "metadata": {
-                "slug": slug,
-                "scan": str(self.provenance.get("model_name", "")),
-                "prompt": self.prompt,
-                "prompt_tokens": self.token_strings or [str(t) for t in self.tokens],
-                "node_threshold": node_threshold,
-                "schema_version": 1,
-                "info": {"generator": {"name": "circuit-atlas", "version": ENGINE_VERSION},
-                         "provenance": self.provenance},
-            },
-            "qParams": {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""},
-            "nodes": nodes,
-            "links": links,
-        }
+        links = [(self.node_ids[s], self.node_ids[t], w)
+                 for t, s, w in zip(rows[m].tolist(), cols[m].tolist(), vals[m].tolist(), strict=True)]
+        dictionaries = [site_name(layer[i], self.site[i]) for i in kept if self.kinds[i] == "feat"]
+        return export(
+            nodes, links, slug=slug, scan=str(self.provenance.get("model_name", "")), prompt=self.prompt,
+            prompt_tokens=tokens, n_layers=n_layers, node_threshold=node_threshold,
+            targets={t.node_id: t.token_prob for t in self.targets},
+            transcoder_list=transcoder_list(str(self.provenance.get("dictionary_hash", "")), dictionaries),
+            info={"generator": {"name": "circuit-atlas", "version": ENGINE_VERSION}, "provenance": self.provenance},
+        )
