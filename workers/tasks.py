@@ -81,7 +81,7 @@ def _process_clients() -> tuple[neo4j.Driver, redis.Redis, Any]:
 
             torch.set_num_threads(threads)
         _clients.clear()
-        _clients.update(pid=os.getpid(), driver=neo4j_driver(settings, max_transaction_retry_time=20.0),
+        _clients.update(pid=os.getpid(), driver=neo4j_driver(settings, max_transaction_retry_time=get_pipeline_settings().neo4j_retry_s),
                         redis=redis.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5,
                                                    retry_on_timeout=True),
                         cache=ModelCache(get_pipeline_settings().cache_size))
