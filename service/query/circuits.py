@@ -22,17 +22,18 @@ from dataclasses import dataclass, field
 from neo4j import Driver
 
 from service.query.labels import labels_of
+from workers.errors import NotFound
 
 DEFAULT_KEEP_KINDS: tuple[str, ...] = ("logit", "target", "embedding")
 NODE_FIELDS = ("node_id", "kind", "layer", "pos", "feature", "dictionary", "fkey", "activation", "influence",
                "token")
 
 
-class GraphNotFound(LookupError):
+class GraphNotFound(NotFound):
     """No complete graph with this id."""
 
 
-class NodeNotFound(LookupError):
+class NodeNotFound(NotFound):
     """The graph has no node with this id."""
 
 

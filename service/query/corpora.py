@@ -16,6 +16,8 @@ from typing import Literal, get_args
 
 from neo4j import Driver
 
+from workers.errors import NotFound
+
 # The job states of workers/pipeline/jobs.py (its module docstring), as the API's filter accepts them.
 JobState = Literal["submitting", "queued", "running", "aggregating", "complete", "complete_with_failures",
                    "cancelling", "cancelled"]
@@ -49,7 +51,7 @@ RETURN j.job_id AS job_id, j.corpus_id AS corpus_id, j.state AS state, j.total A
 """
 
 
-class CorpusNotFound(LookupError):
+class CorpusNotFound(NotFound):
     """No (:Corpus) with this id."""
 
 

@@ -4,6 +4,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.schemas.pages import Page
+
 
 class CorpusSettings(BaseModel):
     """How each prompt's graph is computed and stored."""
@@ -87,8 +89,5 @@ class CorpusSummaryOut(BaseModel):
                                                        "through POST /corpora).")
 
 
-class CorpusPageOut(BaseModel):
-    items: list[CorpusSummaryOut]
-    offset: int
-    limit: int
-    next_offset: int | None = Field(description="Pass as ?offset= for the next page; null on the last page.")
+class CorpusPageOut(Page[CorpusSummaryOut]):
+    pass
