@@ -33,14 +33,15 @@ def _process_state() -> dict[str, Any]:
 
 
 def process_driver() -> neo4j.Driver:
-    """This process's Neo4j driver. Managed transactions retry transient errors for 20 s; beyond that the
-    task's own retries take over."""
+    """This process's Neo4j driver. Managed transactions retry transient errors for
+    ``ATLAS_PIPELINE_NEO4J_RETRY_S`` (20 s by default); beyond that the task's own retries take over."""
     state = _process_state()
     with _lock:
         if "driver" not in state:
             from workers.connections.neo4j import neo4j_driver
+            from workers.pipeline.config import get_pipeline_settings
 
-            state["driver"] = neo4j_driver(transaction_retry_s=20.0)
+            state["driver"] = neo4j_driver(transaction_retry_s=get_pipeline_settings().neo4j_retry_s)
         return state["driver"]
 
 

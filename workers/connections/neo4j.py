@@ -10,7 +10,7 @@ CLI). Who passes what, and why:
 
 - the API (``service/app.py``): ``connection_timeout_s=5``, ``acquisition_timeout_s=10``, so a health
   probe answers "down" quickly rather than hang on a dead server;
-- Celery workers (``workers/process.py``): ``transaction_retry_s=20`` for managed transactions;
+- Celery workers (``workers/process.py``): ``transaction_retry_s=ATLAS_PIPELINE_NEO4J_RETRY_S`` (20 s by default) for managed transactions;
 - the start-up wait of ``atlas services up`` (``service/runtime/neo4j.py``): ``connection_timeout_s=2``
   and the password being checked, inside its own deadline loop.
 """
