@@ -230,3 +230,42 @@ def test_ln2_hook_normalized_clt_is_folded_with_the_model(tmp_path: Path):
     wrong = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=16, n_embd=D, n_layer=L + 1, n_head=2))
     with pytest.raises(ValueError, match="spans 3 layers of width 8; the model has 4 layers"):
         load_dictionary_set(tmp_path / "ct", model=wrong)
+
+
+# -- splicing a CLT into a live model (metrics) -----------------------------------------------------
+
+@pytest.mark.parametrize("input_site", ["resid_mid", "mlp_in"])
+def test_clt_spliced_replaces_every_mlp_output_by_the_reconstruction(input_site):
+    from workers.dictionaries.crosslayer.training import clt_spliced
+
+    torch.manual_seed(1)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=16, n_embd=D, n_layer=L, n_head=2)).eval()
+    clt = random_clt("jumprelu", input_site=input_site)
+    seen: dict[str, dict[int, torch.Tensor]] = {"resid_mid": {}, "mlp_in": {}, "out": {}}
+    hooks = []
+
+    def keep_mlp(i: int):
+        def hook(_m, args, out):
+            seen["mlp_in"][i], seen["out"][i] = args[0], out
+        return hook
+
+    for i, blk in enumerate(model.transformer.h):
+        hooks.append(blk.ln_2.register_forward_hook(lambda m, a, o, i=i: seen["resid_mid"].__setitem__(i, a[0])))
+        hooks.append(blk.mlp.register_forward_hook(keep_mlp(i)))
+    ids = torch.randint(0, 50, (2, 10), generator=G)
+    with torch.no_grad(), clt_spliced(model, clt):
+        spliced_logits = model(input_ids=ids).logits
+    with torch.no_grad():
+        xs = torch.stack([seen[input_site][i] for i in range(L)])
+        expected = clt(xs)
+        for m in range(L):  # the hooks above ran before the splice: "out" holds the MLP's own output...
+            assert not torch.allclose(seen["out"][m], expected[m])
+        for h in hooks:
+            h.remove()
+        # ...so check the splice through the residual stream instead: rerun with each MLP forced to `expected`
+        handles = [blk.mlp.register_forward_hook(lambda m, a, o, i=i: expected[i])
+                   for i, blk in enumerate(model.transformer.h)]
+        forced = model(input_ids=ids).logits
+        for h in handles:
+            h.remove()
+    assert torch.allclose(spliced_logits, forced, atol=1e-5)

@@ -55,6 +55,10 @@ class CLTConfig:
         if self.input_site not in INPUT_SITES:
             raise ValueError(f"input_site {self.input_site!r} is not one of {list(INPUT_SITES)}")
 
+    @property
+    def kind(self) -> str:
+        return "clt"
+
     def to_dict(self) -> dict:
         return asdict(self)
 
