@@ -269,3 +269,22 @@ def test_clt_spliced_replaces_every_mlp_output_by_the_reconstruction(input_site)
         for h in handles:
             h.remove()
     assert torch.allclose(spliced_logits, forced, atol=1e-5)
+
+
+def test_source_layer_view_is_the_engine_dictionary_of_one_source_layer():
+    from workers.dictionaries.crosslayer.module import SourceLayer
+
+    clt = random_clt("jumprelu")
+    v = SourceLayer(clt, 1)
+    x = rnd(6, D)
+    assert v.cfg.name == "L1.mlp" and v.writes == [1, 2] and v.W_skip is None and v.skip_out(x) is None
+    assert torch.equal(v.encode(x), clt.encode(1, x)) and torch.equal(v.b_dec, clt.b_dec[1])
+    assert v.W_dec.shape == (F, 2 * D) and v.W_dec.data_ptr() == clt.W_dec[1].data_ptr()  # a view
+    # a feature's edge from concatenated gradients = the sum of its writes' edges
+    g = {m: rnd(D) for m in (1, 2)}
+    a = 0.7
+    for f in (0, 5):
+        ext = a * v.W_dec[f] @ torch.cat([g[1], g[2]])
+        assert torch.allclose(ext, sum(a * clt.decoder(1, m)[f] @ g[m] for m in (1, 2)), atol=1e-5)
+        parts = v.split_writes(v.W_dec[f])
+        assert torch.equal(parts[2], clt.decoder(1, 2)[f])
