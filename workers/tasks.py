@@ -71,6 +71,7 @@ _clients: dict[str, Any] = {}
 
 def _process_clients() -> tuple[neo4j.Driver, redis.Redis, Any]:
     if _clients.get("pid") != os.getpid():
+        from workers.models.placement import Placement
         from workers.pipeline.compute import ModelCache
         from workers.store.driver import neo4j_driver
 
@@ -84,7 +85,7 @@ def _process_clients() -> tuple[neo4j.Driver, redis.Redis, Any]:
         _clients.update(pid=os.getpid(), driver=neo4j_driver(settings, max_transaction_retry_time=20.0),
                         redis=redis.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5,
                                                    retry_on_timeout=True),
-                        cache=ModelCache(get_pipeline_settings().cache_size))
+                        cache=ModelCache(get_pipeline_settings().cache_size, Placement.from_settings(settings)))
     return _clients["driver"], _clients["redis"], _clients["cache"]
 
 

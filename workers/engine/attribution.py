@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import re
 import time
 from collections.abc import Callable
@@ -173,11 +174,26 @@ def bias_contributions(lin: Linearised, trace: Trace, rows: list[Target], groupe
     return out
 
 
+def on_model_device(fn):
+    """Run ``fn(lin, ...)`` with ``lin``'s device as torch's default device, so that every tensor the engine
+    creates lives beside the model (ATLAS_DEVICE); the Graph it returns is moved to the CPU (``_graph``)."""
+
+    @functools.wraps(fn)
+    def run(lin: Linearised, *args, **kwargs):
+        if lin.device.type == "cpu":  # torch's default already (the device context costs a hook per op)
+            return fn(lin, *args, **kwargs)
+        with torch.device(lin.device):
+            return fn(lin, *args, **kwargs)
+
+    return run
+
+
 def _row_order(rows: list[Target]) -> list[int]:
     """Canonical order: by position, then by the site a row reads, then by id (order-independence)."""
     return sorted(range(len(rows)), key=lambda i: (rows[i].pos, tensor_site_bound(rows[i].tensor), rows[i].node_id))
 
 
+@on_model_device
 def build_graph(
     lin: Linearised,
     trace: Trace,
@@ -238,7 +254,7 @@ def build_graph(
             nodes.feature += fl
             nodes.activation += al
             feat_cols[ps, slot] = torch.arange(first, first + len(fids))
-            vectors[ps, 1 + slot] = acts[:, None] * d.W_dec.detach()[fs]
+            vectors[ps, 1 + slot] = (acts[:, None] * d.W_dec.detach()[fs]).float()
             if settings.feature_rows and budget is None:
                 feature_rows += _feature_rows(d, layer, site, fids, pl, fs)
         site_cols.append(SiteColumns(rec.key, err_cols, feat_cols, vectors))
@@ -499,10 +515,12 @@ def _graph(lin: Linearised, trace: Trace, targets: list[Target], nodes: NodeTabl
         "n_layers": lin.n_layers,
         "timings_s": {**timings, "total": time.perf_counter() - t0},
     })
+    cpu = torch.device("cpu")  # results leave the device (ATLAS_DEVICE) here
     return Graph(
-        node_ids=nodes.ids, kinds=nodes.kinds, layer=torch.tensor(nodes.layer), site=nodes.site,
-        pos=torch.tensor(nodes.pos), feature=torch.tensor(nodes.feature),
-        activation=torch.tensor(nodes.activation, dtype=torch.float32), value=value, adjacency=adj,
+        node_ids=nodes.ids, kinds=nodes.kinds, layer=torch.tensor(nodes.layer, device=cpu), site=nodes.site,
+        pos=torch.tensor(nodes.pos, device=cpu), feature=torch.tensor(nodes.feature, device=cpu),
+        activation=torch.tensor(nodes.activation, dtype=torch.float32, device=cpu), value=value.cpu(),
+        adjacency=adj.cpu(),
         targets=infos, tokens=trace.input_ids.tolist(), provenance=prov,
     )
 
@@ -568,7 +586,7 @@ def _edges(
                     vec = torch.stack([rows[i].vector for i in chunk])
                     emit(chunk, dict(adjoint.leaf_gradients(tensor, pos, vec, P)), P)
             _release_freed_memory()
-    autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if settings.dtype == "bf16" else None)
+    autocast = (torch.autocast(lin.device.type, dtype=torch.bfloat16) if settings.dtype == "bf16" else None)
     vmap = settings.backward != "replicate"
     for members in _cone_groups(rows, slow, settings.cone_chunk):
         P = max(rows[i].pos for i in members) + 1
@@ -794,6 +812,7 @@ class CSRWriter:
 __all__ = ["AttributionSettings", "build_graph", "bias_contributions", "SITES"]
 
 
+@on_model_device
 def attribute(
     lin: Linearised,
     prompt: str | torch.Tensor | list[int],
@@ -832,8 +851,10 @@ def attribute(
     prov = {
         "model_name": str(getattr(lin.model.config, "_name_or_path", "") or type(lin.model).__name__),
         "model_hash": lin.content_hash(),
-        "dictionary_hash": lin.dictionaries.content_hash(),
+        "dictionary_hash": lin.dictionary_hash(),
         "bos_folded": bool(fold),
+        "device": str(lin.device),
+        "weights_dtype": str(lin.dtype).removeprefix("torch."),
     }
     g = build_graph(lin, trace, resolved, settings, progress, prov)
     g.prompt = text

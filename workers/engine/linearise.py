@@ -33,6 +33,7 @@ from torch import nn
 
 from workers.dictionaries.modules import Dictionary, DictionarySet
 from workers.models import sites as model_sites
+from workers.models.placement import Placement, place
 
 ATTN_IMPL = "atlas_frozen"
 SITES: tuple[str, str] = ("attn", "mlp")
@@ -268,6 +269,12 @@ def _norm_eps(module: nn.Module) -> float | None:
     return None
 
 
+def _norm_fit_tolerance(dtype: torch.dtype) -> float:
+    """Relative error (of the largest output) under which a formula counts as reproducing a norm: 1e-4 in
+    fp32; in a 16-bit dtype the module's own output is rounded to ~2⁻⁸ relative, so 4 of its ε."""
+    return max(1e-4, 4 * torch.finfo(dtype).eps) if dtype.is_floating_point else 1e-4
+
+
 def fit_norm(module: nn.Module, x: torch.Tensor, y: torch.Tensor, name: str) -> NormRecord:
     """Find which of the usual formulas reproduces this norm's output, and the per-row scale.
 
@@ -286,7 +293,7 @@ def fit_norm(module: nn.Module, x: torch.Tensor, y: torch.Tensor, name: str) -> 
             u = _apply_weight(xc, None if w is None else w.detach().double(), form)
             s = (target * u).sum(-1, keepdim=True) / (u * u).sum(-1, keepdim=True).clamp_min(1e-300)
             err = (target - s * u).abs().max().item()
-            tol = 1e-4 * max(target.abs().max().item(), 1e-6)
+            tol = _norm_fit_tolerance(x.dtype) * max(target.abs().max().item(), 1e-6)
             if err <= tol:
                 # Prefer the module's own formula 1/sqrt(mean(x_c²) + eps) computed in the input's dtype
                 # (bit-closer to the clean run than the fit) when it reproduces the output too.
@@ -362,6 +369,28 @@ class Linearised:
     @property
     def device(self) -> torch.device:
         return self.W_U.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The weights' dtype (ATLAS_DTYPE): traces and frozen forwards run in it; the adjoint in fp32."""
+        return self.W_U.dtype
+
+    def place(self, placement: Placement) -> Linearised:
+        """Move the model and the dictionaries to ``placement``'s device and dtype (workers/models/placement.py).
+        The content hashes a graph's provenance names are taken first: those of the weights as loaded."""
+        self.content_hash()
+        self.dictionary_hash()
+        place(self.model, self.dictionaries, placement)
+        out_emb = self.model.get_output_embeddings()
+        self.W_U, self.lm_bias = out_emb.weight, getattr(out_emb, "bias", None)
+        return self
+
+    def dictionary_hash(self) -> str:
+        """The dictionary set's content hash; cached (see :meth:`place`)."""
+        h = getattr(self, "_dictionary_hash", None)
+        if h is None:
+            h = self._dictionary_hash = self.dictionaries.content_hash()
+        return h
 
     # ---------------------------------------------------------------------------------------------
     @contextlib.contextmanager
