@@ -18,8 +18,8 @@ import statistics
 import time
 import uuid
 
-from service.db import neo4j_driver
 from service.query import corpora, features
+from workers.connections.neo4j import neo4j_driver
 from workers.settings import get_settings
 from workers.store.records import GraphRecord, NodeRow
 from workers.store.writer import delete_graph, write_graph

@@ -26,8 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from service.db import neo4j_driver  # noqa: E402
 from service.demo import demo_prompts, start_worker_process, stop_worker_process  # noqa: E402
+from workers.connections.neo4j import neo4j_driver  # noqa: E402
 from workers.pipeline import jobs, registry  # noqa: E402
 from workers.pipeline.compute import load_tokenizer  # noqa: E402
 from workers.pipeline.config import get_pipeline_settings  # noqa: E402

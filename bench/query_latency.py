@@ -40,8 +40,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from service.db import neo4j_driver  # noqa: E402
 from service.query import circuits, features, global_circuits  # noqa: E402
+from workers.connections.neo4j import neo4j_driver  # noqa: E402
 from workers.settings import get_settings  # noqa: E402
 from workers.store.aggregates import fold_corpus  # noqa: E402
 from workers.store.records import GraphRecord, NodeRow  # noqa: E402

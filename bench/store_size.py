@@ -39,8 +39,8 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from bench.pipeline_e2e import corpus_examples
-    from service.db import neo4j_driver
     from service.runtime.neo4j import Neo4jPaths
+    from workers.connections.neo4j import neo4j_driver
     from workers.dictionaries.formats import load_dictionary_set
     from workers.engine import AttributionSettings, Linearised, attribute, prune
     from workers.settings import get_settings

@@ -28,9 +28,9 @@ from service.api import (
     registry,
 )
 from service.api.limits import BodyLimit
-from service.db import Neo4jPasswordMissing, neo4j_driver
 from service.db.migrations import MigrationError, migrate
 from service.ui import router as ui_router
+from workers.connections.neo4j import Neo4jPasswordMissing, neo4j_driver
 from workers.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ def create_app(settings: Settings | None = None, *, run_migrations: bool = True)
         app.state.migration_error = None
         try:
             # Short timeouts: a health probe must answer "down" quickly rather than hang on a dead server.
-            app.state.neo4j_driver = neo4j_driver(settings, connection_timeout=5, connection_acquisition_timeout=10)
+            app.state.neo4j_driver = neo4j_driver(settings, connection_timeout_s=5, acquisition_timeout_s=10)
         except Neo4jPasswordMissing as exc:
             app.state.neo4j_driver_error = str(exc)
             log.error("%s", exc)

@@ -85,9 +85,9 @@ def migrate_command(
     lock_wait_s: float = typer.Option(60.0, help="How long to wait for another runner's lock."),
 ) -> None:
     """Apply pending migrations/ files in order (a no-op when all are applied)."""
-    from service.db import Neo4jPasswordMissing, neo4j_driver
     from service.db.migrations import MigrationError, migrate
     from service.db.migrations import break_lock as remove_lock
+    from workers.connections.neo4j import Neo4jPasswordMissing, neo4j_driver
 
     settings = _settings()
     try:
@@ -150,9 +150,8 @@ def reaper_command(
     once: bool = typer.Option(False, "--once", help="One pass, print what was re-enqueued, exit."),
 ) -> None:
     """Re-enqueue prompts whose worker died without Celery noticing (stale heartbeat). Run one per deployment."""
-    import redis
-
-    from service.db import neo4j_driver
+    from workers.connections.neo4j import neo4j_driver
+    from workers.connections.redis import redis_client
     from workers.pipeline.config import get_pipeline_settings
     from workers.pipeline.reaper import reap_once, run_reaper
     from workers.tasks import enqueue_prompt
@@ -160,7 +159,7 @@ def reaper_command(
     settings, cfg = _settings(), get_pipeline_settings()
     stale = stale_after_s if stale_after_s is not None else cfg.stale_after_s
     with neo4j_driver(settings) as driver:
-        r = redis.Redis.from_url(settings.redis_url)
+        r = redis_client(settings)
         if once:
             reaped = reap_once(driver, r, enqueue_prompt, stale, settings.neo4j_database)
             typer.echo(f"re-enqueued {len(reaped)} prompt(s)" + (f": {', '.join(reaped)}" if reaped else ""))

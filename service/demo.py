@@ -46,8 +46,8 @@ def step_services(ctx: DemoContext) -> str:
 
 
 def step_migrate(ctx: DemoContext) -> str:
-    from service.db import neo4j_driver
     from service.db.migrations import migrate
+    from workers.connections.neo4j import neo4j_driver
 
     with neo4j_driver(ctx.settings) as driver:
         report = migrate(driver, ctx.settings.neo4j_database)
@@ -96,7 +96,7 @@ def step_ping_worker(ctx: DemoContext) -> str:
 
 def step_health(ctx: DemoContext) -> str:
     from service.api.health import check_health
-    from service.db import neo4j_driver
+    from workers.connections.neo4j import neo4j_driver
 
     with neo4j_driver(ctx.settings) as driver:
         health = check_health(driver, ctx.settings)
@@ -170,12 +170,12 @@ def _wait_http(client: Any, path: str, timeout_s: float) -> None:
 def step_corpus(ctx: DemoContext) -> str:
     """Over real HTTP: register, submit, watch the job to the end (uvicorn + one worker, both stopped after)."""
     import httpx
-    import redis
 
     from service.auth import create_key, revoke_key
+    from workers.connections.redis import redis_client
 
     # The write routes need an API key: the demo makes its own, sends it, and revokes it at the end.
-    keys = redis.Redis.from_url(ctx.settings.redis_url)
+    keys = redis_client(ctx.settings)
     demo_key, demo_plain = create_key(keys, "demo", ("write",))
     headers = {"Authorization": f"Bearer {demo_plain}"}
     port = _free_port()
@@ -261,7 +261,7 @@ def read_circuit(driver: Any, corpus_id: str, database: str | None, top: int = 8
 def step_circuit(ctx: DemoContext) -> str:
     import json
 
-    from service.db import neo4j_driver
+    from workers.connections.neo4j import neo4j_driver
 
     with neo4j_driver(ctx.settings) as driver:
         c = read_circuit(driver, ctx.results["corpus"]["corpus_id"], ctx.settings.neo4j_database)

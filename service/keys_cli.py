@@ -16,13 +16,12 @@ keys_app = typer.Typer(help="API keys for /cypher and the write endpoints (hashe
 @contextmanager
 def _key_store() -> Iterator[object]:
     """The Redis client holding the keys, after any keys still stored in Neo4j (older versions) moved there."""
-    import redis
-
-    from service.db import neo4j_driver
+    from workers.connections.neo4j import neo4j_driver
+    from workers.connections.redis import redis_client
     from workers.settings import get_settings
 
     settings = get_settings()
-    r = redis.Redis.from_url(settings.redis_url)
+    r = redis_client(settings)
     try:
         with neo4j_driver(settings) as driver:
             moved = move_keys_out_of_neo4j(driver, r, database=settings.neo4j_database)

@@ -65,8 +65,8 @@ def services(settings) -> Iterator[object]:  # noqa: ANN001
 @pytest.fixture(scope="session")
 def neo4j_driver(settings, services) -> Iterator[object]:  # noqa: ANN001
     """A driver on the test server whose schema is migrated."""
-    from service.db import neo4j_driver as make_driver
     from service.db.migrations import migrate
+    from workers.connections.neo4j import neo4j_driver as make_driver
 
     with make_driver(settings) as driver:
         migrate(driver, settings.neo4j_database)
@@ -75,9 +75,9 @@ def neo4j_driver(settings, services) -> Iterator[object]:  # noqa: ANN001
 
 @pytest.fixture(scope="session")
 def redis_client(settings, services) -> Iterator[object]:  # noqa: ANN001
-    import redis
+    from workers.connections.redis import redis_client as make_client
 
-    client = redis.Redis.from_url(settings.redis_url)
+    client = make_client(settings)
     yield client
     client.close()
 

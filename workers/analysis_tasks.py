@@ -11,6 +11,7 @@ import neo4j
 
 from workers.analysis import jobs
 from workers.celery_app import CPU_QUEUE, celery_app
+from workers.process import process_driver
 from workers.settings import get_settings
 
 _TRANSIENT = (neo4j.exceptions.ServiceUnavailable, neo4j.exceptions.SessionExpired, neo4j.exceptions.TransientError)
@@ -18,17 +19,15 @@ _TRANSIENT = (neo4j.exceptions.ServiceUnavailable, neo4j.exceptions.SessionExpir
 
 @celery_app.task(name="atlas.run_analysis", bind=True, acks_late=True, queue=CPU_QUEUE, max_retries=5)
 def run_analysis(self, analysis_id: str) -> str:  # noqa: ANN001 - celery Task
-    from workers.store.driver import neo4j_driver
-
     settings = get_settings()
-    with neo4j_driver(settings) as driver:
-        try:
-            return jobs.run_analysis(driver, analysis_id, database=settings.neo4j_database)
-        except _TRANSIENT as exc:
-            raise self.retry(exc=exc, countdown=min(60, 2 ** self.request.retries)) from exc
-        except Exception as exc:
-            jobs.fail_analysis(driver, analysis_id, f"{type(exc).__name__}: {exc}", database=settings.neo4j_database)
-            raise
+    driver = process_driver()
+    try:
+        return jobs.run_analysis(driver, analysis_id, database=settings.neo4j_database)
+    except _TRANSIENT as exc:
+        raise self.retry(exc=exc, countdown=min(60, 2 ** self.request.retries)) from exc
+    except Exception as exc:
+        jobs.fail_analysis(driver, analysis_id, f"{type(exc).__name__}: {exc}", database=settings.neo4j_database)
+        raise
 
 
 # QK pairs of a head (workers/analysis/qk.py). Registered here, next to the task that runs it, so that

@@ -42,6 +42,9 @@ class PipelineSettings(BaseSettings):
     # Celery retries of a prompt after transient Neo4j/Redis errors (exponential backoff, capped).
     max_retries: int = 10
     retry_backoff_max_s: float = 10.0
+    # A worker's Neo4j driver retries a transaction this long after a lost connection (a database restart)
+    # before the error reaches the task, which then retries with the backoff above.
+    neo4j_retry_s: float = 20.0
     # Fault-injection for tests only: each worker sleeps this long in the attribution stage, so that a
     # test can kill it mid-prompt. Never set in production.
     fault_delay_s: float = 0.0

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import neo4j
 import redis
@@ -27,9 +27,13 @@ from celery.exceptions import SoftTimeLimitExceeded
 from workers.celery_app import CPU_QUEUE, GPU_QUEUE, celery_app, loaded_process_resources
 from workers.pipeline import jobs
 from workers.pipeline.config import get_pipeline_settings
+from workers.process import process_driver, process_model_cache, process_redis
 from workers.settings import get_settings
 from workers.store.aggregates import FoldBusy, fold_corpus
 from workers.store.writer import GraphBusy
+
+if TYPE_CHECKING:
+    from workers.pipeline.compute import ModelCache
 
 # Errors that go away by themselves (server restarting, lock conflicts, a lease held by a duplicate).
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
@@ -64,29 +68,8 @@ def ping(payload: str = "ping", delay_s: float = 0.0) -> dict[str, Any]:
     }
 
 
-# -- per-process clients and model cache (created lazily in the pool process, after the fork) -------------
-
-_clients: dict[str, Any] = {}
-
-
-def _process_clients() -> tuple[neo4j.Driver, redis.Redis, Any]:
-    if _clients.get("pid") != os.getpid():
-        from workers.models.placement import Placement
-        from workers.pipeline.compute import ModelCache
-        from workers.store.driver import neo4j_driver
-
-        settings = get_settings()
-        threads = get_pipeline_settings().torch_threads
-        if threads > 0:
-            import torch
-
-            torch.set_num_threads(threads)
-        _clients.clear()
-        _clients.update(pid=os.getpid(), driver=neo4j_driver(settings, max_transaction_retry_time=20.0),
-                        redis=redis.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5,
-                                                   retry_on_timeout=True),
-                        cache=ModelCache(get_pipeline_settings().cache_size, Placement.from_settings(settings)))
-    return _clients["driver"], _clients["redis"], _clients["cache"]
+def _process_clients() -> tuple[neo4j.Driver, redis.Redis, ModelCache]:
+    return process_driver(), process_redis(), process_model_cache()
 
 
 def enqueue_prompt(job_id: str, prompt_id: str, round_: int = 0) -> None:

@@ -10,6 +10,7 @@ import neo4j
 import redis
 from fastapi import FastAPI, HTTPException, Request
 
+from workers.connections.redis import redis_client
 from workers.pipeline.config import PipelineSettings, get_pipeline_settings
 from workers.settings import Settings
 
@@ -36,8 +37,7 @@ def redis_of(request: Request | FastAPI) -> redis.Redis:
     with _lock:
         client = getattr(state, "redis_client", None)
         if client is None:
-            client = state.redis_client = redis.Redis.from_url(state.settings.redis_url, socket_timeout=5,
-                                                               socket_connect_timeout=5)
+            client = state.redis_client = redis_client(state.settings)
     return client
 
 

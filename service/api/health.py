@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from service.db.migrations import MIGRATIONS_DIR, migration_state
+from workers.connections.redis import redis_client
 from workers.settings import Settings
 
 router = APIRouter(tags=["health"])
@@ -58,7 +59,7 @@ def check_neo4j(driver: neo4j.Driver | None, settings: Settings, driver_error: s
 
 
 def check_redis(settings: Settings) -> ServiceCheck:
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+    client = redis_client(settings, timeout_s=2.0)
     try:
         info = client.info("server")
         return ServiceCheck(ok=True, version=str(info.get("redis_version")))

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from service.db.driver import generated_password_file
 from service.runtime.processes import (
     Echo,
     ServiceError,
@@ -36,6 +35,7 @@ from service.runtime.processes import (
     stop_process,
     tail,
 )
+from workers.connections.neo4j import generated_password_file, neo4j_driver
 from workers.settings import Settings
 
 MAIN_CLASS = "org.neo4j.server.CommunityEntryPoint"
@@ -404,9 +404,7 @@ def _bolt_answers(settings: Settings, password: str) -> str | None:
 
     paths = Neo4jPaths.from_settings(settings)
     try:
-        with neo4j.GraphDatabase.driver(
-            settings.neo4j_uri, auth=(settings.neo4j_user, password), connection_timeout=2
-        ) as driver:
+        with neo4j_driver(settings, password=password, connection_timeout_s=2) as driver:
             try:
                 # session.run, not execute_query: no 30 s retry loop inside our own deadline loop. The user
                 # database, not just Bolt: it comes online a moment after the port opens.

@@ -27,6 +27,7 @@ from service.runtime.processes import (
     stop_process,
     tail,
 )
+from workers.connections.redis import redis_client
 from workers.settings import Settings
 
 
@@ -66,7 +67,7 @@ def host_port(settings: Settings) -> tuple[str, int]:
 
 def ping(settings: Settings, timeout_s: float = 1.0) -> str | None:
     """The server version if something at ``redis_url`` answers PING, else None."""
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    client = redis_client(settings, timeout_s=timeout_s)
     try:
         client.ping()
         return str(client.info("server").get("redis_version"))

@@ -81,7 +81,9 @@ def test_scores_on_a_graph_without_errors_and_with_only_errors():
 
 def test_prune_keeps_tokens_targets_and_no_dangling(traced):
     _, g = traced
+    before = (g.influence, g.adjacency.values().clone())
     r = prune(g)
+    assert g.influence is before[0] and torch.equal(g.adjacency.values(), before[1])  # prune leaves g alone
     kinds = g.kinds
     for i, k in enumerate(kinds):
         if k in ("emb", "pos", "logit"):

@@ -68,3 +68,35 @@ def test_redis_sigkilled_with_a_task_unacknowledged_and_others_queued_loses_noth
     assert_each_graph_once(neo4j_driver, crash["corpus_id"])
     assert_aggregates_match_stored_edges(neo4j_driver, crash["corpus_id"])
     assert_same_as_clean_run(neo4j_driver, clean["corpus_id"], crash["corpus_id"], len(PROMPTS))
+
+
+def test_neo4j_sigkilled_mid_graph_write_recovers_to_the_clean_run(client, neo4j_driver, registered, worker_factory,
+                                                                   settings):
+    """Neo4j SIGKILLed while a graph is half-written (nodes committed, no edges, the writer between two batch
+    transactions) and kept down past the worker driver's own retry window, then restarted (crash recovery from
+    its transaction log): the writer's next batch fails, the task retries (recorded in the prompt's
+    ``retries``, not counted as an attempt), takes over its own graph and writes it again from scratch."""
+    from service.runtime import neo4j as neo4j_runtime
+    from service.runtime.processes import read_pid_file
+    from tests.pipeline.test_crashes import graph_mid_write, prompt_row
+
+    model, dset = registered
+    clean = _clean_run(client, model, dset, worker_factory)
+    worker_factory({"ATLAS_PIPELINE_FAULT_WRITE_DELAY_S": "2.0", "ATLAS_PIPELINE_NEO4J_RETRY_S": "1"})
+    crash = submit(client, model, dset, PROMPTS)
+    graph_id = wait_for(lambda: graph_mid_write(neo4j_driver, crash["corpus_id"]), 120, "a graph mid-write")
+    pid = read_pid_file(neo4j_runtime.Neo4jPaths.from_settings(settings).pid_file)
+    assert pid is not None
+    try:
+        _sigkill(pid)
+        time.sleep(4.0)  # past the writer's next batch (2 s) and its driver's retry window (1 s): the task retries
+    finally:
+        neo4j_runtime.start(settings)  # recovers from the transaction log (and leaves the suite a Neo4j either way)
+    st = wait_for(lambda: finished(client, crash), 240, "the corpus to finish after the Neo4j kill", every_s=1.0)
+    assert (st["state"], st["done"], st["failed"]) == ("complete", len(PROMPTS), 0), st
+    killed = prompt_row(neo4j_driver, graph_id[2:])
+    assert killed["attempts"] == 1 and killed["retries"] >= 1, killed  # a retry, not a new attempt
+    nothing_half_written(neo4j_driver, crash["corpus_id"])
+    assert_each_graph_once(neo4j_driver, crash["corpus_id"])
+    assert_aggregates_match_stored_edges(neo4j_driver, crash["corpus_id"])
+    assert_same_as_clean_run(neo4j_driver, clean["corpus_id"], crash["corpus_id"], len(PROMPTS))

@@ -58,7 +58,7 @@ def test_up_twice_is_a_no_op(settings, services):
 
 
 def test_password_file_is_private(settings, services):
-    from service.db import generated_password_file
+    from workers.connections.neo4j import generated_password_file
 
     path = generated_password_file(settings)
     assert path.exists()

@@ -18,7 +18,7 @@ The average (:func:`average_norm_scales`): σ̄_l = 1 / mean(m_p) over every tok
 (the BOS position excluded when the engine folds it, as it has no feature nodes). Averaging the multiplier
 rather than σ makes ``VW · a_s`` the token-average of the per-token edges per unit activation, the quantity
 the corpus aggregates estimate (``norm_w``, service/query/global_circuits.py). The per-token multipliers are
-measured by the engine's own norm freezing (``workers.engine.linearise.fit_norm``), so they are the scales
+measured by the engine's own norm freezing (``workers.engine.norms.fit_norm``), so they are the scales
 the attribution graphs use.
 
 Attention OV paths are not included (they depend on the prompt's attention pattern). Sources must come
@@ -190,7 +190,7 @@ def average_norm_scales(model: nn.Module, prompts: Iterable[Sequence[int]], *, b
     exactly as the engine freezes it. A prompt starting with ``bos_token_id`` contributes its other
     positions only (the engine folds BOS). ``max_tokens`` stops after that many tokens (whole prompts).
     """
-    from workers.engine.linearise import fit_norm
+    from workers.engine.norms import fit_norm
 
     norms = pre_mlp_norms(model)
     if not norms:

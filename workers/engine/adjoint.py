@@ -38,7 +38,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from workers.engine.linearise import Linearised, NormRecord, Trace, _norm_params, site_order
+from workers.engine.linearise import Linearised, Trace, site_order
+from workers.engine.norms import NormRecord, norm_params
 from workers.engine.targets import tensor_site_bound
 
 # tensors a target may read for the adjoint path (queries/keys need gradients through W_Q/W_K: autograd)
@@ -166,7 +167,7 @@ def _norm(trace: Trace, lin: Linearised, name: str, module: nn.Module) -> _Norm 
     if not recs or len(recs) != 1:
         return None
     rec: NormRecord = recs[0]
-    w, _ = _norm_params(module)
+    w, _ = norm_params(module)
     d = lin.d_model
     wv = torch.ones(d) if rec.weight_form == "none" or w is None else w.detach().float()
     if rec.weight_form == "1+w":

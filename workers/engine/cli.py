@@ -90,6 +90,7 @@ def attribute(
         g = run_attribution(lin, text_or_ids, target or None, tokenizer=tok, settings=settings,
                             progress=lambda done, total: bar.update(task, completed=done, total=total))
     pr = prune(g, node_threshold, edge_threshold)
+    g.influence = pr.influence  # saved with the graph and in the Neuronpedia export
     tokens = g.token_strings or [str(t) for t in g.tokens]
     console.print(f"[bold]prompt[/bold] ({len(tokens)} tokens): " + " ".join(f"[{i}]{t!r}" for i, t in enumerate(tokens)))
     tt = Table(title="targets")
@@ -116,7 +117,6 @@ def attribute(
     st.add_row("seconds", f"{g.provenance['timings_s']['total']:.2f}")
     console.print(st)
     if out is not None:
-        g.influence = pr.influence
         g.save(out)
         console.print(f"graph saved to {out}")
     if neuronpedia is not None:

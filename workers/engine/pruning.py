@@ -97,6 +97,8 @@ def scores(g: Graph, idx: torch.Tensor, val: torch.Tensor, w: torch.Tensor) -> d
 
 
 def prune(g: Graph, node_threshold: float = 0.8, edge_threshold: float = 0.98) -> PruneResult:
+    """Influence pruning of ``g`` (see the module doc). ``g`` is not modified: the influence is returned in
+    the result (``g.influence = result.influence`` stores it with the graph)."""
     idx, val = _coo(g)
     n = g.n_nodes
     not_bias = torch.tensor([g.kinds[i] != "bias" for i in range(n)])
@@ -134,7 +136,6 @@ def prune(g: Graph, node_threshold: float = 0.8, edge_threshold: float = 0.98) -
     sc.update({f"{k}_pruned": v for k, v in scores(g, idx[:, edge_mask], val[edge_mask], w).items()})
     sc["n_nodes_kept"] = int(node_mask.sum())
     sc["n_edges_kept"] = int(edge_mask.sum())
-    g.influence = I.float()
     full_mask = torch.zeros(n, dtype=torch.bool)
     full_mask |= node_mask
     return PruneResult(node_mask=full_mask, edge_mask=edge_mask, coo_indices=idx, influence=I.float(), scores=sc)

@@ -15,9 +15,12 @@ from dataclasses import dataclass
 import torch
 
 from workers.engine import ids
-from workers.engine.attribution import AttributionSettings, SiteColumns, _edges, bias_contributions
+from workers.engine.attribution import AttributionSettings
+from workers.engine.backward import edges
+from workers.engine.bias import bias_contributions
 from workers.engine.graph import Graph
 from workers.engine.linearise import Linearised, Trace
+from workers.engine.nodes import SiteColumns
 from workers.engine.targets import Target
 
 
@@ -113,8 +116,8 @@ def qk_attribution(
     for j, t in enumerate(rows):
         index[t.node_id] = n + j
     emb, pos, cols = _columns(lin, trace, g)
-    chunks = _edges(lin, trace, rows, index, emb, pos, cols, settings or AttributionSettings(), None,
-                    value_only=False)
+    chunks = edges(lin, trace, rows, index, emb, pos, cols, settings or AttributionSettings(), None,
+                   value_only=False)
     M = torch.zeros(len(rows), n)
     for R, C, V in chunks:
         M.index_put_((R.long() - n, C.long()), V, accumulate=True)

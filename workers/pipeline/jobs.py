@@ -2,7 +2,7 @@
 
 Nodes: ``(:Corpus {corpus_id, model_id, dictionary_set_id, settings, owner_key_id})``, ``(:Job {job_id, corpus_id, state,
 total, done, failed, cancelled, ...})``, ``(:Prompt {prompt_id, corpus_id, job_id, index, text, tokens,
-targets, state, attempts, error})``; the prompt's graph is ``(:Graph {graph_id: graph_id_for(prompt_id)})``.
+targets, state, attempts, retries, error})`` (``retries``: Celery retries after transient errors); the prompt's graph is ``(:Graph {graph_id: graph_id_for(prompt_id)})``.
 
 Prompt states: queued -> running -> done | failed | cancelled. Every move into a final state happens in
 one transaction together with the job counter, guarded by the prompt's current state (taken under its
@@ -138,7 +138,7 @@ def create_job(driver: Driver, corpus: ValidatedCorpus, database: str | None = N
             UNWIND range(0, $n - 1) AS i
             CREATE (p:Prompt {prompt_id: $pids[i], corpus_id: $corpus_id, job_id: $job_id, index: i,
                               text: $texts[i], tokens: $tokens[i], targets: $targets[i], state: 'queued',
-                              attempts: 0, reaped: 0})
+                              attempts: 0, retries: 0, reaped: 0})
             CREATE (p)-[:IN]->(c)
             """,
             corpus_id=corpus_id, job_id=job_id, name=corpus.name, model_id=corpus.model_id,
@@ -193,6 +193,8 @@ WITH p, c, j,
           ELSE 'run' END AS decision
 SET p.state = CASE WHEN decision = 'run' THEN 'running' ELSE p.state END,
     p.attempts = CASE WHEN decision = 'run' AND $count_attempt THEN p.attempts + 1 ELSE p.attempts END,
+    p.retries = CASE WHEN decision = 'run' AND NOT $count_attempt THEN coalesce(p.retries, 0) + 1
+                     ELSE p.retries END,
     p.started_at = CASE WHEN decision = 'run' THEN $now ELSE p.started_at END,
     p.worker = CASE WHEN decision = 'run' THEN $worker ELSE p.worker END,
     j.state = CASE WHEN decision = 'run' AND j.state IN ['queued', 'submitting'] THEN 'running' ELSE j.state END,
@@ -213,7 +215,7 @@ def start_prompt(driver: Driver, prompt_id: str, worker: str, database: str | No
 
     ``count_attempt=False`` for a Celery retry of a delivery that already counted its attempt: an attempt is a
     delivery that may die, and a retry after a transient error (a database restart, waiting out a dead writer's
-    lease) is the same delivery going on, not a new death."""
+    lease) is the same delivery going on, not a new death; it is counted in the prompt's ``retries``."""
     recs = quiet_records(driver, _START, database, pid=prompt_id, now=time.time(), worker=worker,
                          max_attempts=max_attempts, count_attempt=count_attempt)
     if not recs:

@@ -3,7 +3,8 @@
 ``load_dictionary_set(path, model=None)`` detects the layout of ``path``:
 
 - native (``dictionaries.json``; see ``workers.dictionaries.formats.native``),
-- circuit-tracer transcoder set (``config.yaml`` + ``layer_{i}.safetensors``),
+- circuit-tracer transcoder set (``config.yaml`` + ``layer_{i}.safetensors``) or cross-layer transcoder
+  (``config.yaml`` + ``W_enc_{i}`` / ``W_dec_{i}.safetensors``; loaded as a ``CLTDictionarySet``),
 - one SAELens SAE/transcoder directory (``cfg.json`` + ``sae_weights.safetensors``),
 - one lm-saes / Llama Scope directory (``config.json`` + ``sae_weights.safetensors``, or the 2024
   ``hyperparams.json`` layout),
@@ -23,23 +24,26 @@ from typing import Literal
 
 from torch import nn
 
+from workers.dictionaries.crosslayer.module import CLTDictionarySet, clt_of
 from workers.dictionaries.formats.circuit_tracer import (
     is_circuit_tracer_dir,
     read_circuit_tracer,
     write_circuit_tracer,
+    write_circuit_tracer_clt,
 )
-from workers.dictionaries.formats.hooks import HookSite, fold_input_norm, parse_hook
+from workers.dictionaries.formats.hooks import HookSite, fold_clt_input_norm, fold_input_norm, parse_hook
 from workers.dictionaries.formats.lm_saes import is_lm_saes_dir, read_lm_saes
 from workers.dictionaries.formats.native import INDEX, load_native, save_native
 from workers.dictionaries.formats.saelens import is_saelens_dir, read_saelens, write_saelens
 from workers.dictionaries.modules import Dictionary, DictionarySet
+from workers.models.sites import blocks
 
 FormatName = Literal["native", "circuit-tracer", "saelens", "lm-saes", "directory"]
 
 __all__ = [
     "FormatName", "HookSite", "detect_format", "fold_input_norm", "load_dictionary_set", "parse_hook",
     "read_circuit_tracer", "read_lm_saes", "read_saelens", "save_dictionary_set", "write_circuit_tracer",
-    "write_saelens",
+    "write_circuit_tracer_clt", "write_saelens",
 ]
 
 
@@ -116,6 +120,15 @@ def load_dictionary_set(path: Path, model: nn.Module | None = None) -> Dictionar
 def adapt_to_model(ds: DictionarySet, model: nn.Module) -> DictionarySet:
     """Fold pre-MLP norm gains where needed and check sizes against ``model`` (in place)."""
     hidden = getattr(getattr(model, "config", None), "hidden_size", None)
+    clt = clt_of(ds)
+    if clt is not None:
+        n_layers = len(blocks(model))
+        if clt.n_layers != n_layers or (hidden is not None and clt.cfg.d_model != hidden):
+            raise ValueError(f"cross-layer transcoder {clt.cfg.name!r} spans {clt.n_layers} layers of width "
+                             f"{clt.cfg.d_model}; the model has {n_layers} layers of width {hidden}: wrong model?")
+        if clt.cfg.input_site == "normalized":
+            assert isinstance(ds, CLTDictionarySet)
+            ds.clt = fold_clt_input_norm(clt, model)
     for _key, d in ds:
         if hidden is not None and d.cfg.d_in != hidden:
             raise ValueError(f"dictionary {d.cfg.name!r} reads {d.cfg.d_in} features but the model's hidden size "

@@ -1,6 +1,7 @@
-"""circuit-tracer transcoder sets: ``config.yaml`` plus one ``layer_{i}.safetensors`` per layer.
+"""circuit-tracer transcoder sets (``config.yaml`` plus one ``layer_{i}.safetensors`` per layer) and
+cross-layer transcoders (``config.yaml`` plus ``W_enc_{i}`` / ``W_dec_{i}.safetensors`` per source layer).
 
-``config.yaml``: ``model_kind: transcoder_set`` (cross-layer transcoders are refused), ``model_name``,
+``config.yaml``: ``model_kind: transcoder_set`` (or ``cross_layer_transcoder``: see below), ``model_name``,
 ``feature_input_hook`` / ``feature_output_hook`` (hook names without the ``blocks.{i}.`` prefix, e.g.
 ``mlp.hook_in`` / ``mlp.hook_out`` or ``ln2.hook_normalized`` / ``hook_mlp_out``), optional
 ``activation`` (relu | topk | jumprelu) and ``k``, optional ``transcoders:`` list of per-layer files
@@ -11,6 +12,18 @@ Per file, rows = features (our orientation): ``W_enc`` [d_tc, d_model], ``W_dec`
 ``b_enc`` [d_tc], ``b_dec`` [d_model], optional ``activation_function.threshold`` [d_tc] (JumpReLU:
 ``pre·(pre > θ)``), ``W_skip`` [d_model, d_model], ``k`` (scalar; TopK). circuit-tracer's TopK keeps the
 k largest pre-activations whatever their sign, so TopK transcoders load with ``topk_signed=True``.
+
+Cross-layer transcoders (``model_kind: cross_layer_transcoder``; circuit-tracer's ``load_clt`` and
+``CrossLayerTranscoder.to_safetensors``), for every source layer i of 0..L−1:
+
+- ``W_enc_{i}.safetensors``: ``W_enc_{i}`` [d_tc, d_model], ``b_enc_{i}`` [d_tc], ``b_dec_{i}`` [d_model]
+  (the decoder bias of OUTPUT layer i, added once), optional ``threshold_{i}`` [d_tc] (JumpReLU
+  ``pre·(pre > θ)``; all layers or none, else ReLU);
+- ``W_dec_{i}.safetensors``: ``W_dec_{i}`` [d_tc, L − i, d_model] (writes to layers i..L−1).
+
+``feature_input_hook`` ``hook_resid_mid`` (circuit-tracer's default), ``mlp.hook_in`` or
+``ln2.hook_normalized``; ``feature_output_hook`` ``hook_mlp_out`` or ``mlp.hook_out``. Skip weights
+(``W_skip*``) are ignored, as circuit-tracer's loader ignores them; any other tensor is refused.
 """
 
 from __future__ import annotations
@@ -23,12 +36,16 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from workers.dictionaries.formats.hooks import parse_hook
+from workers.dictionaries.crosslayer.module import CLTConfig, CLTDictionarySet, CrossLayerTranscoder, clt_of
+from workers.dictionaries.formats.hooks import clt_input_site, clt_output_hook_ok, parse_hook
 from workers.dictionaries.formats.tensors_io import need, read_safetensors, take
 from workers.dictionaries.modules import Dictionary, DictionaryConfig, DictionarySet
 
 CONFIG = "config.yaml"
 _LAYER_RE = re.compile(r"^layer_(\d+)\.safetensors$")
+_CLT_ENC_RE = re.compile(r"^W_enc_(\d+)\.safetensors$")
+# circuit-tracer's spelling of each CLT input site, for the writer
+CLT_INPUT_HOOKS = {"resid_mid": "hook_resid_mid", "mlp_in": "mlp.hook_in", "normalized": "ln2.hook_normalized"}
 
 
 def is_circuit_tracer_dir(path: Path) -> bool:
@@ -62,9 +79,11 @@ def read_circuit_tracer(path: Path) -> DictionarySet:
         raise FileNotFoundError(f"missing config file {cfg_path}")
     cfg = yaml.safe_load(cfg_path.read_text()) or {}
     kind = need(cfg, "model_kind", cfg_path)
+    if kind == "cross_layer_transcoder":
+        return _read_clt(path, cfg, cfg_path)
     if kind != "transcoder_set":
-        raise ValueError(f"{cfg_path}: model_kind {kind!r} is not supported (only transcoder_set; cross-layer "
-                         "transcoders write to several layers and are not a per-site dictionary)")
+        raise ValueError(f"{cfg_path}: model_kind {kind!r} is not supported (transcoder_set or "
+                         "cross_layer_transcoder)")
     hook_in, hook_out = need(cfg, "feature_input_hook", cfg_path), need(cfg, "feature_output_hook", cfg_path)
     activation_cfg = cfg.get("activation")
     dicts: dict[tuple[int, str], Dictionary] = {}
@@ -143,4 +162,86 @@ def write_circuit_tracer(ds: DictionarySet, out_dir: Path, model_name: str | Non
         if activation == "topk":
             w["k"] = torch.tensor(int(d.cfg.k))  # type: ignore[arg-type]
         save_file(w, str(out_dir / f"layer_{layer}.safetensors"))
+    return out_dir
+
+
+def _read_clt(path: Path, cfg: dict[str, Any], cfg_path: Path) -> CLTDictionarySet:
+    """A circuit-tracer cross-layer transcoder directory (module doc) -> a set holding the CLT."""
+    hook_in, hook_out = need(cfg, "feature_input_hook", cfg_path), need(cfg, "feature_output_hook", cfg_path)
+    input_site = clt_input_site(str(hook_in))
+    if not clt_output_hook_ok(str(hook_out)):
+        raise ValueError(f"{cfg_path}: feature_output_hook {hook_out!r} is not an MLP output (hook_mlp_out or "
+                         "mlp.hook_out): a cross-layer transcoder replaces MLP outputs")
+    layers = sorted(int(m.group(1)) for f in path.iterdir() if (m := _CLT_ENC_RE.match(f.name)))
+    if not layers:
+        raise FileNotFoundError(f"no W_enc_<i>.safetensors files in {path} (model_kind cross_layer_transcoder)")
+    n_layers = max(layers) + 1
+    missing = sorted(set(range(n_layers)) - set(layers))
+    if missing:
+        raise FileNotFoundError(f"{path}: encoder files W_enc_<i>.safetensors of source layers {missing} are missing; "
+                                f"a cross-layer transcoder needs every layer 0..{n_layers - 1}")
+    enc0 = path / "W_enc_0.safetensors"
+    t0 = read_safetensors(enc0)
+    d_dict, d_model = take(t0, "W_enc_0", enc0).shape
+    jumprelu = "threshold_0" in t0
+    if cfg.get("activation") == "jumprelu" and not jumprelu:
+        raise ValueError(f"{cfg_path}: activation jumprelu needs tensor 'threshold_0' in {enc0}")
+    per_layer: list[dict[str, torch.Tensor]] = []
+    sources: list[str] = []
+    ignored: list[str] = []
+    for i in range(n_layers):
+        fe, fd = path / f"W_enc_{i}.safetensors", path / f"W_dec_{i}.safetensors"
+        te, td = read_safetensors(fe), read_safetensors(fd)
+        t = {"W_enc": take(te, f"W_enc_{i}", fe, (d_dict, d_model)), "b_enc": take(te, f"b_enc_{i}", fe, (d_dict,)),
+             "b_dec": take(te, f"b_dec_{i}", fe, (d_model,)),
+             "W_dec": take(td, f"W_dec_{i}", fd, (d_dict, n_layers - i, d_model))}
+        known = {f"W_enc_{i}", f"b_enc_{i}", f"b_dec_{i}"}
+        if jumprelu:
+            t["threshold"] = take(te, f"threshold_{i}", fe, (d_dict,))
+            known.add(f"threshold_{i}")
+        elif f"threshold_{i}" in te:
+            raise ValueError(f"{fe} has 'threshold_{i}' but {enc0} has no 'threshold_0': thresholds must be given "
+                             "for every source layer or none")
+        for f, have, own in ((fe, te, known), (fd, td, {f"W_dec_{i}"})):
+            for key in sorted(set(have) - own):
+                if key.startswith("W_skip"):
+                    ignored.append(f"{f.name}:{key}")
+                    continue
+                raise ValueError(f"unexpected tensor {key!r} in {f}; a circuit-tracer CLT file holds "
+                                 f"{sorted(own)} (and W_skip*, ignored)")
+        per_layer.append(t)
+        sources.append(f"{fe} + {fd.name}")
+    ccfg = CLTConfig(n_layers=n_layers, d_model=int(d_model), d_dict=int(d_dict),
+                     activation="jumprelu" if jumprelu else "relu", input_site=input_site,
+                     extra={"source_format": "circuit-tracer", "source": str(path), "feature_input_hook": hook_in,
+                            "feature_output_hook": hook_out, "ignored_tensors": ignored})
+    clt = CrossLayerTranscoder.from_layer_tensors(ccfg, per_layer, sources)
+    return CLTDictionarySet({}, model_name=str(cfg.get("model_name", "")), clt=clt)
+
+
+def write_circuit_tracer_clt(ds: DictionarySet, out_dir: Path, model_name: str | None = None,
+                             feature_output_hook: str = "hook_mlp_out") -> Path:
+    """Write the set's cross-layer transcoder in circuit-tracer's layout (module doc), readable by
+    circuit-tracer 0.5.0's ``load_clt``. The input hook follows the CLT's ``input_site``. Refused: TopK
+    (circuit-tracer's CLTs are ReLU or JumpReLU) and sets that also hold attention SAEs (the layout has
+    no place for them)."""
+    clt = clt_of(ds)
+    if clt is None:
+        raise ValueError("the dictionary set has no cross-layer transcoder to write")
+    if len(ds):
+        raise ValueError(f"a circuit-tracer CLT directory holds only the CLT; this set also has {[k for k, _ in ds]}")
+    if clt.cfg.activation == "topk":
+        raise ValueError("circuit-tracer's cross-layer transcoders are ReLU or JumpReLU; this CLT is TopK")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg = {"model_kind": "cross_layer_transcoder", "model_name": model_name or ds.model_name,
+           "feature_input_hook": CLT_INPUT_HOOKS[clt.cfg.input_site], "feature_output_hook": feature_output_hook}
+    (out_dir / CONFIG).write_text(yaml.safe_dump(cfg, sort_keys=False))
+    for i in range(clt.n_layers):
+        t = clt.layer_tensors(i)
+        enc = {f"W_enc_{i}": t["W_enc"], f"b_enc_{i}": t["b_enc"], f"b_dec_{i}": t["b_dec"]}
+        if "threshold" in t:
+            enc[f"threshold_{i}"] = t["threshold"]
+        save_file(enc, str(out_dir / f"W_enc_{i}.safetensors"))
+        save_file({f"W_dec_{i}": t["W_dec"]}, str(out_dir / f"W_dec_{i}.safetensors"))
     return out_dir

@@ -19,6 +19,10 @@ hook                               (layer, site), role     note
 Refused, with the reason: ``hook_resid_pre/mid/post`` (residual-stream dictionaries are not a splice
 site here: our transcoders read the MLP input after its norm), ``attn.hook_z`` (per-head, before the
 output projection: retrain on ``hook_attn_out``), ``mlp.hook_pre/post`` (MLP hidden units), anything else.
+
+Cross-layer transcoders (``clt_input_site``) read ``hook_resid_mid`` (the residual stream entering the
+pre-MLP norm, circuit-tracer's default; exact in the linearised model since the norm's scale is frozen),
+``mlp.hook_in`` or ``ln2.hook_normalized`` (folded by ``fold_clt_input_norm``).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from workers.dictionaries.crosslayer.module import CrossLayerTranscoder, InputSite
 from workers.dictionaries.modules import Dictionary, SiteName
 from workers.models.sites import blocks
 
@@ -46,8 +51,8 @@ class HookSite:
 
 _REFUSED = {
     "hook_resid_pre": "a residual-stream SAE is not a splice site here (sites are attention outputs and MLPs)",
-    "hook_resid_mid": "it reads the residual before the pre-MLP norm; our transcoders read the MLP input after "
-    "the norm (use ln2.hook_normalized or mlp.hook_in)",
+    "hook_resid_mid": "it reads the residual before the pre-MLP norm; our per-layer transcoders read the MLP "
+    "input after the norm (use ln2.hook_normalized or mlp.hook_in; cross-layer transcoders may read it)",
     "hook_resid_post": "a residual-stream SAE is not a splice site here (sites are attention outputs and MLPs)",
     "attn.hook_z": "hook_z is per head and before the output projection; train the SAE on hook_attn_out",
     "mlp.hook_pre": "that is the MLP's hidden pre-activation, not its input or output",
@@ -103,6 +108,19 @@ def pre_mlp_norm(block: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
     return gain, None if bias is None else bias.detach().float()
 
 
+def _fold_gain(W_enc: torch.Tensor, b_enc: torch.Tensor, layer: int, model: nn.Module, name: str) -> None:
+    """Rewrite an encoder reading n = (h − β)/γ to read h (in place): W' = W / γ, b' = b − W'·β."""
+    gain, bias = pre_mlp_norm(blocks(model)[layer].module)
+    if gain.shape != (W_enc.shape[-1],):
+        raise ValueError(f"pre-MLP norm of layer {layer} has {gain.numel()} features; dictionary "
+                         f"{name!r} reads {W_enc.shape[-1]}")
+    if bool((gain == 0).any()):
+        raise ValueError(f"pre-MLP norm of layer {layer} has zero gain entries; cannot fold exactly")
+    W_enc.div_(gain[None, :])
+    if bias is not None:
+        b_enc.sub_(W_enc @ bias)
+
+
 @torch.no_grad()
 def fold_input_norm(d: Dictionary, model: nn.Module) -> None:
     """Make a transcoder that reads ``ln2.hook_normalized`` (n) read our site's MLP input h = n·γ + β.
@@ -113,17 +131,35 @@ def fold_input_norm(d: Dictionary, model: nn.Module) -> None:
     """
     if d.cfg.extra.get("input_space", "site") != "normalized":
         raise ValueError(f"dictionary {d.cfg.name!r} already reads the site input; nothing to fold")
-    gain, bias = pre_mlp_norm(blocks(model)[d.cfg.layer].module)
-    if gain.shape != (d.cfg.d_in,):
-        raise ValueError(f"pre-MLP norm of layer {d.cfg.layer} has {gain.numel()} features; dictionary "
-                         f"{d.cfg.name!r} has d_in={d.cfg.d_in}")
-    if bool((gain == 0).any()):
-        raise ValueError(f"pre-MLP norm of layer {d.cfg.layer} has zero gain entries; cannot fold exactly")
-    d.W_enc.div_(gain[None, :])
-    if bias is not None:
-        d.b_enc.sub_(d.W_enc @ bias)
+    _fold_gain(d.W_enc, d.b_enc, d.cfg.layer, model, d.cfg.name)
     if d.W_skip is not None:
-        d.W_skip.div_(gain[None, :])
-        if bias is not None:
-            d.b_dec.sub_(d.W_skip @ bias)
+        _fold_gain(d.W_skip, d.b_dec, d.cfg.layer, model, d.cfg.name)
     d.cfg.extra["input_space"] = "site"
+
+
+def clt_input_site(hook: str) -> InputSite:
+    """A cross-layer transcoder's ``feature_input_hook`` (no ``blocks.{i}.`` prefix) -> its input site."""
+    name = re.sub(r"^blocks\.\d+\.", "", hook.strip())
+    sites: dict[str, InputSite] = {"hook_resid_mid": "resid_mid", "mlp.hook_in": "mlp_in",
+                                   "ln2.hook_normalized": "normalized"}
+    if name not in sites:
+        raise ValueError(f"feature_input_hook {hook!r} is not supported for a cross-layer transcoder: supported "
+                         f"are {sorted(sites)} (the residual stream before the pre-MLP norm, or the MLP input)")
+    return sites[name]
+
+
+def clt_output_hook_ok(hook: str) -> bool:
+    return re.sub(r"^blocks\.\d+\.", "", hook.strip()) in ("hook_mlp_out", "mlp.hook_out")
+
+
+@torch.no_grad()
+def fold_clt_input_norm(clt: CrossLayerTranscoder, model: nn.Module) -> CrossLayerTranscoder:
+    """A CLT reading ``ln2.hook_normalized`` -> the same CLT reading the MLP input (``mlp_in``), per source
+    layer as ``fold_input_norm``. Returns a new module (the config is frozen); the input is unchanged."""
+    if clt.cfg.input_site != "normalized":
+        raise ValueError(f"CLT {clt.cfg.name!r} reads {clt.cfg.input_site!r}; nothing to fold")
+    cfg = type(clt.cfg).from_dict({**clt.cfg.to_dict(), "input_site": "mlp_in"})
+    out = type(clt).from_layer_tensors(cfg, [clt.layer_tensors(i) for i in range(clt.n_layers)])
+    for i in range(clt.n_layers):
+        _fold_gain(out.W_enc[i], out.b_enc[i], i, model, clt.cfg.name)
+    return out

@@ -24,6 +24,17 @@ One directory per dictionary set::
 ``x̂ = (pre ⊙ gate(pre)) @ W_dec + b_dec (+ x @ W_skip.T)`` with ``pre = x @ W_enc.T + b_enc``: an SAE
 reads and rewrites the attention output of its layer; a transcoder reads the MLP module's input (after
 the pre-MLP norm) and rewrites the MLP output.
+
+A cross-layer transcoder (``workers.dictionaries.crosslayer``) is one more entry, and the index is then
+version 2 (older readers refuse it rather than drop the CLT)::
+
+    {"name": "clt", "kind": "clt", "config": "clt.json",
+     "weights": ["clt.L0.safetensors", ..., "clt.L{L−1}.safetensors"], "content_hash": "<sha256>"}
+
+``clt.json`` holds the ``CLTConfig`` fields (``n_layers``, ``d_model``, ``d_dict``, ``activation``, ``k``,
+``input_site`` "resid_mid" | "mlp_in", ``name``, ``extra``); ``clt.L{i}.safetensors`` holds source layer
+i: ``W_enc`` [d_dict, d_model], ``b_enc`` [d_dict], ``W_dec`` [d_dict, L − i, d_model] (writes to layers
+i..L−1), ``b_dec`` [d_model] (the bias of output layer i) and ``threshold`` [d_dict] (JumpReLU).
 """
 
 from __future__ import annotations
@@ -33,12 +44,13 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
+from workers.dictionaries.crosslayer.module import CLTConfig, CLTDictionarySet, CrossLayerTranscoder, clt_of
 from workers.dictionaries.formats.tensors_io import need, read_json, read_safetensors
 from workers.dictionaries.modules import Dictionary, DictionaryConfig, DictionarySet
 
 INDEX = "dictionaries.json"
 FORMAT = "circuit-atlas-dictionaries"
-VERSION = 1
+VERSION = 2  # 2: a cross-layer transcoder entry; sets without one are still written as version 1
 
 
 def save_native(ds: DictionarySet, out_dir: Path) -> Path:
@@ -53,7 +65,17 @@ def save_native(ds: DictionarySet, out_dir: Path) -> Path:
         entries.append({"name": name, "layer": layer, "site": site, "kind": d.cfg.kind,
                         "config": f"{name}.json", "weights": f"{name}.safetensors",
                         "content_hash": d.content_hash()})
-    index = {"format": FORMAT, "version": VERSION, "model_name": ds.model_name, "model_hash": ds.model_hash,
+    clt = clt_of(ds)
+    if clt is not None:
+        name = clt.cfg.name
+        (out_dir / f"{name}.json").write_text(json.dumps(clt.cfg.to_dict(), indent=2, sort_keys=True))
+        weights = []
+        for i in range(clt.n_layers):
+            save_file(clt.layer_tensors(i), str(out_dir / f"{name}.L{i}.safetensors"))
+            weights.append(f"{name}.L{i}.safetensors")
+        entries.append({"name": name, "kind": "clt", "config": f"{name}.json", "weights": weights,
+                        "content_hash": clt.content_hash()})
+    index = {"format": FORMAT, "version": VERSION if clt is not None else 1, "model_name": ds.model_name, "model_hash": ds.model_hash,
              "content_hash": ds.content_hash(), "entries": entries}
     (out_dir / INDEX).write_text(json.dumps(index, indent=2))
     return out_dir
@@ -68,8 +90,14 @@ def load_native(path: Path) -> DictionarySet:
     if int(index.get("version", 0)) > VERSION:
         raise ValueError(f"{index_path} is version {index['version']}; this code reads up to {VERSION}")
     dicts: dict[tuple[int, str], Dictionary] = {}
+    clt: CrossLayerTranscoder | None = None
     for i, e in enumerate(need(index, "entries", index_path)):
         cfg_path = path / need(e, "config", index_path)
+        if e.get("kind") == "clt":
+            if clt is not None:
+                raise ValueError(f"{index_path} lists two cross-layer transcoders")
+            clt = _load_clt(path, cfg_path, need(e, "weights", index_path), index_path)
+            continue
         cfg = DictionaryConfig.from_dict(read_json(cfg_path))
         if (cfg.layer, cfg.site) != (e.get("layer"), e.get("site")):
             raise ValueError(f"entry {i} of {index_path} says (layer, site) = ({e.get('layer')}, {e.get('site')!r}) "
@@ -79,4 +107,16 @@ def load_native(path: Path) -> DictionarySet:
         if (cfg.layer, cfg.site) in dicts:
             raise ValueError(f"{index_path} lists two dictionaries for (layer {cfg.layer}, site {cfg.site!r})")
         dicts[(cfg.layer, cfg.site)] = d
-    return DictionarySet(dicts, model_name=index.get("model_name", ""), model_hash=index.get("model_hash", ""))
+    meta = {"model_name": index.get("model_name", ""), "model_hash": index.get("model_hash", "")}
+    if clt is not None:
+        return CLTDictionarySet(dicts, clt=clt, **meta)
+    return DictionarySet(dicts, **meta)
+
+
+def _load_clt(path: Path, cfg_path: Path, weights: list[str], index_path: Path) -> CrossLayerTranscoder:
+    cfg = CLTConfig.from_dict(read_json(cfg_path))
+    if not isinstance(weights, list) or len(weights) != cfg.n_layers:
+        raise ValueError(f"{index_path}: the CLT entry's 'weights' must list {cfg.n_layers} files (one per source "
+                         f"layer, as {cfg_path} says n_layers={cfg.n_layers}); got {weights!r}")
+    files = [path / w for w in weights]
+    return CrossLayerTranscoder.from_layer_tensors(cfg, [read_safetensors(f) for f in files], [str(f) for f in files])
