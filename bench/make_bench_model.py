@@ -50,7 +50,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from workers.dictionaries.modules import Dictionary, DictionaryConfig, DictionarySet  # noqa: E402
 from workers.models.sites import blocks  # noqa: E402
-from workers.settings import get_settings  # noqa: E402
 
 BOS = "<|endoftext|>"
 N_POSITIONS = 1024
@@ -68,6 +67,8 @@ PROMPT_LENGTHS: tuple[int, ...] = (16, 64, 256)
 
 
 def default_out_dir(shape: str = "gpt2-4l-d128") -> Path:
+    from workers.settings import get_settings  # here: a bare GPU machine has no pydantic (bench/gpu_check.sh)
+
     return get_settings().cache_dir / "bench" / shape
 
 
@@ -297,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="active transcoder features per token per layer to aim for (default: the shape's, 12 / 50)")
     ap.add_argument("--calib-prompts", type=int, default=64)
     ap.add_argument("--calib-len", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: the shared 2-core machine)")
     args = ap.parse_args(argv)
     global N_LAYERS, D_MODEL, N_HEADS, D_TC, PROMPT_LENGTHS
     shape = SHAPES[args.shape]
@@ -304,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     PROMPT_LENGTHS = shape["lengths"]
     if args.target_active is None:
         args.target_active = shape["target_active"]
-    torch.set_num_threads(1)  # shared 2-core machine; this script is not timed
+    torch.set_num_threads(args.threads)  # 1 by default: shared 2-core machine; this script is not timed
     out = (args.out or default_out_dir(args.shape)).expanduser()
     if args.vocab < 16:
         ap.error(f"--vocab {args.vocab} is too small; use at least 16")
