@@ -5,7 +5,7 @@ Build the model first (bench/make_bench_model.py), then::
 
     ~/.cache/circuit-atlas/venv/bin/python bench/engine_speed.py [--bench DIR] [--lengths 16 64 256]
         [--batch-size 32] [--cone-chunk 16] [--threads 1] [--repeats 2] [--bf16] [--backward adjoint|vmap]
-        [--max-feature-nodes N]
+        [--max-feature-nodes N] [--device cpu|cuda|cuda:N] [--dtype fp32|bf16]
 
 Each length runs in a fresh subprocess, so its peak RSS (ru_maxrss: imports and loading included) is its
 own; the RSS after imports and after loading model and dictionaries are reported too. ``--repeats 0``:
@@ -28,21 +28,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def _one(bench: Path, length: int, batch_size: int, cone_chunk: int, threads: int, repeats: int, bf16: bool,
-         backward: str = "adjoint", max_feature_nodes: int | None = None) -> dict:
+         backward: str = "adjoint", max_feature_nodes: int | None = None, device: str = "cpu",
+         dtype: str = "fp32") -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
     from workers.dictionaries.formats import load_dictionary_set
     from workers.engine.attribution import AttributionSettings, attribute, build_graph
     from workers.engine.linearise import Linearised
+    from workers.models.placement import Placement
 
     torch.set_num_threads(threads)
     rss_imports = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     model = AutoModelForCausalLM.from_pretrained(bench / "model", dtype=torch.float32).eval()
     dicts = load_dictionary_set(bench / "dictionaries", model)
-    lin = Linearised(model, dicts)
+    lin = Linearised(model, dicts).place(Placement(device, dtype))
+    cuda = lin.device.type == "cuda"
     rss_loaded = _rss_now_gb()
     _reset_peak_rss()  # the peak of what follows, not of loading's transient copies
+    if cuda:
+        torch.cuda.synchronize()
+        gpu_loaded = torch.cuda.memory_allocated(lin.device) / 1e9
+        torch.cuda.reset_peak_memory_stats(lin.device)
     prompts = json.loads((bench / "prompts.json").read_text())
     ids = torch.tensor(prompts[str(length)] if str(length) in prompts else prompts["prompts"][str(length)])
     settings = AttributionSettings(batch_size=batch_size, cone_chunk=cone_chunk, dtype="bf16" if bf16 else "fp32",
@@ -64,9 +71,11 @@ def _one(bench: Path, length: int, batch_size: int, cone_chunk: int, threads: in
     emb = model.get_input_embeddings()
     for _ in range(3):
         t0 = time.perf_counter()
-        x = emb(ids[None]).detach().requires_grad_(True)
+        x = emb(ids[None].to(lin.device)).detach().requires_grad_(True)
         out = model(inputs_embeds=x).logits[0, -1].sum()
         out.backward()
+        if cuda:
+            torch.cuda.synchronize()
         floor.append(time.perf_counter() - t0)
     n_feat = sum(1 for k in g.kinds if k == "feat")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # Linux reports KiB
@@ -90,7 +99,13 @@ def _one(bench: Path, length: int, batch_size: int, cone_chunk: int, threads: in
         "backward": g.provenance["settings"]["backward"],
         "settings": settings.to_dict(),
         "threads": threads,
+        "device": str(lin.device),
+        "weights_dtype": dtype,
     }
+    if cuda:  # GPU memory above the loaded model and dictionaries (torch's allocator)
+        res["gpu_name"] = torch.cuda.get_device_name(lin.device)
+        res["gpu_after_load_gb"] = gpu_loaded
+        res["gpu_peak_above_load_gb"] = torch.cuda.max_memory_allocated(lin.device) / 1e9 - gpu_loaded
     if bf16:  # measured error of bf16 edges against fp32
         trace = lin.trace(ids, fold_first=True)
         from workers.engine.targets import top_logits
@@ -122,10 +137,8 @@ def _reset_peak_rss() -> None:
 
 
 def main() -> None:
-    from workers.settings import get_settings
-
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bench", type=Path, default=get_settings().cache_dir / "bench" / "gpt2-4l-d128")
+    ap.add_argument("--bench", type=Path, default=None, help="default <ATLAS_CACHE_DIR>/bench/gpt2-4l-d128")
     ap.add_argument("--lengths", type=int, nargs="+", default=[16, 64, 256])
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--cone-chunk", type=int, default=16)
@@ -134,11 +147,17 @@ def main() -> None:
     ap.add_argument("--bf16", action="store_true")
     ap.add_argument("--backward", default="adjoint", choices=["adjoint", "vmap", "replicate"])
     ap.add_argument("--max-feature-nodes", type=int, default=None, help="node budget (default: every feature)")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (workers/models/placement.py)")
+    ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="the weights' dtype (ATLAS_DTYPE)")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.bench is None:  # the settings need pydantic, which a bare GPU machine lacks (bench/gpu_check.sh)
+        from workers.settings import get_settings
+
+        a.bench = get_settings().cache_dir / "bench" / "gpt2-4l-d128"
     if a.one is not None:
         print(json.dumps(_one(a.bench, a.one, a.batch_size, a.cone_chunk, a.threads, a.repeats, a.bf16, a.backward,
-                              a.max_feature_nodes)))
+                              a.max_feature_nodes, a.device, a.dtype)))
         return
     if not (a.bench / "model").is_dir():
         sys.exit(f"no benchmark model at {a.bench}: run bench/make_bench_model.py first")
@@ -147,7 +166,8 @@ def main() -> None:
     for length in a.lengths:
         cmd = [sys.executable, __file__, "--one", str(length), "--bench", str(a.bench), "--batch-size",
                str(a.batch_size), "--cone-chunk", str(a.cone_chunk), "--threads", str(a.threads),
-               "--repeats", str(a.repeats), "--backward", a.backward] + (["--bf16"] if a.bf16 else []) \
+               "--repeats", str(a.repeats), "--backward", a.backward, "--device", a.device, "--dtype", a.dtype] \
+            + (["--bf16"] if a.bf16 else []) \
             + ([] if a.max_feature_nodes is None else ["--max-feature-nodes", str(a.max_feature_nodes)])
         out = subprocess.run(cmd, check=True, capture_output=True, text=True)
         r = json.loads(out.stdout.strip().splitlines()[-1])
@@ -157,7 +177,9 @@ def main() -> None:
               f"peak RSS {r['peak_rss_gb']:.2f} GB ({r['peak_rss_above_imports_gb']:.2f} above imports, "
               f"{r['peak_rss_above_load_gb']:.2f} above the loaded model), "
               f"{r['n_features']} features, {r['nnz']} edges, load {r['load_average_after'][0]:.2f}"
-              + (f", bf16 rel err {r['bf16_rel_err_l2']:.2e}" if 'bf16_rel_err_l2' in r else ""), flush=True)
+              + (f", bf16 rel err {r['bf16_rel_err_l2']:.2e}" if 'bf16_rel_err_l2' in r else "")
+              + (f", GPU {r['gpu_name']} peak {r['gpu_peak_above_load_gb']:.2f} GB above the loaded "
+                 f"{r['gpu_after_load_gb']:.2f} GB" if 'gpu_name' in r else ""), flush=True)
     print(json.dumps(results, indent=1))
 
 

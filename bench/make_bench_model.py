@@ -12,6 +12,9 @@ Output (default ``<ATLAS_CACHE_DIR>/bench/gpt2-4l-d128``, outside git)::
     model/                 Hugging Face GPT2LMHeadModel dir (config.json, model.safetensors, tokenizer)
     transcoders_ct/        circuit-tracer transcoder set: config.yaml + layer_{i}.safetensors
     dictionaries/          the same transcoders as our DictionarySet (native layout, site "mlp")
+    clt_ct/                a cross-layer transcoder (issue #19) in circuit-tracer's CLT layout: the transcoders'
+                           encoders (so the same activations) with decoders to every later layer
+    clt_dictionaries/      the same CLT in our native layout (a CLTDictionarySet)
     prompts.json           benchmark prompts as token ids (BOS first), keyed by length
     reference.safetensors  per prompt: last-position logits [vocab] and transcoder activations
                            [n_layers, n_pos, d_tc] of the unmodified HF model (BOS position zeroed)
@@ -47,7 +50,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from workers.dictionaries.modules import Dictionary, DictionaryConfig, DictionarySet  # noqa: E402
 from workers.models.sites import blocks  # noqa: E402
-from workers.settings import get_settings  # noqa: E402
 
 BOS = "<|endoftext|>"
 N_POSITIONS = 1024
@@ -65,6 +67,8 @@ PROMPT_LENGTHS: tuple[int, ...] = (16, 64, 256)
 
 
 def default_out_dir(shape: str = "gpt2-4l-d128") -> Path:
+    from workers.settings import get_settings  # here: a bare GPU machine has no pydantic (bench/gpu_check.sh)
+
     return get_settings().cache_dir / "bench" / shape
 
 
@@ -241,6 +245,38 @@ def write_native_set(tcs: dict[int, dict[str, torch.Tensor]], out: Path, model_h
     return "bench/make_bench_model.py fallback writer (native layout)"
 
 
+@torch.no_grad()
+def build_clt(tcs: dict[int, dict[str, torch.Tensor]], seed: int):
+    """A ReLU cross-layer transcoder with the transcoders' encoders (so the activations and the reference
+    activations are the same) whose feature of layer ℓ writes its transcoder decoder row to layer ℓ and a
+    random row of norm 0.25 to every later layer; ``b_dec`` per output layer from the transcoders."""
+    from workers.dictionaries.crosslayer.module import CLTConfig, CrossLayerTranscoder
+
+    layers = []
+    for layer in range(N_LAYERS):
+        W_dec = torch.empty(D_TC, N_LAYERS - layer, D_MODEL)
+        W_dec[:, 0] = tcs[layer]["W_dec"]
+        for m in range(layer + 1, N_LAYERS):
+            w = _normal(seed, f"clt{layer}->{m}.W_dec", (D_TC, D_MODEL), 1.0)
+            W_dec[:, m - layer] = 0.25 * w / w.norm(dim=-1, keepdim=True)
+        layers.append({"W_enc": tcs[layer]["W_enc"], "b_enc": tcs[layer]["b_enc"], "W_dec": W_dec,
+                       "b_dec": tcs[layer]["b_dec"]})
+    cfg = CLTConfig(n_layers=N_LAYERS, d_model=D_MODEL, d_dict=D_TC, activation="relu", input_site="mlp_in",
+                    extra={"source": "bench/make_bench_model.py"})
+    return CrossLayerTranscoder.from_layer_tensors(cfg, layers)
+
+
+def write_clt(clt, out: Path, model_hash: str) -> None:
+    """The CLT in circuit-tracer's layout (``clt_ct/``, input hook ``mlp.hook_in``: ln_2 is the identity)
+    and in ours (``clt_dictionaries/``)."""
+    from workers.dictionaries.crosslayer.module import CLTDictionarySet
+    from workers.dictionaries.formats import save_dictionary_set, write_circuit_tracer_clt
+
+    ds = CLTDictionarySet({}, model_name="bench/gpt2-4l-d128", model_hash=model_hash, clt=clt)
+    write_circuit_tracer_clt(ds, out / "clt_ct", model_name="gpt2")
+    save_dictionary_set(ds, out / "clt_dictionaries")
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -262,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="active transcoder features per token per layer to aim for (default: the shape's, 12 / 50)")
     ap.add_argument("--calib-prompts", type=int, default=64)
     ap.add_argument("--calib-len", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: the shared 2-core machine)")
     args = ap.parse_args(argv)
     global N_LAYERS, D_MODEL, N_HEADS, D_TC, PROMPT_LENGTHS
     shape = SHAPES[args.shape]
@@ -269,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     PROMPT_LENGTHS = shape["lengths"]
     if args.target_active is None:
         args.target_active = shape["target_active"]
-    torch.set_num_threads(1)  # shared 2-core machine; this script is not timed
+    torch.set_num_threads(args.threads)  # 1 by default: shared 2-core machine; this script is not timed
     out = (args.out or default_out_dir(args.shape)).expanduser()
     if args.vocab < 16:
         ap.error(f"--vocab {args.vocab} is too small; use at least 16")
@@ -293,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
                             args.calib_len)
     write_circuit_tracer_set(tcs, out / "transcoders_ct")
     native_writer = write_native_set(tcs, out / "dictionaries", model_hash)
+    write_clt(build_clt(tcs, args.seed), out, model_hash)
 
     # Benchmark prompts (held out from the calibration prompts), their logits and activations.
     prompts = {str(n): random_prompt(args.seed, f"bench/{n}", n, args.vocab) for n in PROMPT_LENGTHS}

@@ -19,6 +19,7 @@ from service.api import (
     circuits,
     corpora,
     cypher,
+    errors,
     features,
     global_circuits,
     health,
@@ -54,11 +55,12 @@ def _move_keys_out_of_neo4j(app: FastAPI) -> None:
 
 
 def create_app(settings: Settings | None = None, *, run_migrations: bool = True) -> FastAPI:
+    """The app, configured by ``settings`` alone (``get_settings()`` when omitted): routes receive it, and the
+    pipeline limits it holds (``settings.pipeline``), through ``service/api/deps.py``."""
     settings = settings or get_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.settings = settings
         app.state.neo4j_driver = None
         app.state.neo4j_driver_error = None
         app.state.migration_error = None
@@ -88,6 +90,8 @@ def create_app(settings: Settings | None = None, *, run_migrations: bool = True)
         version="0.1.0",
         lifespan=lifespan,
     )
+    app.state.settings = settings
+    errors.install(app)
     app.add_middleware(BodyLimit, limit_of=lambda scope: None if scope["path"] == "/corpora" else (
         settings.api_max_body_bytes, "ATLAS_API_MAX_BODY_BYTES"))
     app.include_router(health.router)

@@ -57,11 +57,12 @@ def process_redis() -> redis.Redis:
 
 
 def process_model_cache() -> ModelCache:
-    """This process's one model cache (``ATLAS_PIPELINE_CACHE_SIZE`` entries). The first call also applies
-    ``ATLAS_PIPELINE_TORCH_THREADS``."""
+    """This process's one model cache (``ATLAS_PIPELINE_CACHE_SIZE`` entries), loading on the process's
+    ``ATLAS_DEVICE`` in ``ATLAS_DTYPE``. The first call also applies ``ATLAS_PIPELINE_TORCH_THREADS``."""
     state = _process_state()
     with _lock:
         if "cache" not in state:
+            from workers.models.placement import Placement
             from workers.pipeline.compute import ModelCache
             from workers.pipeline.config import get_pipeline_settings
 
@@ -70,5 +71,5 @@ def process_model_cache() -> ModelCache:
                 import torch
 
                 torch.set_num_threads(cfg.torch_threads)
-            state["cache"] = ModelCache(cfg.cache_size)
+            state["cache"] = ModelCache(cfg.cache_size, Placement.from_settings())  # ATLAS_DEVICE / ATLAS_DTYPE
         return state["cache"]

@@ -10,8 +10,10 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, computed_field
+from pydantic import Field, computed_field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from workers.models.placement import check_device_name, check_dtype_name
 
 
 def _default_cache_dir() -> Path:
@@ -100,6 +102,11 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_start_timeout_s: int = 30
 
+    # Where this process's models and dictionaries live and in which dtype (workers/models/placement.py): the
+    # engine computes there. cpu, cuda or cuda:N; fp32 or bf16. One per process: a gpu-queue worker per GPU.
+    device: str = "cpu"
+    dtype: str = "fp32"
+
     # Celery
     task_soft_time_limit_s: int = 1800
     task_hard_time_limit_s: int = 2100
@@ -119,6 +126,16 @@ class Settings(BaseSettings):
     # os.pathsep (':'); empty: the zoo (cache_dir/zoo) and cache_dir/models. The API serves the whole
     # machine's files otherwise: any readable path would be hashed, parsed and loaded by the workers.
     registry_roots: str = ""
+
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, v: str) -> str:
+        return check_device_name(v)
+
+    @field_validator("dtype")
+    @classmethod
+    def _dtype_name(cls, v: str) -> str:
+        return check_dtype_name(v)
 
     @computed_field  # type: ignore[prop-decorator]
     @property

@@ -5,6 +5,9 @@ venv::
 
     ~/.cache/circuit-atlas/venv/bin/python bench/circuit_tracer_ref/compare_edges.py [--npz PATH]
 
+With ``--clt`` (issue #19) the cross-layer transcoder of ``clt_dictionaries/`` against circuit-tracer's graph
+of ``clt_ct/`` (``run.py --clt --dump-npz``): a CLT feature is one node in both, whatever layers it writes to.
+
 Both graphs are matched by node identity (feature = (layer, pos, index), error = (layer, pos), token
 embedding = pos, logit = token id) and every edge that circuit-tracer's graph can express is compared:
 targets = features and logits, sources = features, MLP error nodes and token embeddings. circuit-tracer
@@ -41,7 +44,7 @@ def circuit_tracer_node_ids(npz: np.lib.npyio.NpzFile) -> list[str]:
     return out
 
 
-def compare(bench_dir: Path, npz_path: Path) -> dict:
+def compare(bench_dir: Path, npz_path: Path, dictionaries: str = "dictionaries") -> dict:
     from transformers import AutoModelForCausalLM
 
     from workers.dictionaries.formats import load_dictionary_set
@@ -58,7 +61,7 @@ def compare(bench_dir: Path, npz_path: Path) -> dict:
                          "rebuild the model and re-run run.py --dump-npz")
 
     model = AutoModelForCausalLM.from_pretrained(bench_dir / "model", dtype=torch.float32).eval()
-    lin = Linearised(model, load_dictionary_set(bench_dir / "dictionaries", model))
+    lin = Linearised(model, load_dictionary_set(bench_dir / dictionaries, model))
     g = attribute(lin, torch.tensor(prompts["16"]))
     ours = g.dense()  # [N, N], 16 tokens: small
 
@@ -119,10 +122,14 @@ def compare(bench_dir: Path, npz_path: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bench-dir", type=Path, default=DEFAULT_BENCH_DIR)
-    ap.add_argument("--npz", type=Path, default=DEFAULT_BENCH_DIR.parent / "ct_graph_16.npz")
+    ap.add_argument("--npz", type=Path, default=None,
+                    help="circuit-tracer's graph (default: <bench-dir>/../ct_graph_16.npz, with --clt "
+                         "<bench-dir>/../ct_clt_graph_16.npz)")
+    ap.add_argument("--clt", action="store_true", help="compare the cross-layer transcoder (clt_dictionaries/)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    print(json.dumps(compare(args.bench_dir, args.npz), indent=2))
+    npz = args.npz or args.bench_dir.parent / ("ct_clt_graph_16.npz" if args.clt else "ct_graph_16.npz")
+    print(json.dumps(compare(args.bench_dir, npz, "clt_dictionaries" if args.clt else "dictionaries"), indent=2))
     return 0
 
 

@@ -83,28 +83,36 @@ def reset_hwm() -> None:
 # worker side: one subprocess per measurement
 # --------------------------------------------------------------------------------------------------
 
-def load_replacement_model(bench_dir: Path):
-    """circuit-tracer's TransformerLens ReplacementModel of the bench model, loaded offline."""
+def load_replacement_model(bench_dir: Path, clt: bool = False):
+    """circuit-tracer's TransformerLens ReplacementModel of the bench model, loaded offline; with ``clt``
+    the cross-layer transcoder of ``clt_ct/`` instead of the transcoder set."""
     import torch
     import yaml
     from circuit_tracer import ReplacementModel
+    from circuit_tracer.transcoder.cross_layer_transcoder import load_clt
     from circuit_tracer.utils.hf_utils import load_transcoders
     from transformers import AutoTokenizer, GPT2LMHeadModel
 
     model_dir = (bench_dir / "model").resolve()
-    tc_dir = (bench_dir / "transcoders_ct").resolve()
+    tc_dir = (bench_dir / ("clt_ct" if clt else "transcoders_ct")).resolve()
     for p in (model_dir / "config.json", tc_dir / "config.yaml"):
         if not p.exists():
             raise SystemExit(f"{p} is missing: build the benchmark model first with the MAIN venv: "
                              "~/.cache/circuit-atlas/venv/bin/python bench/make_bench_model.py")
 
     config = yaml.safe_load((tc_dir / "config.yaml").read_text())
-    config["transcoders"] = [str(tc_dir / p) for p in config["transcoders"]]
     config.setdefault("scan", str(tc_dir))
     # Same lazy-loading defaults as ReplacementModel.from_pretrained (encoder in memory, decoder read
     # from the safetensors file on demand), i.e. circuit-tracer as its users run it.
-    transcoders = load_transcoders(config, device=torch.device("cpu"), dtype=torch.float32,
-                                   lazy_encoder=False, lazy_decoder=True)
+    if clt:  # what load_transcoders calls for a CLT after downloading it from the hub
+        transcoders = load_clt(str(tc_dir), feature_input_hook=config["feature_input_hook"],
+                               feature_output_hook=config["feature_output_hook"], scan=config["scan"],
+                               device=torch.device("cpu"), dtype=torch.float32, lazy_encoder=False,
+                               lazy_decoder=True)
+    else:
+        config["transcoders"] = [str(tc_dir / p) for p in config["transcoders"]]
+        transcoders = load_transcoders(config, device=torch.device("cpu"), dtype=torch.float32,
+                                       lazy_encoder=False, lazy_decoder=True)
 
     hf_model = GPT2LMHeadModel.from_pretrained(model_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -139,7 +147,7 @@ def graph_stats(graph, n_layers: int) -> dict:
 
 
 def worker_time(bench_dir: Path, length: int, batch_size: int, repeats: int,
-                max_feature_nodes: int | None = None) -> dict:
+                max_feature_nodes: int | None = None, clt: bool = False) -> dict:
     """Warm-up + ``repeats`` timed ``attribute`` calls on the LEN-token prompt at batch size BS (``repeats``
     0: the first call is the timed one)."""
     import torch
@@ -147,7 +155,7 @@ def worker_time(bench_dir: Path, length: int, batch_size: int, repeats: int,
     rss_imports = rss_now_mb()
 
     t0 = time.perf_counter()
-    model = load_replacement_model(bench_dir)
+    model = load_replacement_model(bench_dir, clt)
     load_s = time.perf_counter() - t0
     rss_loaded = rss_now_mb()
     reset_hwm()
@@ -194,14 +202,14 @@ def worker_time(bench_dir: Path, length: int, batch_size: int, repeats: int,
     }
 
 
-def worker_verify(bench_dir: Path, npz_path: Path | None) -> dict:
+def worker_verify(bench_dir: Path, npz_path: Path | None, clt: bool = False) -> dict:
     """Check TransformerLens + circuit-tracer against the HF reference; optionally dump a graph."""
     import numpy as np
     import torch
     from circuit_tracer import attribute
     from safetensors.torch import load_file
 
-    model = load_replacement_model(bench_dir)
+    model = load_replacement_model(bench_dir, clt)
     ref = load_file(str(bench_dir / "reference.safetensors"))
     prompts = json.loads((bench_dir / "prompts.json").read_text())
     report: dict = {"prompts": {}}
@@ -287,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="dump circuit-tracer's 16-token graph (default path: %(const)s)")
     ap.add_argument("--skip-verify", action="store_true", help="skip the same-function check")
     ap.add_argument("--max-feature-nodes", type=int, default=None, help="circuit-tracer's node budget")
+    ap.add_argument("--clt", action="store_true", help="the cross-layer transcoder (clt_ct/, issue #19) instead "
+                    "of the per-layer transcoders")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
@@ -294,20 +304,20 @@ def main(argv: list[str] | None = None) -> int:
         import torch
         torch.set_num_threads(args.threads)
         if args.worker == "verify":
-            result = worker_verify(args.bench_dir, args.dump_npz)
+            result = worker_verify(args.bench_dir, args.dump_npz, args.clt)
         else:
             length, bs = parse_cases(args.worker)[0]
             repeats = args.repeats_long if length >= 256 else args.repeats
-            result = worker_time(args.bench_dir, length, bs, repeats, args.max_feature_nodes)
+            result = worker_time(args.bench_dir, length, bs, repeats, args.max_feature_nodes, args.clt)
         print(json.dumps(result), flush=True)
         sys.stderr.flush()
         # Skip interpreter teardown: circuit-tracer's ReplacementModel.__del__ raises during it.
         os._exit(0)
 
-    common = ["--bench-dir", str(args.bench_dir), "--threads", str(args.threads)]
+    common = ["--bench-dir", str(args.bench_dir), "--threads", str(args.threads), *(["--clt"] if args.clt else [])]
     report: dict = {
         "tool": "circuit-tracer", "versions": versions(), "python": platform.python_version(),
-        "bench_dir": str(args.bench_dir), "threads": args.threads, "cpu_count": os.cpu_count(),
+        "bench_dir": str(args.bench_dir), "threads": args.threads, "cpu_count": os.cpu_count(), "clt": args.clt,
         "load_average_at_start": list(os.getloadavg()),
         "attribute_kwargs": {"max_n_logits": 10, "desired_logit_prob": 0.95,
                              "max_feature_nodes": args.max_feature_nodes},

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+import neo4j
+from fastapi import APIRouter, Depends, HTTPException
 from fastapi.responses import Response
 
-from service.api.deps import driver_of, settings_of
+from service.api.deps import DatabaseDep, DriverDep
 from service.auth import ApiKey, require_scope
 from service.schemas.analyses import AnalysisOut, AnalysisRequest
 from workers.analysis import jobs
@@ -15,10 +16,9 @@ from workers.analysis import jobs
 router = APIRouter(prefix="/analyses", tags=["analyses"])
 
 
-def enqueue_analysis(request: Request, body: AnalysisRequest, key: ApiKey) -> AnalysisOut:
+def enqueue_analysis(driver: neo4j.Driver, db: str | None, body: AnalysisRequest, key: ApiKey) -> AnalysisOut:
     from workers.celery_app import CPU_QUEUE, celery_app
 
-    driver, db = driver_of(request), settings_of(request).neo4j_database
     analysis_id = jobs.create_analysis(driver, body.kind, body.params, key.key_id, database=db)
     try:
         celery_app.send_task("atlas.run_analysis", args=[analysis_id], queue=CPU_QUEUE, task_id=analysis_id)
@@ -30,14 +30,15 @@ def enqueue_analysis(request: Request, body: AnalysisRequest, key: ApiKey) -> An
 
 @router.post("", response_model=AnalysisOut, status_code=202,
              responses={401: {"description": "No or invalid API key"}, 403: {"description": "Key lacks 'write'"}})
-def create_analysis(body: AnalysisRequest, request: Request, key: ApiKey = Depends(require_scope("write"))) -> AnalysisOut:
+def create_analysis(body: AnalysisRequest, key: Annotated[ApiKey, Depends(require_scope("write"))],
+                    driver: DriverDep, db: DatabaseDep) -> AnalysisOut:
     """Queue an analysis; poll GET /analyses/{analysis_id} until status is done or failed."""
-    return enqueue_analysis(request, body, key)
+    return enqueue_analysis(driver, db, body, key)
 
 
 @router.get("/{analysis_id}", response_model=AnalysisOut, responses={404: {"description": "Unknown analysis"}})
-def get_analysis(analysis_id: str, request: Request) -> AnalysisOut:
-    a = jobs.get_analysis(driver_of(request), analysis_id, database=settings_of(request).neo4j_database)
+def get_analysis(analysis_id: str, driver: DriverDep, db: DatabaseDep) -> AnalysisOut:
+    a = jobs.get_analysis(driver, analysis_id, database=db)
     if a is None:
         raise HTTPException(404, f"no analysis {analysis_id!r}")
     return AnalysisOut(**a)
@@ -50,12 +51,12 @@ _MEDIA = {"png": "image/png", "svg": "image/svg+xml"}
             responses={200: {"content": {"image/png": {}, "image/svg+xml": {}}},
                        404: {"description": "Unknown analysis, or a kind without a picture"},
                        409: {"description": "The analysis is not done yet"}})
-def get_analysis_plot(analysis_id: str, fmt: Literal["png", "svg"], request: Request) -> Response:
+def get_analysis_plot(analysis_id: str, fmt: Literal["png", "svg"], driver: DriverDep, db: DatabaseDep) -> Response:
     """A picture of a done analysis' result (workers/analysis/plots.py: recurring_features, consensus_circuit,
     circuit_difference, interventions); the JSON stays at GET /analyses/{analysis_id}."""
     from workers.analysis.plots import NoPlot, plot_analysis
 
-    a = jobs.get_analysis(driver_of(request), analysis_id, database=settings_of(request).neo4j_database)
+    a = jobs.get_analysis(driver, analysis_id, database=db)
     if a is None:
         raise HTTPException(404, f"no analysis {analysis_id!r}")
     if a["status"] != "done":

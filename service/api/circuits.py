@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Literal
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from service.api.analyses import enqueue_analysis
-from service.api.deps import driver_of, settings_of
+from service.api.deps import DatabaseDep, DriverDep
+from service.api.pagination import Offset, paginate
 from service.auth import ApiKey, require_scope
 from service.query import circuits as q
 from service.query.labels import labels_version
@@ -41,25 +42,16 @@ def _cache_control(max_age_s: int) -> str:
     return f"public, max-age={max_age_s}" + (", must-revalidate" if max_age_s == 0 else "")
 
 
-def _graph_or_404(request: Request, graph_id: str) -> dict:
-    try:
-        return q.get_graph(driver_of(request), graph_id, database=settings_of(request).neo4j_database)
-    except q.GraphNotFound as exc:
-        raise HTTPException(404, str(exc)) from None
-
-
 @router.get("", response_model=GraphPageOut)
-def list_graphs(request: Request, corpus_id: str | None = None,
+def list_graphs(driver: DriverDep, db: DatabaseDep, corpus_id: str | None = None,
                 model: str | None = Query(None, description="Only graphs of this model."),
                 text: str | None = Query(None, max_length=500, description="Only graphs whose prompt contains this "
                                                                            "(case-insensitive)."),
-                offset: int = Query(0, ge=0, le=10_000_000), limit: int = Query(50, ge=1, le=1000)) -> GraphPageOut:
+                offset: Offset = 0, limit: int = Query(50, ge=1, le=1000)) -> GraphPageOut:
     """Complete graphs (optionally of one corpus or model, or by prompt text), ordered by graph_id, each with its
     prompt's text and its targets."""
-    items = q.list_graphs(driver_of(request), corpus_id, offset, limit + 1, model=model, text=text or None,
-                          database=settings_of(request).neo4j_database)
-    more = len(items) > limit
-    return GraphPageOut(items=items[:limit], offset=offset, limit=limit, next_offset=offset + limit if more else None)
+    return GraphPageOut(**paginate(lambda o, n: q.list_graphs(driver, corpus_id, o, n, model=model, text=text or None,
+                                                              database=db), offset, limit))
 
 
 @router.get("/{graph_id}/circuit", response_model=CircuitOut | NeuronpediaGraph,
@@ -68,7 +60,7 @@ def list_graphs(request: Request, corpus_id: str | None = None,
                                             "workers/neuronpedia.py)."}, 304: {"description": "Not modified"},
                        404: {"description": "Unknown graph or target node"}})
 def get_circuit(
-    request: Request, graph_id: str,
+    request: Request, graph_id: str, driver: DriverDep, db: DatabaseDep,
     node_threshold: float = Query(0.0, ge=0, description="Keep nodes with influence >= this."),
     edge_threshold: float = Query(0.0, ge=0, description="Keep edges with |w| >= this."),
     max_nodes: int = Query(500, ge=0, le=100_000, description="Top-k nodes by influence (besides keep_kinds)."),
@@ -80,18 +72,14 @@ def get_circuit(
     format: Literal["json", "neuronpedia"] = "json",
 ) -> Response:
     """A stored graph's circuit, pruned at read time (rules: service/query/circuits.py)."""
-    driver, db = driver_of(request), settings_of(request).neo4j_database
     pruning = q.Pruning(node_threshold, edge_threshold, max_nodes, max_edges, tuple(keep_kinds), target)
-    graph = _graph_or_404(request, graph_id)
+    graph = q.get_graph(driver, graph_id, database=db)
     seed = json.dumps([graph_id, str(graph.get("completed_at")), format, pruning.__dict__,
                        labels_version(driver, database=db)], default=str, sort_keys=True)
     etag = '"' + hashlib.sha256(seed.encode()).hexdigest()[:32] + '"'
     if etag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]:
         return Response(status_code=304, headers={"ETag": etag, "Cache-Control": _cache_control(0)})
-    try:
-        c = q.circuit(driver, graph_id, pruning, database=db)
-    except (q.GraphNotFound, q.NodeNotFound) as exc:
-        raise HTTPException(404, str(exc)) from None
+    c = q.circuit(driver, graph_id, pruning, database=db)
     if format == "neuronpedia":
         payload: object = q.to_neuronpedia(c)
     else:
@@ -102,16 +90,16 @@ def get_circuit(
 
 @router.get("/{graph_id}/paths", response_model=PathsOut, responses={404: {"description": "Unknown graph"}})
 def get_paths(
-    request: Request, graph_id: str,
+    request: Request, graph_id: str, driver: DriverDep, db: DatabaseDep,
     source: str = Query(..., examples=["emb:p2"]), target: str = Query(..., examples=["logit:p7:t42"]),
     max_hops: int = Query(4, ge=1, le=MAX_HOPS_LIMIT), beam: int = Query(64, ge=1, le=4096),
     k: int = Query(10, ge=1, le=1000), fanout: int = Query(32, ge=1, le=1000),
     min_abs_w: float = Query(0.0, ge=0),
 ) -> Response:
     """Strongest paths source -> target in one graph (beam search; service/query/paths.py)."""
-    graph = _graph_or_404(request, graph_id)
-    paths = graph_paths(driver_of(request), graph_id, source, target, max_hops=max_hops, beam=beam, k=k,
-                        fanout=fanout, min_abs_w=min_abs_w, database=settings_of(request).neo4j_database)
+    graph = q.get_graph(driver, graph_id, database=db)
+    paths = graph_paths(driver, graph_id, source, target, max_hops=max_hops, beam=beam, k=k, fanout=fanout,
+                        min_abs_w=min_abs_w, database=db)
     payload = {"source": source, "target": target, "paths": [p.to_dict() for p in paths]}
     seed = json.dumps([graph_id, str(graph.get("completed_at")), "paths", source, target, max_hops, beam, k, fanout,
                        min_abs_w])
@@ -121,10 +109,11 @@ def get_paths(
 @router.post("/{graph_id}/local-circuits", response_model=AnalysisOut, status_code=202,
              responses={401: {"description": "No or invalid API key"}, 403: {"description": "Key lacks 'write'"},
                         404: {"description": "Unknown graph"}})
-def request_local_circuit(graph_id: str, body: LocalCircuitRequest, request: Request,
-                          key: ApiKey = Depends(require_scope("write"))) -> AnalysisOut:
+def request_local_circuit(graph_id: str, body: LocalCircuitRequest,
+                          key: Annotated[ApiKey, Depends(require_scope("write"))], driver: DriverDep,
+                          db: DatabaseDep) -> AnalysisOut:
     """Queue a worker to compute a new local circuit of one feature node of this graph's prompt; when the job
     is done its result names the new graph (``<graph_id>~<node_id>``), readable with GET .../circuit."""
-    _graph_or_404(request, graph_id)
+    q.get_graph(driver, graph_id, database=db)
     params = {"graph_id": graph_id, "node_id": body.node_id, "prune": body.prune}
-    return enqueue_analysis(request, AnalysisRequest(kind="local_circuit", params=params), key)
+    return enqueue_analysis(driver, db, AnalysisRequest(kind="local_circuit", params=params), key)

@@ -7,20 +7,23 @@ Listing (``GET /corpora``, ``GET /corpora/{id}``) is public like every other rea
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
-from service.api.deps import driver_of, pipeline_settings_of, settings_of, tokenizer_for
+from service.api.deps import DatabaseDep, DriverDep, PipelineDep, tokenizer_for
+from service.api.pagination import Offset, paginate
 from service.auth import ApiKey, require_scope
 from service.query import corpora as q
 from service.schemas.corpora import CorpusAccepted, CorpusPageOut, CorpusRequest, CorpusSummaryOut
+from workers.errors import InvalidInput, UnsupportedInputType
 from workers.pipeline import registry, validation
 from workers.pipeline.submit import SubmissionFailed, submit_corpus
-from workers.pipeline.validation import InvalidCorpus, ValidatedCorpus
+from workers.pipeline.validation import ValidatedCorpus
 
 router = APIRouter(prefix="/corpora", tags=["corpora"])
 
@@ -45,28 +48,21 @@ def inlined_schema(model: type[BaseModel]) -> dict[str, Any]:
     return inline(schema)
 
 
-def _invalid(exc: InvalidCorpus) -> JSONResponse:
-    return JSONResponse({"detail": exc.detail()}, status_code=exc.status)
-
-
 def _request_from_jsonl(text: str, params: dict[str, str]) -> dict[str, Any]:
     settings: dict[str, Any] = {k: params[k] for k in _SETTINGS_PARAMS if k in params}
     unknown = set(params) - {"model", "dictionary_set", "name", *_SETTINGS_PARAMS}
     if unknown:
-        raise InvalidCorpus(("query", sorted(unknown)[0]), f"unknown query parameter(s) {sorted(unknown)}")
+        raise InvalidInput(("query", sorted(unknown)[0]), f"unknown query parameter(s) {sorted(unknown)}")
     return {"model": params.get("model"), "dictionary_set": params.get("dictionary_set"),
             "name": params.get("name", ""), "prompts": validation.parse_jsonl(text), "settings": settings}
 
 
 def validate_request(driver, req: CorpusRequest, tokenizer_of, cfg, database: str | None) -> ValidatedCorpus:  # noqa: ANN001
     """Registry lookups + prompt checks (plain function; the route runs it in a thread)."""
-    try:
-        model = registry.get_model(driver, req.model, database, field="model")
-        dset = registry.get_dictionary_set(driver, req.dictionary_set, database, field="dictionary_set")
-    except registry.RegistryError as exc:
-        raise InvalidCorpus(("body", exc.field), str(exc)) from None
+    model = registry.get_model(driver, req.model, database, field="model")
+    dset = registry.get_dictionary_set(driver, req.dictionary_set, database, field="dictionary_set")
     if dset.model_id != model.model_id:
-        raise InvalidCorpus(("body", "dictionary_set"), f"dictionary set {dset.dictionary_set_id!r} is registered for "
+        raise InvalidInput(("body", "dictionary_set"), f"dictionary set {dset.dictionary_set_id!r} is registered for "
                                                         f"model {dset.model_id!r}, not {model.model_id!r}")
     items = [p if isinstance(p, str) else p.model_dump() for p in req.prompts]
     prompts, tokens, dups = validation.validate_prompts(items, tokenizer_of(model), model.n_ctx, cfg)
@@ -80,39 +76,35 @@ def validate_request(driver, req: CorpusRequest, tokenizer_of, cfg, database: st
              openapi_extra={"requestBody": {"content": {
                  "application/json": {"schema": inlined_schema(CorpusRequest)},
                  "application/x-ndjson": {"schema": {"type": "string"}}}, "required": True}})
-async def submit(request: Request, key: ApiKey = Depends(require_scope("write"))):  # noqa: ANN201
+async def submit(request: Request, key: Annotated[ApiKey, Depends(require_scope("write"))],  # noqa: ANN201
+                 cfg: PipelineDep, driver: DriverDep, db: DatabaseDep):
     """Validate and queue a corpus: one job, one task per (deduplicated) prompt."""
     from workers.tasks import enqueue_prompt
 
-    cfg = pipeline_settings_of(request)
-    driver, db = driver_of(request), settings_of(request).neo4j_database
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit():
+        validation.check_size(int(declared), cfg)  # refuse before reading a huge body
+    chunks: list[bytes] = []
+    received = 0
+    async for chunk in request.stream():  # a chunked body has no Content-Length: count while it arrives
+        received += len(chunk)
+        validation.check_size(received, cfg)
+        chunks.append(chunk)
+    text = validation.decode_utf8(b"".join(chunks))
+    ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if ctype in JSONL_TYPES:
+        payload = _request_from_jsonl(text, dict(request.query_params))
+    elif ctype == "application/json":
+        payload = validation.parse_json(text)
+    else:
+        raise UnsupportedInputType(("header", "content-type"), f"unsupported content type {ctype!r}: send "
+                                                                "application/json or application/x-ndjson")
     try:
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit():
-            validation.check_size(int(declared), cfg)  # refuse before reading a huge body
-        chunks: list[bytes] = []
-        received = 0
-        async for chunk in request.stream():  # a chunked body has no Content-Length: count while it arrives
-            received += len(chunk)
-            validation.check_size(received, cfg)
-            chunks.append(chunk)
-        text = validation.decode_utf8(b"".join(chunks))
-        ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
-        if ctype in JSONL_TYPES:
-            payload = _request_from_jsonl(text, dict(request.query_params))
-        elif ctype == "application/json":
-            payload = validation.parse_json(text)
-        else:
-            raise InvalidCorpus(("header", "content-type"), f"unsupported content type {ctype!r}: send "
-                                                             "application/json or application/x-ndjson", 415)
-        try:
-            req = CorpusRequest.model_validate(payload)
-        except ValidationError as exc:
-            errors = exc.errors(include_url=False, include_context=False, include_input=False)
-            return JSONResponse({"detail": [{**e, "loc": ["body", *e["loc"]]} for e in errors]}, status_code=422)
-        corpus = await run_in_threadpool(validate_request, driver, req, lambda m: tokenizer_for(request, m), cfg, db)
-    except InvalidCorpus as exc:
-        return _invalid(exc)
+        req = CorpusRequest.model_validate(payload)
+    except ValidationError as exc:  # the body is read by hand (streamed, size-checked): FastAPI's 422, by hand
+        errors = exc.errors(include_url=False, include_context=False, include_input=False)
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors]) from None
+    corpus = await run_in_threadpool(validate_request, driver, req, lambda m: tokenizer_for(request, m), cfg, db)
     try:
         created = await run_in_threadpool(submit_corpus, driver, corpus, enqueue_prompt, db,
                                           owner_key_id=key.key_id)
@@ -123,20 +115,14 @@ async def submit(request: Request, key: ApiKey = Depends(require_scope("write"))
 
 
 @router.get("", response_model=CorpusPageOut)
-def list_corpora(request: Request, offset: int = Query(0, ge=0, le=10_000_000),
+def list_corpora(driver: DriverDep, db: DatabaseDep, offset: Offset = 0,
                  limit: int = Query(50, ge=1, le=1000)) -> CorpusPageOut:
     """Corpora, newest first, each with its model, dictionary set, prompt and graph counts and its job's
     state and done/failed/total. Public, like every read."""
-    items = q.list_corpora(driver_of(request), offset, limit + 1, database=settings_of(request).neo4j_database)
-    more = len(items) > limit
-    return CorpusPageOut(items=items[:limit], offset=offset, limit=limit, next_offset=offset + limit if more else None)
+    return CorpusPageOut(**paginate(lambda o, n: q.list_corpora(driver, o, n, database=db), offset, limit))
 
 
 @router.get("/{corpus_id}", response_model=CorpusSummaryOut, responses={404: {"description": "Unknown corpus"}})
-def get_corpus(corpus_id: str, request: Request) -> CorpusSummaryOut:
+def get_corpus(corpus_id: str, driver: DriverDep, db: DatabaseDep) -> CorpusSummaryOut:
     """One corpus with its job's progress counters."""
-    try:
-        return CorpusSummaryOut(**q.get_corpus(driver_of(request), corpus_id,
-                                                database=settings_of(request).neo4j_database))
-    except q.CorpusNotFound as exc:
-        raise HTTPException(404, str(exc)) from None
+    return CorpusSummaryOut(**q.get_corpus(driver, corpus_id, database=db))

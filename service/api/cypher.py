@@ -7,11 +7,12 @@ The concurrency cap (``ATLAS_CYPHER_MAX_CONCURRENT``) holds across every API pro
 from __future__ import annotations
 
 import threading
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
-from service.api.deps import driver_of, redis_of, settings_of
+from service.api.deps import DriverDep, RedisDep, SettingsDep
 from service.auth import ApiKey, require_scope
 from service.query.user_cypher import CypherLimits, CypherRefused, CypherRunner, SharedSlots
 from service.schemas.cypher import CypherOut, CypherRefusal, CypherRequest
@@ -20,14 +21,15 @@ router = APIRouter(tags=["cypher"])
 _lock = threading.Lock()
 
 
-def runner_of(request: Request) -> CypherRunner:
+def cypher_runner(request: Request, settings: SettingsDep, driver: DriverDep, r: RedisDep) -> CypherRunner:
+    """The app's one runner (its limits and the shared concurrency slots), made on first use."""
     state = request.app.state
     with _lock:
         runner = getattr(state, "cypher_runner", None)
         if runner is None:
-            settings, limits = settings_of(request), CypherLimits()
-            slots = SharedSlots(redis_of(request), settings.cypher_max_concurrent, CypherRunner.lease_s(limits))
-            runner = state.cypher_runner = CypherRunner(driver_of(request), settings.neo4j_database, limits, slots)
+            limits = CypherLimits()
+            slots = SharedSlots(r, settings.cypher_max_concurrent, CypherRunner.lease_s(limits))
+            runner = state.cypher_runner = CypherRunner(driver, settings.neo4j_database, limits, slots)
     return runner
 
 
@@ -38,11 +40,12 @@ def runner_of(request: Request) -> CypherRunner:
                         429: {"model": CypherRefusal, "description": "Concurrency cap (across all API processes); "
                                                                      "Retry-After in seconds"},
                         503: {"model": CypherRefusal, "description": "The cap cannot be checked (Redis down)"}})
-def run_cypher(body: CypherRequest, request: Request, key: ApiKey = Depends(require_scope("cypher"))):  # noqa: ANN201
+def run_cypher(body: CypherRequest, key: Annotated[ApiKey, Depends(require_scope("cypher"))],  # noqa: ANN201
+               runner: Annotated[CypherRunner, Depends(cypher_runner)]):
     """Run a read-only query. Refusals answer ``{"rule", "message"}``; results are capped in rows and bytes
     (``truncated_by`` says which cap cut the stream)."""
     try:
-        result = runner_of(request).run(body.query, body.parameters, max_rows=body.max_rows)
+        result = runner.run(body.query, body.parameters, max_rows=body.max_rows)
     except CypherRefused as exc:
         headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s is not None else None
         return JSONResponse({"rule": exc.rule, "message": exc.message}, status_code=exc.status, headers=headers)

@@ -6,15 +6,17 @@
 from __future__ import annotations
 
 import threading
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
-from service.api.deps import driver_of, settings_of
+from service.api.deps import DatabaseDep, DriverDep
+from service.api.pagination import Offset, paginate
 from service.auth import ApiKey, key_responses, require_scope
 from service.query import features as q
 from service.query import labels
-from service.query.features import MAX_QUERY_CHARS, BadSearch
+from service.query.features import MAX_QUERY_CHARS
 from service.query.features import search_features as run_search
 from service.schemas.features import (
     ActivationPageOut,
@@ -31,7 +33,7 @@ router = APIRouter(prefix="/features", tags=["features"])
 @router.get("", response_model=FeatureSearchOut,
             responses={422: {"description": "A parameter that cannot be used (detail[].loc names it)"}})
 def search_features(
-    request: Request,
+    driver: DriverDep, db: DatabaseDep,
     q: str = Query(..., min_length=1, max_length=MAX_QUERY_CHARS, examples=["L2.mlp", "mlp/L2/", "L2:123", "John"],
                    description="A feature key or prefix (dset/L1.mlp#17, L2, L2.mlp, L2:123, L2.mlp#123, mlp/L2/, "
                                "#123; 'key:' forces this reading), 'label:' and text a feature label contains "
@@ -41,27 +43,21 @@ def search_features(
     limit: int = Query(20, ge=1, le=200),
     cursor: str | None = Query(None, description="next_cursor of the previous page."),
     top_tokens: int = Query(3, ge=0, le=20, description="Tokens listed per feature."),
-) -> FeatureSearchOut | JSONResponse:
+) -> FeatureSearchOut:
     """Features ranked by the graphs they appear in (key search) or fire on the token in (token search), then
     activation. No match is a 200 with an empty list."""
-    try:
-        found = run_search(driver_of(request), q, corpus_id, limit=limit, cursor=cursor, top_tokens=top_tokens,
-                           database=settings_of(request).neo4j_database)
-    except BadSearch as exc:
-        return JSONResponse({"detail": [{"loc": ["query", exc.field], "msg": str(exc), "type": "value_error"}]},
-                            status_code=422)
+    found = run_search(driver, q, corpus_id, limit=limit, cursor=cursor, top_tokens=top_tokens, database=db)
     return FeatureSearchOut(**found)
 
 
 @router.get("/{fkey:path}/activations", response_model=ActivationPageOut)
-def feature_activations(request: Request, fkey: str, corpus_id: str | None = None,
-                        offset: int = Query(0, ge=0, le=10_000_000), limit: int = Query(20, ge=1, le=500),
+def feature_activations(driver: DriverDep, db: DatabaseDep, fkey: str, corpus_id: str | None = None,
+                        offset: Offset = 0, limit: int = Query(20, ge=1, le=500),
                         before: int = Query(8, ge=0, le=64), after: int = Query(4, ge=0, le=64)) -> ActivationPageOut:
     """Instances of the feature by activation (desc), with token context; paginated."""
-    items = q.top_activations(driver_of(request), fkey, corpus_id, offset=offset, limit=limit + 1, before=before,
-                              after=after, database=settings_of(request).neo4j_database)
-    more = len(items) > limit
-    return ActivationPageOut(items=items[:limit], offset=offset, limit=limit, next_offset=offset + limit if more else None)
+    return ActivationPageOut(**paginate(lambda o, n: q.top_activations(driver, fkey, corpus_id, offset=o, limit=n,
+                                                                       before=before, after=after, database=db),
+                                        offset, limit))
 
 
 _logit_lock = threading.Lock()
@@ -69,7 +65,8 @@ _logit_lock = threading.Lock()
 
 @router.get("/{fkey:path}/logit-effects", response_model=LogitEffectsOut,
             responses={404: {"description": "Unknown feature, or its dictionary set / model is not registered"}})
-def feature_logit_effects(request: Request, fkey: str, k: int = Query(10, ge=1, le=200)) -> LogitEffectsOut:
+def feature_logit_effects(request: Request, driver: DriverDep, db: DatabaseDep, fkey: str,
+                          k: int = Query(10, ge=1, le=200)) -> LogitEffectsOut:
     """The tokens the feature's decoder direction promotes and suppresses most through the direct path (final
     norm with its scale frozen, de-meaned unembedding), computed with its registered model and dictionaries."""
     from workers.analysis.logit_effects import NoLogitEffects, registered_feature_logit_effects
@@ -81,24 +78,20 @@ def feature_logit_effects(request: Request, fkey: str, k: int = Query(10, ge=1, 
         if cache is None:
             cache = state.logit_effects_cache = ModelCache(size=1)
         try:
-            return LogitEffectsOut(**registered_feature_logit_effects(
-                driver_of(request), cache, fkey, k, database=settings_of(request).neo4j_database))
+            return LogitEffectsOut(**registered_feature_logit_effects(driver, cache, fkey, k, database=db))
         except (LookupError, NoLogitEffects) as exc:
             raise HTTPException(404, str(exc)) from None
 
 
 @router.get("/{fkey:path}", response_model=FeaturePageOut, responses={404: {"description": "Unknown feature"}})
-def feature_page(request: Request, fkey: str, corpus_id: str | None = Query(None, examples=["ioi-demo"]),
+def feature_page(driver: DriverDep, db: DatabaseDep, fkey: str, corpus_id: str | None = Query(None, examples=["ioi-demo"]),
                  top: int = Query(10, ge=0, le=200), neighbours: int = Query(10, ge=0, le=200),
                  before: int = Query(8, ge=0, le=64), after: int = Query(4, ge=0, le=64)) -> FeaturePageOut:
     """Top activations with context (each token with the feature's activation there), strongest upstream/
     downstream features (corpus aggregates, normalised by source activation mass), how often the feature is in
     the corpus' circuits, and a histogram of its activations with its density per token."""
-    try:
-        page = q.feature_page(driver_of(request), fkey, corpus_id, top=top, neighbours=neighbours, before=before,
-                              after=after, database=settings_of(request).neo4j_database)
-    except q.FeatureNotFound as exc:
-        raise HTTPException(404, str(exc)) from None
+    page = q.feature_page(driver, fkey, corpus_id, top=top, neighbours=neighbours, before=before, after=after,
+                          database=db)
     return FeaturePageOut(**page)
 
 
@@ -106,22 +99,16 @@ _WRITE_RESPONSES = key_responses("write", {404: {"description": "Unknown feature
 
 
 @router.put("/{fkey:path}/label", response_model=FeatureLabelOut, responses=_WRITE_RESPONSES)
-def label_feature(request: Request, fkey: str, body: FeatureLabelIn,
-                  key: ApiKey = Depends(require_scope("write"))) -> FeatureLabelOut:
+def label_feature(fkey: str, body: FeatureLabelIn, key: Annotated[ApiKey, Depends(require_scope("write"))],
+                  driver: DriverDep, db: DatabaseDep) -> FeatureLabelOut:
     """Attach a label and a note to a feature (replacing any); circuits, the Neuronpedia export (``clerp``),
     feature search and the viewer show it."""
-    try:
-        return FeatureLabelOut(**labels.set_label(driver_of(request), fkey, body.label, body.note, key.key_id,
-                                                  database=settings_of(request).neo4j_database))
-    except q.FeatureNotFound as exc:
-        raise HTTPException(404, str(exc)) from None
+    return FeatureLabelOut(**labels.set_label(driver, fkey, body.label, body.note, key.key_id, database=db))
 
 
 @router.delete("/{fkey:path}/label", status_code=204, responses=_WRITE_RESPONSES)
-def unlabel_feature(request: Request, fkey: str, key: ApiKey = Depends(require_scope("write"))) -> Response:
+def unlabel_feature(fkey: str, key: Annotated[ApiKey, Depends(require_scope("write"))], driver: DriverDep,
+                    db: DatabaseDep) -> Response:
     """Remove a feature's label and note."""
-    try:
-        labels.clear_label(driver_of(request), fkey, database=settings_of(request).neo4j_database)
-    except q.FeatureNotFound as exc:
-        raise HTTPException(404, str(exc)) from None
+    labels.clear_label(driver, fkey, database=db)
     return Response(status_code=204)

@@ -4,17 +4,18 @@ result is ``service.schemas.interventions.InterventionResultOut``."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, HTTPException, Request
-from fastapi.responses import JSONResponse
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
 
 import workers.analysis_tasks  # noqa: F401 - registers the 'interventions' analysis kind (in this process too)
 from service.api.analyses import enqueue_analysis
-from service.api.deps import driver_of, settings_of
-from service.api.qk import unprocessable
+from service.api.deps import DatabaseDep, DriverDep
 from service.auth import ApiKey, key_responses, require_scope
 from service.query import circuits as cq
 from service.schemas.analyses import AnalysisOut, AnalysisRequest
 from service.schemas.interventions import InterventionRequest
+from workers.errors import InvalidInput
 
 router = APIRouter(prefix="/graphs", tags=["circuits"])
 
@@ -22,27 +23,23 @@ router = APIRouter(prefix="/graphs", tags=["circuits"])
 @router.post("/{graph_id}/interventions", response_model=AnalysisOut, status_code=202,
              responses=key_responses("write", {404: {"description": "Unknown graph"},
                                                 422: {"description": "A field that cannot be used (detail[].loc names it)"}}))
-def request_interventions(graph_id: str, body: InterventionRequest, request: Request,
-                          key: ApiKey = Depends(require_scope("write"))) -> AnalysisOut | JSONResponse:
+def request_interventions(graph_id: str, body: InterventionRequest,
+                          key: Annotated[ApiKey, Depends(require_scope("write"))], driver: DriverDep,
+                          db: DatabaseDep) -> AnalysisOut:
     """Queue a worker to ablate, scale or set the chosen features (together) of this graph's prompt. The result
     gives, per target, the frozen change, the change the edges predict (equal to it) and the live change
     (features recomputed), and the largest live logit changes."""
-    driver, db = driver_of(request), settings_of(request).neo4j_database
-    try:
-        cq.get_graph(driver, graph_id, database=db)
-    except cq.GraphNotFound as exc:
-        raise HTTPException(404, str(exc)) from None
+    cq.get_graph(driver, graph_id, database=db)
     if body.mode != "ablate" and body.value is None:
-        return unprocessable("value", f"mode {body.mode!r} needs a value (the factor or the activation)")
+        raise InvalidInput(("body", "value"), f"mode {body.mode!r} needs a value (the factor or the activation)")
     stored = {r["n"]: r["k"] for r in driver.execute_query(
         "MATCH (n:Node {graph_id: $g}) WHERE n.node_id IN $ids RETURN n.node_id AS n, n.kind AS k",
         g=graph_id, ids=body.node_ids, database_=db, routing_="r").records}
     for i, node in enumerate(body.node_ids):
         if stored.get(node) != "feature":
             what = "is not a feature" if node in stored else "is not a node of this graph"
-            return JSONResponse({"detail": [{"loc": ["body", "node_ids", i], "msg": f"{node!r} {what}; interventions "
-                                             "edit the graph's feature nodes", "type": "value_error"}]},
-                                status_code=422)
+            raise InvalidInput(("body", "node_ids", i), f"{node!r} {what}; interventions edit the graph's feature "
+                                                        "nodes")
     params = {"graph_id": graph_id, **body.model_dump(exclude_none=True)}
     # Not a kind of the generic POST /analyses: its parameters are validated here only.
-    return enqueue_analysis(request, AnalysisRequest.model_construct(kind="interventions", params=params), key)
+    return enqueue_analysis(driver, db, AnalysisRequest.model_construct(kind="interventions", params=params), key)

@@ -9,16 +9,18 @@ Same pattern as ``POST /graphs/{id}/local-circuits``. What can be checked withou
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, HTTPException, Request
-from fastapi.responses import JSONResponse
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
 
 import workers.analysis_tasks  # noqa: F401 - registers the 'qk_pairs' analysis kind (in this process too)
 from service.api.analyses import enqueue_analysis
-from service.api.deps import driver_of, settings_of
+from service.api.deps import DatabaseDep, DriverDep
 from service.auth import ApiKey, key_responses, require_scope
 from service.query import circuits as cq
 from service.schemas.analyses import AnalysisOut, AnalysisRequest
 from service.schemas.qk import QKRequest
+from workers.errors import InvalidInput
 
 router = APIRouter(prefix="/graphs", tags=["circuits"])
 
@@ -32,54 +34,44 @@ RETURN max(n.layer) AS n_layers
 """
 
 
-def unprocessable(field: str, msg: str) -> JSONResponse:
-    return JSONResponse({"detail": [{"loc": ["body", field], "msg": msg, "type": "value_error"}]}, status_code=422)
-
-
-def check_request(body: QKRequest, n_positions: int | None, n_layers: int | None) -> JSONResponse | None:
-    """A 422 for the first problem found, or None."""
+def check_request(body: QKRequest, n_positions: int | None, n_layers: int | None) -> None:
+    """Raises InvalidInput naming the first field that cannot be used."""
     given = [f for f in _HEAD_FIELDS if getattr(body, f) is not None]
     if body.from_circuit:
         if given:
-            return unprocessable(given[0], f"give either from_circuit or a head ({', '.join(_HEAD_FIELDS)}), "
-                                            "not both")
-        return None
+            raise InvalidInput(("body", given[0]), f"give either from_circuit or a head ({', '.join(_HEAD_FIELDS)}), "
+                                                   "not both")
+        return
     missing = [f for f in _HEAD_FIELDS if getattr(body, f) is None]
     if missing:
-        return unprocessable(missing[0], f"{', '.join(missing)} missing: give layer, head, query_position and "
-                                          "key_position, or from_circuit: true")
+        raise InvalidInput(("body", missing[0]), f"{', '.join(missing)} missing: give layer, head, query_position "
+                                                 "and key_position, or from_circuit: true")
     if n_positions is not None:
         for f in ("query_position", "key_position"):
             if getattr(body, f) >= n_positions:
-                return unprocessable(f, f"{f} {getattr(body, f)} is outside the prompt: it has {n_positions} "
-                                         f"tokens (positions 0..{n_positions - 1})")
+                raise InvalidInput(("body", f), f"{f} {getattr(body, f)} is outside the prompt: it has {n_positions} "
+                                                f"tokens (positions 0..{n_positions - 1})")
     if body.key_position > body.query_position:
-        return unprocessable("key_position", f"key_position {body.key_position} is after query_position "
-                                              f"{body.query_position}; attention is causal")
+        raise InvalidInput(("body", "key_position"), f"key_position {body.key_position} is after query_position "
+                                                     f"{body.query_position}; attention is causal")
     if n_layers is not None and body.layer >= n_layers:
-        return unprocessable("layer", f"layer {body.layer} does not exist: the model has layers 0..{n_layers - 1}")
-    return None
+        raise InvalidInput(("body", "layer"), f"layer {body.layer} does not exist: the model has layers "
+                                              f"0..{n_layers - 1}")
 
 
 @router.post("/{graph_id}/qk", response_model=AnalysisOut, status_code=202,
              responses=key_responses("write", {404: {"description": "Unknown graph"},
                                                 422: {"description": "A field that cannot be used (detail[].loc names it)"}}))
-def request_qk_pairs(graph_id: str, body: QKRequest, request: Request,
-                     key: ApiKey = Depends(require_scope("write"))) -> AnalysisOut | JSONResponse:
+def request_qk_pairs(graph_id: str, body: QKRequest, key: Annotated[ApiKey, Depends(require_scope("write"))],
+                     driver: DriverDep, db: DatabaseDep) -> AnalysisOut:
     """Queue a worker to split a head's pre-softmax attention score into (query node, key node) pairs plus
     bias terms, exactly (they sum to the score). When the job is done its result lists, per head, the top_k
     pairs, the sum of the others, the bias terms and the score."""
-    driver, db = driver_of(request), settings_of(request).neo4j_database
-    try:
-        graph = cq.get_graph(driver, graph_id, database=db)
-    except cq.GraphNotFound as exc:
-        raise HTTPException(404, str(exc)) from None
+    graph = cq.get_graph(driver, graph_id, database=db)
     prov = graph.get("provenance") if isinstance(graph.get("provenance"), dict) else {}
     tokens = prov.get("tokens")
     n_layers = driver.execute_query(_SHAPE, g=graph_id, database_=db, routing_="r").records[0]["n_layers"]
-    problem = check_request(body, len(tokens) if tokens else None, n_layers)
-    if problem is not None:
-        return problem
+    check_request(body, len(tokens) if tokens else None, n_layers)
     params = {"graph_id": graph_id, **body.model_dump(exclude_none=True)}
     # 'qk_pairs' is not a kind of the generic POST /analyses: its parameters are validated here only.
-    return enqueue_analysis(request, AnalysisRequest.model_construct(kind="qk_pairs", params=params), key)
+    return enqueue_analysis(driver, db, AnalysisRequest.model_construct(kind="qk_pairs", params=params), key)

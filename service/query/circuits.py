@@ -23,6 +23,7 @@ from neo4j import Driver
 
 from service.query.labels import labels_of
 from workers import neuronpedia
+from workers.errors import NotFound
 from workers.vocabulary.ids import node_uid
 from workers.vocabulary.kinds import DEFAULT_KEEP_KINDS
 
@@ -30,11 +31,11 @@ NODE_FIELDS = ("node_id", "kind", "layer", "pos", "feature", "dictionary", "fkey
                "token")
 
 
-class GraphNotFound(LookupError):
+class GraphNotFound(NotFound):
     """No complete graph with this id."""
 
 
-class NodeNotFound(LookupError):
+class NodeNotFound(NotFound):
     """The graph has no node with this id."""
 
 

@@ -15,6 +15,7 @@ import time
 
 from neo4j import Driver
 
+from workers.errors import NotFound
 from workers.vocabulary.defaults import JOB_STATES
 
 # One row per corpus: its job (at most one per corpus) and how many complete graphs it has (graph_corpus_id index).
@@ -45,7 +46,7 @@ RETURN j.job_id AS job_id, j.corpus_id AS corpus_id, j.state AS state, j.total A
 """
 
 
-class CorpusNotFound(LookupError):
+class CorpusNotFound(NotFound):
     """No (:Corpus) with this id."""
 
 

@@ -21,6 +21,7 @@ import numpy as np
 from neo4j import Driver
 
 from service.query.global_circuits import aggregate_neighbours
+from workers.errors import InvalidInput, NotFound
 from workers.pipeline.jobs import quiet_records
 from workers.vocabulary.tensors import SITES
 
@@ -92,7 +93,7 @@ ORDER BY corpus_id
 """
 
 
-class FeatureNotFound(LookupError):
+class FeatureNotFound(NotFound):
     """No (:Feature) with this fkey."""
 
 
@@ -188,11 +189,11 @@ _INDEX_FORM = re.compile(r"#(?P<index>\d+)")
 MAX_QUERY_CHARS = 200
 
 
-class BadSearch(ValueError):
+class BadSearch(InvalidInput):
     """A search parameter that cannot be used; ``field`` names it (q or cursor)."""
 
     def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
+        super().__init__(("query", field), message)
         self.field = field
 
 

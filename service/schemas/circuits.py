@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from service.schemas.pages import Page
+
 
 class NodeOut(BaseModel):
     node_id: str = Field(examples=["feat:L1.mlp:p4:f17"])
@@ -57,11 +59,8 @@ class GraphSummaryOut(BaseModel):
                                examples=[["logit(Mary)"]])
 
 
-class GraphPageOut(BaseModel):
-    items: list[GraphSummaryOut]
-    offset: int
-    limit: int
-    next_offset: int | None = Field(description="Pass as ?offset= for the next page; null on the last page.")
+class GraphPageOut(Page[GraphSummaryOut]):
+    pass
 
 
 class PathOut(BaseModel):

@@ -4,6 +4,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.schemas.pages import Page
 from workers.vocabulary.defaults import EDGE_THRESHOLD, NODE_THRESHOLD
 
 
@@ -89,8 +90,5 @@ class CorpusSummaryOut(BaseModel):
                                                        "through POST /corpora).")
 
 
-class CorpusPageOut(BaseModel):
-    items: list[CorpusSummaryOut]
-    offset: int
-    limit: int
-    next_offset: int | None = Field(description="Pass as ?offset= for the next page; null on the last page.")
+class CorpusPageOut(Page[CorpusSummaryOut]):
+    pass

@@ -6,6 +6,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from service.query.labels import MAX_LABEL_CHARS, MAX_NOTE_CHARS
 from service.schemas.circuits import PathOut
+from service.schemas.pages import Page
 
 
 class ContextToken(BaseModel):
@@ -105,21 +106,14 @@ class FeaturePageOut(BaseModel):
     histogram: HistogramOut
 
 
-class ActivationPageOut(BaseModel):
-    items: list[ActivationOut]
-    offset: int
-    limit: int
-    next_offset: int | None
+class ActivationPageOut(Page[ActivationOut]):
+    pass
 
 
-class NeighbourPageOut(BaseModel):
+class NeighbourPageOut(Page[NeighbourOut]):
     fkey: str
     corpus_id: str | None
     direction: str
-    items: list[NeighbourOut]
-    offset: int
-    limit: int
-    next_offset: int | None
 
 
 class AggregateEdgeOut(BaseModel):

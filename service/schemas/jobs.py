@@ -5,6 +5,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from service.schemas.corpora import CorpusJobOut
+from service.schemas.pages import Page
 
 
 class PromptFailure(BaseModel):
@@ -45,11 +46,8 @@ class JobSummaryOut(CorpusJobOut):
     dictionary_set: str | None = None
 
 
-class JobPageOut(BaseModel):
-    items: list[JobSummaryOut]
-    offset: int
-    limit: int
-    next_offset: int | None = Field(description="Pass as ?offset= for the next page; null on the last page.")
+class JobPageOut(Page[JobSummaryOut]):
+    pass
 
 
 class TimelineBinOut(BaseModel):

@@ -230,3 +230,61 @@ def test_ln2_hook_normalized_clt_is_folded_with_the_model(tmp_path: Path):
     wrong = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=16, n_embd=D, n_layer=L + 1, n_head=2))
     with pytest.raises(ValueError, match="spans 3 layers of width 8; the model has 4 layers"):
         load_dictionary_set(tmp_path / "ct", model=wrong)
+
+
+# -- splicing a CLT into a live model (metrics) -----------------------------------------------------
+
+@pytest.mark.parametrize("input_site", ["resid_mid", "mlp_in"])
+def test_clt_spliced_replaces_every_mlp_output_by_the_reconstruction(input_site):
+    from workers.dictionaries.crosslayer.training import clt_spliced
+
+    torch.manual_seed(1)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=16, n_embd=D, n_layer=L, n_head=2)).eval()
+    clt = random_clt("jumprelu", input_site=input_site)
+    seen: dict[str, dict[int, torch.Tensor]] = {"resid_mid": {}, "mlp_in": {}, "out": {}}
+    hooks = []
+
+    def keep_mlp(i: int):
+        def hook(_m, args, out):
+            seen["mlp_in"][i], seen["out"][i] = args[0], out
+        return hook
+
+    for i, blk in enumerate(model.transformer.h):
+        hooks.append(blk.ln_2.register_forward_hook(lambda m, a, o, i=i: seen["resid_mid"].__setitem__(i, a[0])))
+        hooks.append(blk.mlp.register_forward_hook(keep_mlp(i)))
+    ids = torch.randint(0, 50, (2, 10), generator=G)
+    with torch.no_grad(), clt_spliced(model, clt):
+        spliced_logits = model(input_ids=ids).logits
+    with torch.no_grad():
+        xs = torch.stack([seen[input_site][i] for i in range(L)])
+        expected = clt(xs)
+        for m in range(L):  # the hooks above ran before the splice: "out" holds the MLP's own output...
+            assert not torch.allclose(seen["out"][m], expected[m])
+        for h in hooks:
+            h.remove()
+        # ...so check the splice through the residual stream instead: rerun with each MLP forced to `expected`
+        handles = [blk.mlp.register_forward_hook(lambda m, a, o, i=i: expected[i])
+                   for i, blk in enumerate(model.transformer.h)]
+        forced = model(input_ids=ids).logits
+        for h in handles:
+            h.remove()
+    assert torch.allclose(spliced_logits, forced, atol=1e-5)
+
+
+def test_source_layer_view_is_the_engine_dictionary_of_one_source_layer():
+    from workers.dictionaries.crosslayer.module import SourceLayer
+
+    clt = random_clt("jumprelu")
+    v = SourceLayer(clt, 1)
+    x = rnd(6, D)
+    assert v.cfg.name == "L1.mlp" and v.writes == [1, 2] and v.W_skip is None and v.skip_out(x) is None
+    assert torch.equal(v.encode(x), clt.encode(1, x)) and torch.equal(v.b_dec, clt.b_dec[1])
+    assert v.W_dec.shape == (F, 2 * D) and v.W_dec.data_ptr() == clt.W_dec[1].data_ptr()  # a view
+    # a feature's edge from concatenated gradients = the sum of its writes' edges
+    g = {m: rnd(D) for m in (1, 2)}
+    a = 0.7
+    for f in (0, 5):
+        ext = a * v.W_dec[f] @ torch.cat([g[1], g[2]])
+        assert torch.allclose(ext, sum(a * clt.decoder(1, m)[f] @ g[m] for m in (1, 2)), atol=1e-5)
+        parts = v.split_writes(v.W_dec[f])
+        assert torch.equal(parts[2], clt.decoder(1, 2)[f])

@@ -76,9 +76,12 @@ def test_worker_cache_refuses_changed_files(neo4j_driver, tiny_model, unique_id,
 @pytest.fixture
 def limits(client):  # noqa: ANN001
     """Small limits on the app under test, restored afterwards."""
-    client.app.state.pipeline_settings = PipelineSettings(max_prompt_tokens=12, max_upload_bytes=4000)
-    yield client.app.state.pipeline_settings
-    client.app.state.pipeline_settings = None
+    from service.api.deps import pipeline_settings
+
+    small = PipelineSettings(max_prompt_tokens=12, max_upload_bytes=4000)
+    client.app.dependency_overrides[pipeline_settings] = lambda: small
+    yield small
+    client.app.dependency_overrides.pop(pipeline_settings)
 
 
 def _bad_requests(model: str, dset: str) -> list[tuple[str, dict, int, list]]:

@@ -42,6 +42,9 @@ def test_services_and_images(compose):
     devices = services["worker"]["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["capabilities"] == ["gpu"]
     assert "deploy" not in services["worker-cpu"]
+    # the GPU worker loads its models on the GPU; the CPU worker keeps the default (cpu)
+    assert services["worker"]["environment"]["ATLAS_DEVICE"] == "cuda"
+    assert "ATLAS_DEVICE" not in services["worker-cpu"]["environment"]
 
 
 def test_atlas_environment_matches_settings(compose):

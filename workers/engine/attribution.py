@@ -20,6 +20,7 @@ Where each part lives: the node table (``nodes.py``), bias leaves (``bias.py``),
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -60,6 +61,21 @@ class AttributionSettings:
         return dict(self.__dict__)
 
 
+def on_model_device(fn):
+    """Run ``fn(lin, ...)`` with ``lin``'s device as torch's default device, so that every tensor the engine
+    creates lives beside the model (ATLAS_DEVICE); the Graph is handed back on the CPU (``nodes.assemble``)."""
+
+    @functools.wraps(fn)
+    def run(lin: Linearised, *args, **kwargs):
+        if lin.device.type == "cpu":  # torch's default already (the device context costs a hook per op)
+            return fn(lin, *args, **kwargs)
+        with torch.device(lin.device):
+            return fn(lin, *args, **kwargs)
+
+    return run
+
+
+@on_model_device
 def build_graph(
     lin: Linearised,
     trace: Trace,
@@ -121,6 +137,7 @@ def build_graph(
 __all__ = ["AttributionSettings", "attribute", "build_graph"]
 
 
+@on_model_device
 def attribute(
     lin: Linearised,
     prompt: str | torch.Tensor | list[int],
@@ -159,7 +176,9 @@ def attribute(
     prov = {
         "model_name": str(getattr(lin.model.config, "_name_or_path", "") or type(lin.model).__name__),
         "model_hash": lin.content_hash(),
-        "dictionary_hash": lin.dictionaries.content_hash(),
+        "dictionary_hash": lin.dictionary_hash(),
+        "device": str(lin.device),
+        "weights_dtype": str(lin.dtype).removeprefix("torch."),
         "bos_folded": bool(fold),
     }
     g = build_graph(lin, trace, resolved, settings, progress, prov)

@@ -93,7 +93,7 @@ def edges(
                     vec = torch.stack([rows[i].vector for i in chunk])
                     emit(chunk, dict(adjoint.leaf_gradients(tensor, pos, vec, P)), P)
             release_freed_memory()
-    autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if settings.dtype == "bf16" else None)
+    autocast = (torch.autocast(lin.device.type, dtype=torch.bfloat16) if settings.dtype == "bf16" else None)
     vmap = settings.backward != "replicate"
     for members in _cone_groups(rows, slow, settings.cone_chunk):
         P = max(rows[i].pos for i in members) + 1

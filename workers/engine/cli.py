@@ -1,7 +1,8 @@
 """``atlas attribute``: compute one attribution graph and print a readable circuit summary.
 
 The lead mounts :func:`attribute` on the project's typer app; it also runs standalone:
-``python -m workers.engine.cli --model DIR --dictionaries DIR "prompt" --target top``.
+``python -m workers.engine.cli --model DIR --dictionaries DIR "prompt" --target top``. ``--device`` and
+``--dtype`` (default ATLAS_DEVICE / ATLAS_DTYPE) say where the model and dictionaries are loaded.
 """
 
 from __future__ import annotations
@@ -14,19 +15,26 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from workers.models.placement import Placement
 from workers.vocabulary.defaults import EDGE_THRESHOLD, NODE_THRESHOLD
 
 console = Console()
 
 
-def load(model_dir: Path, dictionaries_dir: Path):
-    """(Linearised, tokenizer or None) from a local Hugging Face model directory and a dictionary set."""
+def load(model_dir: Path, dictionaries_dir: Path, placement: Placement | None = None):
+    """(Linearised, tokenizer or None) from a local Hugging Face model directory and a dictionary set, on
+    ``placement``'s device and dtype (default: ATLAS_DEVICE / ATLAS_DTYPE)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from workers.dictionaries.formats import load_dictionary_set
     from workers.engine.linearise import Linearised
 
+    placement = placement or Placement.from_settings()
+    try:
+        placement.torch_device()  # before loading anything: a missing GPU is reported at once
+    except RuntimeError as exc:
+        raise typer.BadParameter(str(exc)) from exc
     if not model_dir.is_dir():
         raise typer.BadParameter(f"{model_dir} is not a directory (expected a Hugging Face model directory)")
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, local_files_only=True)
@@ -35,7 +43,7 @@ def load(model_dir: Path, dictionaries_dir: Path):
     except (OSError, ValueError):
         tok = None
     dicts = load_dictionary_set(dictionaries_dir, model)
-    return Linearised(model, dicts), tok
+    return Linearised(model, dicts).place(placement), tok
 
 
 def attribute(
@@ -51,6 +59,8 @@ def attribute(
         None, "--max-feature-nodes", min=0,
         help="node budget: at most this many active features become rows (the rest: one 'unexp' leaf per site "
              "and position; rows stay complete). Default: every active feature"),
+    device: str | None = typer.Option(None, help="cpu | cuda | cuda:N (default: ATLAS_DEVICE, else cpu)"),
+    dtype: str | None = typer.Option(None, help="weights' dtype: fp32 | bf16 (default: ATLAS_DTYPE, else fp32)"),
     node_threshold: float = typer.Option(NODE_THRESHOLD, help="influence pruning: node threshold"),
     edge_threshold: float = typer.Option(EDGE_THRESHOLD, help="influence pruning: edge threshold"),
     top: int = typer.Option(15, help="nodes to list"),
@@ -62,7 +72,12 @@ def attribute(
     from workers.engine.attribution import attribute as run_attribution
     from workers.engine.pruning import prune
 
-    lin, tok = load(model, dictionaries)
+    default = Placement.from_settings()
+    try:
+        placement = Placement(device or default.device, dtype or default.dtype)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    lin, tok = load(model, dictionaries, placement)
     if ids_input:
         text_or_ids: str | list[int] = [int(x) for x in prompt.split(",") if x.strip()]
     else:

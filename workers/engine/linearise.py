@@ -34,6 +34,7 @@ from torch import nn
 from workers.dictionaries.modules import Dictionary, DictionarySet
 from workers.engine.norms import NormRecord, fit_norm, frozen_norm_output, is_norm
 from workers.models import sites as model_sites
+from workers.models.placement import Placement, place
 from workers.vocabulary import tensors as tn
 
 ATTN_IMPL = "atlas_frozen"
@@ -270,6 +271,28 @@ class Linearised:
     @property
     def device(self) -> torch.device:
         return self.W_U.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The weights' dtype (ATLAS_DTYPE): traces and frozen forwards run in it; the adjoint in fp32."""
+        return self.W_U.dtype
+
+    def place(self, placement: Placement) -> Linearised:
+        """Move the model and the dictionaries to ``placement``'s device and dtype (workers/models/placement.py).
+        The content hashes a graph's provenance names are taken first: those of the weights as loaded."""
+        self.content_hash()
+        self.dictionary_hash()
+        place(self.model, self.dictionaries, placement)
+        out_emb = self.model.get_output_embeddings()
+        self.W_U, self.lm_bias = out_emb.weight, getattr(out_emb, "bias", None)
+        return self
+
+    def dictionary_hash(self) -> str:
+        """The dictionary set's content hash; cached (see :meth:`place`)."""
+        h = getattr(self, "_dictionary_hash", None)
+        if h is None:
+            h = self._dictionary_hash = self.dictionaries.content_hash()
+        return h
 
     # ---------------------------------------------------------------------------------------------
     @contextlib.contextmanager

@@ -130,7 +130,7 @@ def lay_out(lin: Linearised, trace: Trace, targets: list[Target], settings: Attr
             nodes.feature += fl
             nodes.activation += al
             feat_cols[ps, slot] = torch.arange(first, first + len(fids))
-            vectors[ps, 1 + slot] = acts[:, None] * d.W_dec.detach()[fs]
+            vectors[ps, 1 + slot] = (acts[:, None] * d.W_dec.detach()[fs]).float()
             if settings.feature_rows and budget is None:
                 frows += feature_rows(d, layer, site, fids, pl, fs)
         site_cols.append(SiteColumns(rec.key, err_cols, feat_cols, vectors))
@@ -174,10 +174,12 @@ def assemble(lin: Linearised, trace: Trace, targets: list[Target], nodes: NodeTa
         "n_layers": lin.n_layers,
         "timings_s": {**timings, "total": time.perf_counter() - t0},
     })
+    cpu = torch.device("cpu")  # results leave the device (ATLAS_DEVICE) here
     return Graph(
-        node_ids=nodes.ids, kinds=nodes.kinds, layer=torch.tensor(nodes.layer), site=nodes.site,
-        pos=torch.tensor(nodes.pos), feature=torch.tensor(nodes.feature),
-        activation=torch.tensor(nodes.activation, dtype=torch.float32), value=value, adjacency=adj,
+        node_ids=nodes.ids, kinds=nodes.kinds, layer=torch.tensor(nodes.layer, device=cpu), site=nodes.site,
+        pos=torch.tensor(nodes.pos, device=cpu), feature=torch.tensor(nodes.feature, device=cpu),
+        activation=torch.tensor(nodes.activation, dtype=torch.float32, device=cpu), value=value.cpu(),
+        adjacency=adj.cpu(),
         targets=infos, tokens=trace.input_ids.tolist(), provenance=prov,
     )
 

@@ -50,6 +50,12 @@ def _norm_eps(module: nn.Module) -> float | None:
     return None
 
 
+def _fit_tolerance(dtype: torch.dtype) -> float:
+    """Relative error (of the largest output) under which a formula counts as reproducing a norm: 1e-4 in
+    fp32; in a 16-bit dtype the module's own output is rounded to ~2⁻⁸ relative, so 4 of its ε."""
+    return max(1e-4, 4 * torch.finfo(dtype).eps) if dtype.is_floating_point else 1e-4
+
+
 def fit_norm(module: nn.Module, x: torch.Tensor, y: torch.Tensor, name: str) -> NormRecord:
     """Find which of the usual formulas reproduces this norm's output, and the per-row scale.
 
@@ -68,7 +74,7 @@ def fit_norm(module: nn.Module, x: torch.Tensor, y: torch.Tensor, name: str) -> 
             u = _apply_weight(xc, None if w is None else w.detach().double(), form)
             s = (target * u).sum(-1, keepdim=True) / (u * u).sum(-1, keepdim=True).clamp_min(1e-300)
             err = (target - s * u).abs().max().item()
-            tol = 1e-4 * max(target.abs().max().item(), 1e-6)
+            tol = _fit_tolerance(x.dtype) * max(target.abs().max().item(), 1e-6)
             if err <= tol:
                 # Prefer the module's own formula 1/sqrt(mean(x_c²) + eps) computed in the input's dtype
                 # (bit-closer to the clean run than the fit) when it reproduces the output too.

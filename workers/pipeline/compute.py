@@ -30,6 +30,7 @@ from typing import Any
 import redis as redis_lib
 from neo4j import Driver
 
+from workers.models.placement import Placement
 from workers.pipeline import jobs, registry
 from workers.pipeline.config import PipelineSettings
 from workers.store.writer import GraphBusy, discard_unfinished, lease_left_s, write_graph
@@ -70,8 +71,11 @@ class ModelCache:
     if it changed they are re-hashed, and a hash that differs from the registered one is refused.
     """
 
-    def __init__(self, size: int = 2) -> None:
+    def __init__(self, size: int = 2, placement: Placement | None = None) -> None:
         self.size = size
+        # where models and dictionaries are loaded (the gpu queue's workers: ATLAS_DEVICE / ATLAS_DTYPE);
+        # default the CPU in fp32 (the API's and analyses' caches)
+        self.placement = placement or Placement()
         self._items: OrderedDict[tuple[str, str, str, str], Loaded] = OrderedDict()
         self.loads = 0
 
@@ -112,9 +116,11 @@ class ModelCache:
                                                       use_safetensors=True).eval()  # never unpickle weights
             tok = load_tokenizer(model)
         ds = load_dictionary_set(dset.path, hf)
+        lin = Linearised(hf, ds).place(self.placement)
         self.loads += 1
-        log.info("loaded %s + %s in %.1fs", model.model_id, dset.dictionary_set_id, time.perf_counter() - t0)
-        return Loaded(Linearised(hf, ds), tok, model, dset, fps)
+        log.info("loaded %s + %s on %s (%s) in %.1fs", model.model_id, dset.dictionary_set_id, self.placement.device,
+                 self.placement.dtype, time.perf_counter() - t0)
+        return Loaded(lin, tok, model, dset, fps)
 
 
 def load_tokenizer(model: registry.RegisteredModel):

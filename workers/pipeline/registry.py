@@ -16,16 +16,22 @@ from pathlib import Path
 
 from neo4j import Driver
 
+from workers.errors import InvalidInput, NotPermitted
+
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 
 
-class RegistryError(ValueError):
-    """A registration or lookup failed; ``field`` names the offending request field."""
+class RegistryError(InvalidInput):
+    """A registration or lookup failed; ``field`` names the offending request field (``loc`` is
+    ``("body", field)``)."""
 
-    def __init__(self, field: str, message: str, status: int = 422) -> None:
-        super().__init__(message)
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(("body", field), message)
         self.field = field
-        self.status = status
+
+
+class PathNotAllowed(RegistryError, NotPermitted):
+    """The path lies outside ``ATLAS_REGISTRY_ROOTS``."""
 
 
 # Weights formats that unpickle (run code) when loaded. Registration refuses them: only safetensors and GGUF.
@@ -34,11 +40,11 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
 
 def check_registrable(path: str | Path, roots: list[Path]) -> Path:
     """``path`` resolved (symlinks followed), if it lies under one of ``roots`` and holds no pickled weights;
-    RegistryError on ``path`` otherwise (403 outside the roots, 422 for pickles), naming the allowed roots."""
+    PathNotAllowed outside the roots (naming them), RegistryError for pickles."""
     p = Path(path).expanduser().resolve()
     if not any(p == root or p.is_relative_to(root) for root in roots):
-        raise RegistryError("path", f"{p} is outside the directories models and dictionaries may be registered "
-                                    f"from: {', '.join(map(str, roots))} (ATLAS_REGISTRY_ROOTS)", status=403)
+        raise PathNotAllowed("path", f"{p} is outside the directories models and dictionaries may be registered "
+                                     f"from: {', '.join(map(str, roots))} (ATLAS_REGISTRY_ROOTS)")
     pickled = [f for f in _files(p) if f.suffix.lower() in PICKLE_SUFFIXES] if p.exists() else []
     if pickled:
         raise RegistryError("path", f"{p} holds pickled weights ({', '.join(f.name for f in pickled[:3])}), which "
@@ -144,7 +150,7 @@ def register_dictionary_set(driver: Driver, dictionary_set_id: str, path: str | 
 
     _check_id("dictionary_set_id", dictionary_set_id)
     p = Path(path).expanduser().resolve() if roots is None else check_registrable(path, roots)
-    get_model(driver, model_id, database=database)
+    get_model(driver, model_id, database=database, field="model_id")
     if not p.is_dir():
         raise RegistryError("path", f"{p} is not a directory (expected a dictionary set directory)")
     try:

@@ -1,4 +1,4 @@
-"""Checks a submitted corpus before anything is written: every problem becomes an :class:`InvalidCorpus`
+"""Checks a submitted corpus before anything is written: every problem is a domain error (``workers/errors.py``)
 naming the request field (``loc``), so the API answers 4xx and the database stays unchanged.
 
 Targets use the engine's syntax (``workers.engine.targets.parse_target``): ``top``, ``logit:TOKEN[@POS]``,
@@ -13,19 +13,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from workers.errors import InputTooLarge, InvalidInput, MalformedInput
 from workers.pipeline.config import PipelineSettings
-
-
-class InvalidCorpus(ValueError):
-    """``loc``: the offending field as a path, e.g. ("body", "prompts", 3, "text"); ``status``: HTTP code."""
-
-    def __init__(self, loc: tuple, message: str, status: int = 422) -> None:
-        super().__init__(message)
-        self.loc = loc
-        self.status = status
-
-    def detail(self) -> list[dict[str, Any]]:
-        return [{"loc": list(self.loc), "msg": str(self), "type": "value_error"}]
 
 
 @dataclass
@@ -50,22 +39,22 @@ def decode_utf8(raw: bytes, loc: tuple = ("body",)) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        raise InvalidCorpus(loc, f"the request body is not valid UTF-8: byte {exc.start} (line {line}) "
-                                 f"is {raw[exc.start:exc.start + 1]!r}; send UTF-8 text", 400) from None
+        raise MalformedInput(loc, f"the request body is not valid UTF-8: byte {exc.start} (line {line}) "
+                                 f"is {raw[exc.start:exc.start + 1]!r}; send UTF-8 text") from None
 
 
 def check_size(n_bytes: int, cfg: PipelineSettings) -> None:
     if n_bytes > cfg.max_upload_bytes:
-        raise InvalidCorpus(("body",), f"the upload is {n_bytes:,} bytes; the limit is {cfg.max_upload_bytes:,} "
-                                       "(ATLAS_PIPELINE_MAX_UPLOAD_BYTES): split the corpus", 413)
+        raise InputTooLarge(("body",), f"the upload is {n_bytes:,} bytes; the limit is {cfg.max_upload_bytes:,} "
+                                       "(ATLAS_PIPELINE_MAX_UPLOAD_BYTES): split the corpus")
 
 
 def parse_json(text: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise InvalidCorpus(("body",), f"the body is not valid JSON: {exc.msg} at line {exc.lineno} "
-                                       f"column {exc.colno}", 400) from None
+        raise MalformedInput(("body",), f"the body is not valid JSON: {exc.msg} at line {exc.lineno} "
+                                       f"column {exc.colno}") from None
 
 
 def parse_jsonl(text: str) -> list[Any]:
@@ -77,7 +66,7 @@ def parse_jsonl(text: str) -> list[Any]:
         try:
             items.append(json.loads(line))
         except json.JSONDecodeError as exc:
-            raise InvalidCorpus(("body", f"line {number}"), f"line {number} is not valid JSON: {exc.msg}", 400) from None
+            raise MalformedInput(("body", f"line {number}"), f"line {number} is not valid JSON: {exc.msg}") from None
     return items
 
 
@@ -94,7 +83,7 @@ def normalise_target(t: Any, loc: tuple) -> str:
         elif k == "feature" and isinstance(v, str):
             t = f"feat:{v.removeprefix('feat:')}"
     if not isinstance(t, str) or not _TARGET.fullmatch(t):
-        raise InvalidCorpus(loc, f"target {t!r} is not one of: 'top', 'logit:TOKEN[@POS]', 'diff:GOOD,BAD[@POS]', "
+        raise InvalidInput(loc, f"target {t!r} is not one of: 'top', 'logit:TOKEN[@POS]', 'diff:GOOD,BAD[@POS]', "
                                  "'feat:L2.mlp:p5:f123', {'logit': TOKEN}, {'diff': [GOOD, BAD]}, {'feature': 'L2.mlp:p5:f123'}")
     return t
 
@@ -105,7 +94,7 @@ def _check_target_tokens(target: str, tokenizer, n_tokens: int, loc: tuple) -> N
         if target.startswith("feat:"):
             pos = int(target.split(":p", 1)[1].split(":", 1)[0])
             if pos >= n_tokens:
-                raise InvalidCorpus(loc, f"target {target!r} is at position {pos} but the prompt has {n_tokens} tokens")
+                raise InvalidInput(loc, f"target {target!r} is at position {pos} but the prompt has {n_tokens} tokens")
         return
     body = target.split(":", 1)[1]
     if "@" in body:
@@ -113,27 +102,27 @@ def _check_target_tokens(target: str, tokenizer, n_tokens: int, loc: tuple) -> N
         try:
             pos = int(p)
         except ValueError:
-            raise InvalidCorpus(loc, f"target {target!r}: position {p!r} is not an integer") from None
+            raise InvalidInput(loc, f"target {target!r}: position {p!r} is not an integer") from None
         if not -n_tokens <= pos < n_tokens:
-            raise InvalidCorpus(loc, f"target {target!r}: position {pos} is outside the prompt ({n_tokens} tokens)")
+            raise InvalidInput(loc, f"target {target!r}: position {pos} is outside the prompt ({n_tokens} tokens)")
     for tok in body.split(",") if target.startswith("diff:") else [body]:
         if tok.lstrip("-").isdigit():
             continue
         if tokenizer is None:
-            raise InvalidCorpus(loc, f"target token {tok!r} needs a tokenizer; the model has none: use token ids")
+            raise InvalidInput(loc, f"target token {tok!r} needs a tokenizer; the model has none: use token ids")
         ids = tokenizer.encode(tok, add_special_tokens=False)
         if len(ids) != 1:
-            raise InvalidCorpus(loc, f"target token {tok!r} is {len(ids)} tokens; a target token must be exactly one")
+            raise InvalidInput(loc, f"target token {tok!r} is {len(ids)} tokens; a target token must be exactly one")
 
 
 def validate_prompts(items: list[Any], tokenizer, n_ctx: int | None, cfg: PipelineSettings,
                      loc: tuple = ("body", "prompts")) -> tuple[list[PromptSpec], list[list[int]], list[dict[str, int]]]:
     """Normalise, check and deduplicate the prompts (exact (text, targets) repeats)."""
     if not items:
-        raise InvalidCorpus(loc, "the corpus is empty: submit at least one prompt")
+        raise InvalidInput(loc, "the corpus is empty: submit at least one prompt")
     if len(items) > cfg.max_prompts:
-        raise InvalidCorpus(loc, f"the corpus has {len(items):,} prompts; the limit is {cfg.max_prompts:,} "
-                                 "(ATLAS_PIPELINE_MAX_PROMPTS)", 413)
+        raise InputTooLarge(loc, f"the corpus has {len(items):,} prompts; the limit is {cfg.max_prompts:,} "
+                                 "(ATLAS_PIPELINE_MAX_PROMPTS)")
     limit = min(cfg.max_prompt_tokens, n_ctx) if n_ctx else cfg.max_prompt_tokens
     limit_name = "the model's context" if n_ctx and n_ctx <= cfg.max_prompt_tokens else \
         "the configured limit (ATLAS_PIPELINE_MAX_PROMPT_TOKENS)"
@@ -145,27 +134,27 @@ def validate_prompts(items: list[Any], tokenizer, n_ctx: int | None, cfg: Pipeli
         if isinstance(item, str):
             item = {"text": item}
         if not isinstance(item, dict) or not isinstance(item.get("text"), str):
-            raise InvalidCorpus((*loc, i), "each prompt is a string or an object with a string 'text'")
+            raise InvalidInput((*loc, i), "each prompt is a string or an object with a string 'text'")
         unknown = set(item) - {"text", "targets"}
         if unknown:
-            raise InvalidCorpus((*loc, i, sorted(unknown)[0]), f"unknown prompt field(s) {sorted(unknown)}; "
+            raise InvalidInput((*loc, i, sorted(unknown)[0]), f"unknown prompt field(s) {sorted(unknown)}; "
                                                                "allowed: text, targets")
         text = item["text"]
         if not text.strip():
-            raise InvalidCorpus((*loc, i, "text"), "the prompt text is empty")
+            raise InvalidInput((*loc, i, "text"), "the prompt text is empty")
         raw_targets = item.get("targets") or []
         if not isinstance(raw_targets, list):
-            raise InvalidCorpus((*loc, i, "targets"), "targets must be a list")
+            raise InvalidInput((*loc, i, "targets"), "targets must be a list")
         targets = [normalise_target(t, (*loc, i, "targets", j)) for j, t in enumerate(raw_targets)]
         if tokenizer is not None:
             ids = list(tokenizer(text)["input_ids"])
         else:
-            raise InvalidCorpus(("body", "model"), "the model has no tokenizer; text prompts need one")
+            raise InvalidInput(("body", "model"), "the model has no tokenizer; text prompts need one")
         if len(ids) > limit:
-            raise InvalidCorpus((*loc, i, "text"), f"prompt {i} has {len(ids):,} tokens; the limit is {limit:,} "
+            raise InvalidInput((*loc, i, "text"), f"prompt {i} has {len(ids):,} tokens; the limit is {limit:,} "
                                                    f"({limit_name})")
         if not ids:
-            raise InvalidCorpus((*loc, i, "text"), f"prompt {i} has no tokens")
+            raise InvalidInput((*loc, i, "text"), f"prompt {i} has no tokens")
         for j, t in enumerate(targets):
             _check_target_tokens(t, tokenizer, len(ids), (*loc, i, "targets", j))
         key = (text, tuple(targets))

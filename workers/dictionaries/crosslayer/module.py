@@ -55,6 +55,10 @@ class CLTConfig:
         if self.input_site not in INPUT_SITES:
             raise ValueError(f"input_site {self.input_site!r} is not one of {list(INPUT_SITES)}")
 
+    @property
+    def kind(self) -> str:
+        return "clt"
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -213,6 +217,78 @@ class CrossLayerTranscoder(nn.Module):
                 h.update(f"{i}.{k}".encode())
                 h.update(t.numpy().tobytes())
         return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class SourceLayerConfig:
+    """What the engine reads of a per-site dictionary's config, for one source layer of a CLT."""
+
+    name: str  # "L{ℓ}.mlp": the site whose input the features read (node ids, feature keys)
+    layer: int
+    d_in: int
+    d_dict: int
+    activation: Activation
+    k: int | None
+    kind: str = "clt"
+    site: str = "mlp"
+    skip: bool = False
+
+
+class SourceLayer:
+    """Source layer ℓ of a CLT, seen as the engine's dictionary at site (ℓ, "mlp"): the encoder stages of a
+    ``Dictionary`` (``pre_activation``, ``gate``, ``encode``, ``W_enc``, ``b_enc``, ``threshold``) and
+
+    - ``W_dec`` [d_dict, (L − ℓ)·d_model]: each feature's whole decoder, the writes to layers ℓ..L−1 side by
+      side (a view of the CLT's ``W_dec[ℓ]``): a feature's edge into a row is ``a · W_dec[f] · g`` with g the
+      row's gradients at the MLP outputs of layers ℓ..L−1 concatenated (``writes``);
+    - ``b_dec`` [d_model]: the bias of output layer ℓ (added once, at this site);
+    - no skip path and no ``decode``: a per-site reconstruction needs every source layer (``decoder``).
+    """
+
+    def __init__(self, clt: CrossLayerTranscoder, layer: int) -> None:
+        c = clt.cfg
+        self.clt, self.layer = clt, layer
+        self.cfg = SourceLayerConfig(name=f"L{layer}.mlp", layer=layer, d_in=c.d_model, d_dict=c.d_dict,
+                                     activation=c.activation, k=c.k)
+        self.writes = list(range(layer, c.n_layers))  # output layers, in the order of W_dec's blocks
+        self.W_skip = None
+
+    @property
+    def W_enc(self) -> torch.Tensor:
+        return self.clt.W_enc[self.layer]
+
+    @property
+    def b_enc(self) -> torch.Tensor:
+        return self.clt.b_enc[self.layer]
+
+    @property
+    def threshold(self) -> torch.Tensor | None:
+        return None if self.clt.threshold is None else self.clt.threshold[self.layer]
+
+    @property
+    def W_dec(self) -> torch.Tensor:
+        return self.clt.W_dec[self.layer].flatten(1)
+
+    @property
+    def b_dec(self) -> torch.Tensor:
+        return self.clt.b_dec[self.layer]
+
+    def pre_activation(self, x: torch.Tensor) -> torch.Tensor:
+        return self.clt.pre_activation(self.layer, x)
+
+    def gate(self, pre: torch.Tensor) -> torch.Tensor:
+        return self.clt.gate(self.layer, pre)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.clt.encode(self.layer, x)
+
+    def skip_out(self, x: torch.Tensor) -> None:
+        return None
+
+    def split_writes(self, v: torch.Tensor) -> dict[int, torch.Tensor]:
+        """[..., (L − ℓ)·d_model] (a vector in ``W_dec``'s space) -> {output layer m: [..., d_model]}."""
+        d = self.clt.cfg.d_model
+        return {m: v[..., j * d:(j + 1) * d] for j, m in enumerate(self.writes)}
 
 
 @dataclass

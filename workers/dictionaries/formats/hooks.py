@@ -90,17 +90,22 @@ def parse_hook(name: str, role: Literal["in", "out"], layer: int | None = None) 
     )
 
 
-def pre_mlp_norm(block: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(gain [d_model], bias [d_model] or None) of the norm in front of a block's MLP, for the usual
-    HF layouts: GPT-2 ``ln_2``, Gemma 2/3 ``pre_feedforward_layernorm`` (gain = 1 + weight),
-    Llama/Qwen/Mistral/NeoX ``post_attention_layernorm``."""
+def pre_mlp_norm_module(block: nn.Module) -> nn.Module:
+    """The norm in front of a block's MLP, for the usual HF layouts: GPT-2 ``ln_2``, Gemma 2/3
+    ``pre_feedforward_layernorm``, Llama/Qwen/Mistral/NeoX ``post_attention_layernorm``. Its input is
+    the residual stream TransformerLens calls ``hook_resid_mid``."""
     for attr in ("ln_2", "pre_feedforward_layernorm", "post_attention_layernorm"):
         norm = getattr(block, attr, None)
         if norm is not None:
-            break
-    else:
-        raise ValueError(f"cannot find the pre-MLP norm of {type(block).__name__}: expected ln_2, "
-                         "pre_feedforward_layernorm or post_attention_layernorm")
+            return norm
+    raise ValueError(f"cannot find the pre-MLP norm of {type(block).__name__}: expected ln_2, "
+                     "pre_feedforward_layernorm or post_attention_layernorm")
+
+
+def pre_mlp_norm(block: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(gain [d_model], bias [d_model] or None) of the norm in front of a block's MLP
+    (``pre_mlp_norm_module``); Gemma's gain is 1 + weight."""
+    norm = pre_mlp_norm_module(block)
     weight = norm.weight.detach().float()
     # Gemma's RMSNorm multiplies by (1 + weight); the others by weight.
     gain = 1.0 + weight if "Gemma" in type(norm).__name__ else weight
