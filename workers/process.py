@@ -32,6 +32,12 @@ def _process_state() -> dict[str, Any]:
         return _state
 
 
+def loaded() -> list[str]:
+    """What this process has made so far, of "driver", "redis" and "models" (``atlas.ping`` reports it)."""
+    state = _process_state()
+    return sorted({"driver": "driver", "redis": "redis", "cache": "models"}[k] for k in state if k != "pid")
+
+
 def process_driver() -> neo4j.Driver:
     """This process's Neo4j driver. Managed transactions retry transient errors for
     ``ATLAS_PIPELINE_NEO4J_RETRY_S`` (20 s by default); beyond that the task's own retries take over."""
