@@ -143,7 +143,7 @@ def budgeted_graph(
                       "expanded_features": int((expanded & active).sum()),
                       "unexpanded_leaves": sum(k == "unexp" for k in new_nodes.kinds),
                       "held_entries": held_entries,
-                      "memory_bytes": memory_terms(n_full, held_entries, sum(sc.vectors.numel() for sc in site_cols),
+                      "memory_bytes": memory_terms(n_full, held_entries, [tuple(sc.vectors.shape) for sc in site_cols],
                                                    trace.n_pos, lin.n_layers, lin.n_heads, lin.d_model,
                                                    len(site_cols), settings.batch_size)}
     return assemble(lin, trace, targets, new_nodes, new_index, adj, new_value, settings, prov, timings, t0)
@@ -158,14 +158,16 @@ NODE_BYTES = 280
 READOUT_BYTES_PER_ROW_SOURCE = 25
 
 
-def memory_terms(n_nodes: int, held_entries: int, vector_elements: int, n_pos: int, n_layers: int, n_heads: int,
-                 d_model: int, n_sites: int, batch_size: int) -> dict[str, int]:
+def memory_terms(n_nodes: int, held_entries: int, operand_shapes: list[tuple[int, int, int]], n_pos: int,
+                 n_layers: int, n_heads: int, d_model: int, n_sites: int, batch_size: int) -> dict[str, int]:
     """The node budget's working memory in bytes, beyond the loaded model and dictionaries (README "Memory under a
     budget"), from the counts of one run: ``held_entries`` the entries of every computed row (a source upstream of
-    it each), ``vector_elements`` the read-out operands' elements (Σ_s P · (1 + K_s) · d)."""
+    it each), ``operand_shapes`` each site's read-out operand [P, 1 + K_s, d] (built per batch: the largest one at
+    a time, and 12 bytes per slot for the features' indices and activations)."""
     terms = {
         "rows_held": 4 * held_entries,
-        "readout_operands": 4 * vector_elements,
+        "readout_operands": 4 * max((p * k * d for p, k, d in operand_shapes), default=0)
+                            + 12 * sum(p * k for p, k, _ in operand_shapes),
         "node_table": NODE_BYTES * n_nodes,
         "adjoint": 4 * n_layers * (2 * n_heads * d_model**2 + 3 * n_heads * n_pos**2),
         "per_batch": 4 * (n_sites + 1) * n_pos * batch_size * d_model + READOUT_BYTES_PER_ROW_SOURCE * batch_size * n_nodes,
