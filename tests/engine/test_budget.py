@@ -165,7 +165,9 @@ def test_budget_memory_pieces(lin):
     from workers.engine.nodes import DecoderOperand, lay_out
 
     tr = lin.trace(PROMPTS[2])
-    settings = AttributionSettings(max_feature_nodes=10)
+    settings = AttributionSettings(max_feature_nodes=10, operand_memory_gb=0.0)  # always built per batch
+    held = lay_out(lin, tr, _targets(lin, tr), AttributionSettings(max_feature_nodes=10))
+    assert all(isinstance(sc.vectors, torch.Tensor) for sc in held.site_cols)  # small: held
     layout = lay_out(lin, tr, _targets(lin, tr), settings)
     for sc in layout.site_cols:
         assert isinstance(sc.vectors, DecoderOperand)
@@ -181,6 +183,8 @@ def test_budget_memory_pieces(lin):
         empty = sc.feat_cols < 0
         assert bool((full[:, 1:][empty] == 0).all())
     g = build_graph(lin, tr, _targets(lin, tr), settings)
+    h = build_graph(lin, tr, _targets(lin, tr), AttributionSettings(max_feature_nodes=10))
+    assert g.node_ids == h.node_ids and torch.equal(g.adjacency.values(), h.adjacency.values())  # bit-identical
     mem = g.provenance["budget"]["memory_bytes"]
     assert mem["rows_held"] == 4 * g.provenance["budget"]["held_entries"] > 0
     assert mem["total"] == sum(v for k, v in mem.items() if k != "total")

@@ -162,9 +162,13 @@ def lay_out(lin: Linearised, trace: Trace, targets: list[Target], settings: Attr
             slot_feats[ps, slot], slot_acts[ps, slot] = fs, acts
             if settings.feature_rows and budget is None:
                 frows += feature_rows(d, layer, site, fids, pl, fs)
-        operand = DecoderOperand(rec.err, slot_feats, slot_acts, None if d is None else d.W_dec)
-        # under a budget the operands are built per batch: they are O(active features · d), the rows O(budget)
-        site_cols.append(SiteColumns(rec.key, err_cols, feat_cols, operand if budget is not None else operand.dense()))
+        site_cols.append(SiteColumns(rec.key, err_cols, feat_cols,
+                                     DecoderOperand(rec.err, slot_feats, slot_acts, None if d is None else d.W_dec)))
+    # under a budget, operands beyond settings.operand_memory_gb are built per batch: they are O(active features · d)
+    # (the rows held are O(budget)); otherwise built once here
+    if budget is None or 4 * sum(sc.vectors.numel() for sc in site_cols) <= settings.operand_memory_gb * 1e9:
+        for sc in site_cols:
+            sc.vectors = sc.vectors.dense()
 
     # target nodes that are not features already in the table
     index = {n: i for i, n in enumerate(nodes.ids)}
