@@ -51,7 +51,7 @@ def test_submit_wait_circuit_cypher_feature_global_analysis(api_url, write_key, 
 
     # The circuit object is the API's answer; networkx and pandas views hold every node and edge with its weight.
     gid = stored[0]
-    raw = httpx.get(f"{api_url}/graphs/{gid}/circuit", params={"max_nodes": 50}).json()
+    raw = httpx.get(f"{api_url}/graphs/{gid}/circuit", params={"max_nodes": 50}, timeout=60).json()
     c = atlas.circuit(gid, max_nodes=50)
     assert (c.graph, c.nodes, c.edges) == (raw["graph"], raw["nodes"], raw["edges"]) and c.edges
     g = c.to_networkx()
@@ -85,7 +85,7 @@ def test_submit_wait_circuit_cypher_feature_global_analysis(api_url, write_key, 
 
     # Logit effects come back as a table of the API's promoted then suppressed tokens.
     effects = atlas.logit_effects(top["fkey"], 3)
-    raw_eff = httpx.get(f"{api_url}/features/{quote(top['fkey'], safe='/')}/logit-effects", params={"k": 3}).json()
+    raw_eff = httpx.get(f"{api_url}/features/{quote(top['fkey'], safe='/')}/logit-effects", params={"k": 3}, timeout=60).json()
     assert effects.to_dict("records") == [{"side": side, "token": e["token"], "token_id": e["token_id"],
                                            "effect": e["effect"]} for side in ("promoted", "suppressed")
                                           for e in raw_eff[side]]
@@ -102,7 +102,7 @@ def test_submit_wait_circuit_cypher_feature_global_analysis(api_url, write_key, 
     # The global circuit is GET /global/neighbours' page.
     upstream = atlas.global_circuit(top["fkey"], job.corpus_id, limit=10)
     raw_up = httpx.get(f"{api_url}/global/neighbours",
-                       params={"fkey": top["fkey"], "corpus_id": job.corpus_id, "limit": 10}).json()["items"]
+                       params={"fkey": top["fkey"], "corpus_id": job.corpus_id, "limit": 10}, timeout=60).json()["items"]
     assert upstream.to_dict("records") == raw_up
 
     # An analysis runs on the worker; its answer matches a direct count of feature instances per graph.
@@ -169,7 +169,7 @@ def test_cli_submit_wait_and_circuit_neuronpedia(api_url, write_key, registered,
     out = _atlas_cli("circuit", gid, "--format", "neuronpedia", "--max-nodes", "30", api_url=api_url, key="")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == httpx.get(f"{api_url}/graphs/{gid}/circuit",
-                                               params={"format": "neuronpedia", "max_nodes": 30}).json()
+                                               params={"format": "neuronpedia", "max_nodes": 30}, timeout=60).json()
 
     bad = _atlas_cli("corpus", "submit", str(corpus), "-m", "no-such-model", "-d", dset, api_url=api_url,
                      key=write_key[1])
