@@ -16,6 +16,7 @@ def build_tiny_model(out: Path, seed: int = 0) -> tuple[Path, Path]:
 
     from workers.dictionaries.formats import save_dictionary_set
     from workers.dictionaries.modules import Dictionary, DictionaryConfig, DictionarySet
+    from workers.vocabulary.tensors import SITES
     from workers.zoo.tokenizer import build_tokenizer, save_tokenizer
 
     torch.manual_seed(seed)
@@ -29,7 +30,7 @@ def build_tiny_model(out: Path, seed: int = 0) -> tuple[Path, Path]:
     gen = torch.Generator().manual_seed(seed)
     dicts = {}
     for layer in range(2):
-        for site in ("attn", "mlp"):
+        for site in SITES:
             dc = DictionaryConfig(kind="sae" if site == "attn" else "transcoder", site=site, layer=layer, d_in=32,
                                   d_out=32, d_dict=48, activation="relu")
             d = Dictionary(dc).init_weights_(gen)
