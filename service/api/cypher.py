@@ -35,7 +35,11 @@ def cypher_runner(request: Request, settings: SettingsDep, driver: DriverDep, r:
 
 @router.post("/cypher", response_model=CypherOut,
              responses={401: {"description": "No or invalid API key"}, 403: {"description": "Key lacks 'cypher'"},
-                        422: {"model": CypherRefusal, "description": "Refused: names the rule"},
+                        422: {"description": "Refused: names the rule; or the body is invalid (FastAPI's "
+                                             "validation error)",
+                              "content": {"application/json": {"schema": {"anyOf": [
+                                  {"$ref": "#/components/schemas/CypherRefusal"},
+                                  {"$ref": "#/components/schemas/HTTPValidationError"}]}}}},
                         408: {"model": CypherRefusal, "description": "Timed out"},
                         429: {"model": CypherRefusal, "description": "Concurrency cap (across all API processes); "
                                                                      "Retry-After in seconds"},

@@ -5,6 +5,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.schemas.pages import Page
+from workers.pipeline.registry import ID_PATTERN
 from workers.vocabulary.defaults import EDGE_THRESHOLD, NODE_THRESHOLD
 
 
@@ -43,8 +44,8 @@ class CorpusRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(description="A registered model_id.")
-    dictionary_set: str = Field(description="A registered dictionary_set_id for that model.")
+    model: str = Field(pattern=ID_PATTERN.pattern, description="A registered model_id.")
+    dictionary_set: str = Field(pattern=ID_PATTERN.pattern, description="A registered dictionary_set_id for that model.")
     name: str = ""
     prompts: list[str | PromptIn]
     settings: CorpusSettings = Field(default_factory=CorpusSettings)

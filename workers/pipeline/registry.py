@@ -38,10 +38,18 @@ class PathNotAllowed(RegistryError, NotPermitted):
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
 
 
+def resolved(path: str | Path) -> Path:
+    """``path`` with ``~`` expanded and symlinks followed; RegistryError for a path no file system can hold (a NUL
+    byte, which the OS calls refuse with ValueError)."""
+    if "\x00" in str(path):
+        raise RegistryError("path", "the path contains a NUL byte")
+    return Path(path).expanduser().resolve()
+
+
 def check_registrable(path: str | Path, roots: list[Path]) -> Path:
     """``path`` resolved (symlinks followed), if it lies under one of ``roots`` and holds no pickled weights;
     PathNotAllowed outside the roots (naming them), RegistryError for pickles."""
-    p = Path(path).expanduser().resolve()
+    p = resolved(path)
     if not any(p == root or p.is_relative_to(root) for root in roots):
         raise PathNotAllowed("path", f"{p} is outside the directories models and dictionaries may be registered "
                                      f"from: {', '.join(map(str, roots))} (ATLAS_REGISTRY_ROOTS)")
@@ -132,7 +140,7 @@ def register_model(driver: Driver, model_id: str, path: str | Path, database: st
     """Register (or re-register, updating the hash) a model under ``model_id``. ``roots``: where it may lie
     (:func:`check_registrable`; the API passes ATLAS_REGISTRY_ROOTS, trusted library callers may pass None)."""
     _check_id("model_id", model_id)
-    p = Path(path).expanduser().resolve() if roots is None else check_registrable(path, roots)
+    p = resolved(path) if roots is None else check_registrable(path, roots)
     if not p.exists():
         raise RegistryError("path", f"{p} does not exist")
     fmt, n_ctx = inspect_model(p)
@@ -149,7 +157,7 @@ def register_dictionary_set(driver: Driver, dictionary_set_id: str, path: str | 
     from workers.dictionaries.formats import detect_format, load_dictionary_set
 
     _check_id("dictionary_set_id", dictionary_set_id)
-    p = Path(path).expanduser().resolve() if roots is None else check_registrable(path, roots)
+    p = resolved(path) if roots is None else check_registrable(path, roots)
     get_model(driver, model_id, database=database, field="model_id")
     if not p.is_dir():
         raise RegistryError("path", f"{p} is not a directory (expected a dictionary set directory)")
