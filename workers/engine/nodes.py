@@ -52,13 +52,25 @@ class NodeTable:
 @dataclass
 class SiteColumns:
     """Sources at one site. feat_cols [pos, K] node index (−1 = padding), err_cols [pos], vectors
-    [pos, 1 + K, d_out]: slot 0 the error vector, slot 1 + k the k-th feature's a_s W_dec[s] (zero on
-    padding): the read-out's product operand, built once (no second copy)."""
+    [pos, 1 + K, width]: slot 0 the error vector, slot 1 + k the k-th feature's a_s W_dec[s] (zero on
+    padding): the read-out's product operand, built once (no second copy). ``grads``: the δ leaves whose
+    gradients, side by side, the vectors are read against: this site's, or for a CLT's source layer ℓ those
+    of the MLP outputs of layers ℓ..L−1 (its features write to all of them; the error vector fills the
+    first d_out entries, the rest zero), so a CLT feature's edge is the sum over the layers it writes to."""
 
     key: tuple[int, str]
     err_cols: torch.Tensor
     feat_cols: torch.Tensor
     vectors: torch.Tensor
+    grads: list[str]
+
+
+def read_against(rec) -> list[str]:
+    """The δ leaves a site's source vectors are read against (``SiteColumns.grads``): its own, or for a CLT's
+    source layer ℓ those of layers ℓ..L−1, whose MLP outputs its features write to."""
+    writes = getattr(rec.dictionary, "writes", None)
+    layer, site = rec.key
+    return [tn.site_delta(m, site) for m in writes] if writes else [tn.site_delta(layer, site)]
 
 
 def feature_rows(d, layer: int, site: str, fids: list[str], pos: list[int], feats: torch.Tensor) -> list[Target]:
@@ -112,8 +124,9 @@ def lay_out(lin: Linearised, trace: Trace, targets: list[Target], settings: Attr
         K = int(counts.max()) if rec.n_active else 0
         feat_cols = torch.full((n_pos, K), -1, dtype=torch.long)
         d_out = rec.out.shape[-1]
-        vectors = torch.zeros(n_pos, 1 + K, d_out)
-        vectors[:, 0] = rec.err.float()
+        grads = read_against(rec)
+        vectors = torch.zeros(n_pos, 1 + K, d_out * len(grads))
+        vectors[:, 0, :d_out] = rec.err.float()
         if d is not None and rec.n_active:
             order = torch.argsort(rec.pos_idx * (d.cfg.d_dict + 1) + rec.feat_idx)
             ps, fs, acts = rec.pos_idx[order], rec.feat_idx[order], rec.acts[order]
@@ -133,7 +146,7 @@ def lay_out(lin: Linearised, trace: Trace, targets: list[Target], settings: Attr
             vectors[ps, 1 + slot] = (acts[:, None] * d.W_dec.detach()[fs]).float()
             if settings.feature_rows and budget is None:
                 frows += feature_rows(d, layer, site, fids, pl, fs)
-        site_cols.append(SiteColumns(rec.key, err_cols, feat_cols, vectors))
+        site_cols.append(SiteColumns(rec.key, err_cols, feat_cols, vectors, grads))
 
     # target nodes that are not features already in the table
     index = {n: i for i, n in enumerate(nodes.ids)}
