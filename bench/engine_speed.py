@@ -102,6 +102,9 @@ def _one(bench: Path, length: int, batch_size: int, cone_chunk: int, threads: in
         "device": str(lin.device),
         "weights_dtype": dtype,
     }
+    mem = (g.provenance.get("budget") or {}).get("memory_bytes")
+    if mem:  # the README's memory formula evaluated on this run's counts, against the measured peak
+        res["predicted_above_load_gb"] = {k: v / 1e9 for k, v in mem.items()}
     if cuda:  # GPU memory above the loaded model and dictionaries (torch's allocator)
         res["gpu_name"] = torch.cuda.get_device_name(lin.device)
         res["gpu_after_load_gb"] = gpu_loaded
@@ -179,6 +182,11 @@ def main() -> None:
               f"{r['peak_rss_above_load_gb']:.2f} above the loaded model), "
               f"{r['n_features']} features, {r['nnz']} edges, load {r['load_average_after'][0]:.2f}"
               + (f", bf16 rel err {r['bf16_rel_err_l2']:.2e}" if 'bf16_rel_err_l2' in r else "")
+              + (f"; memory formula {r['predicted_above_load_gb']['total']:.2f} GB above the loaded model (rows held "
+                 f"{r['predicted_above_load_gb']['rows_held']:.2f}, read-out operands "
+                 f"{r['predicted_above_load_gb']['readout_operands']:.2f}, node table "
+                 f"{r['predicted_above_load_gb']['node_table']:.2f}) vs measured {r['peak_rss_above_load_gb']:.2f}"
+                 if 'predicted_above_load_gb' in r else "")
               + (f", GPU {r['gpu_name']} peak {r['gpu_peak_above_load_gb']:.2f} GB above the loaded "
                  f"{r['gpu_after_load_gb']:.2f} GB" if 'gpu_name' in r else ""), flush=True)
     print(json.dumps(results, indent=1))

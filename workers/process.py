@@ -4,7 +4,7 @@ cache (``workers.pipeline.compute.ModelCache``: models and dictionary sets, load
 Each is created lazily, on first use in the pool process, after the fork: nothing is loaded at
 ``worker_process_init``, so a child starts in milliseconds and a model is loaded by the first task that needs
 it (CUDA and open sockets do not survive a fork, which is why the parent never holds them). Every task of
-the process (prompts, folds, analyses, local circuits, QK pairs, interventions) shares the one model cache,
+the process that needs a model (prompts, local circuits, QK pairs, interventions) uses the one model cache,
 so a worker never holds the same model twice.
 """
 
@@ -30,6 +30,12 @@ def _process_state() -> dict[str, Any]:
             _state.clear()
             _state["pid"] = os.getpid()
         return _state
+
+
+def loaded() -> list[str]:
+    """What this process has made so far, of "driver", "redis" and "models" (``atlas.ping`` reports it)."""
+    state = _process_state()
+    return sorted({"driver": "driver", "redis": "redis", "cache": "models"}[k] for k in state if k != "pid")
 
 
 def process_driver() -> neo4j.Driver:

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
 from service.api.deps import DatabaseDep, DriverDep, PipelineDep, tokenizer_for
@@ -109,7 +108,7 @@ async def submit(request: Request, key: Annotated[ApiKey, Depends(require_scope(
         created = await run_in_threadpool(submit_corpus, driver, corpus, enqueue_prompt, db,
                                           owner_key_id=key.key_id)
     except SubmissionFailed as exc:
-        return JSONResponse({"detail": str(exc)}, status_code=503)
+        raise HTTPException(503, str(exc)) from None
     return CorpusAccepted(corpus_id=created.corpus_id, job_id=created.job_id, n_prompts=len(created.prompt_ids),
                           duplicates=corpus.duplicates, job_url=f"/jobs/{created.job_id}")
 

@@ -8,7 +8,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends
 
-import workers.analysis_tasks  # noqa: F401 - registers the 'interventions' analysis kind (in this process too)
 from service.api.analyses import enqueue_analysis
 from service.api.deps import DatabaseDep, DriverDep
 from service.auth import ApiKey, key_responses, require_scope

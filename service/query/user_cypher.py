@@ -86,6 +86,7 @@ class CypherLimits:
     max_hops: int = 6  # upper bound allowed on variable-length patterns
     max_query_chars: int = 20_000
     max_param_bytes: int = 100_000
+    max_range_items: int = 100_000  # elements of a range() that is not streamed row by row (see expression_check)
 
 
 class CypherRefused(Exception):
@@ -152,6 +153,70 @@ def lexical_check(query: str, limits: CypherLimits) -> None:
             }[rule])
         if word == "TRANSACTIONS" and prev.upper() == "IN":
             raise CypherRefused("no-writes", "CALL { ... } IN TRANSACTIONS is for batched writes; not allowed")
+    blanked = _TOKEN.sub(lambda m: {"lc": " ", "bc": " ", "str": "''", "bt": "_q"}.get(m.lastgroup or "", m.group()),
+                         query)
+    expression_check(blanked, limits)
+
+
+# Neo4j 5.26 checks a transaction's timeout between rows, never inside one expression: a loop inside an
+# expression (reduce, a list comprehension or predicate) over a huge list, or a reduce whose accumulator grows
+# (a string built in a loop costs the square of its length), runs on after its timeout, holding a core, and a
+# TERMINATE cannot stop it either (measured: 'Terminated' for minutes while still running). Its memory is not
+# tracked by the transaction pool. So such loops are limited before they reach the server: no reduce, no loop
+# inside a loop, a loop only over lists that are small by construction, and a range() that is not streamed
+# row by row (by UNWIND) only with literal bounds of at most max_range_items elements. Rows (UNWIND, MATCH,
+# aggregation) stay unlimited here: the timeout and the memory pool stop them.
+_LOOP_START = re.compile(r"(?i)(\[\s*|(?<![\w.:$])(?:all|any|none|single)\s*\(\s*)(?:\w+)\s+IN\b\s*")
+_LOOP_SOURCE = re.compile(r"(?i)(?:(?:keys|labels|nodes|relationships|range)\s*\(|\[|\$\w)")
+_RANGE = re.compile(r"(?i)(?<![\w.:$])range\s*\(")
+_RANGE_ARGS = re.compile(r"\(\s*(-?\s*\d+)\s*,\s*(-?\s*\d+)\s*(?:,\s*(-?\s*\d+)\s*)?\)")
+_UNWIND_BEFORE = re.compile(r"(?i)\bUNWIND\s*$")
+
+
+def _closing(text: str, start: int) -> int:
+    """Index just past the bracket that closes the one opened at ``start`` (strings are already blanked)."""
+    depth = 0
+    for i in range(start, len(text)):
+        if text[i] in "([{":
+            depth += 1
+        elif text[i] in ")]}":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+    return len(text)
+
+
+def expression_check(text: str, limits: CypherLimits) -> None:
+    """Loops inside one expression, on the query with its strings, comments and quoted names blanked (see the
+    comment above). Raises CypherRefused with rule ``expression-loop`` or ``range-size``."""
+    hint = "stream the rows with UNWIND and aggregate them (sum, collect, count), which the timeout stops"
+    if re.search(r"(?i)(?<![\w.:$])reduce\s*\(", text):
+        raise CypherRefused("expression-loop", "reduce() is not allowed: Neo4j cannot stop a loop inside one "
+                                               f"expression at the timeout; {hint}")
+    loops = [(m.start(), _closing(text, m.start() + len(m.group(1).rstrip()) - 1), m.end())
+             for m in _LOOP_START.finditer(text)]
+    for start, end, source_at in loops:
+        if any(start < other < end for other, _, _ in loops):
+            raise CypherRefused("expression-loop", "a list comprehension or predicate inside another is not "
+                                                   f"allowed: Neo4j cannot stop it at the timeout; {hint}")
+        if not _LOOP_SOURCE.match(text, source_at):
+            raise CypherRefused("expression-loop", "a list comprehension or predicate (x IN list) may only loop "
+                                                   "over keys(), labels(), nodes(), relationships(), a range() "
+                                                   f"with literal bounds, a list literal or a parameter; {hint}")
+    for m in _RANGE.finditer(text):
+        if _UNWIND_BEFORE.search(text, 0, m.start()):
+            continue  # streamed row by row: the timeout stops it
+        args = _RANGE_ARGS.match(text, m.end() - 1)
+        if args is None:
+            raise CypherRefused("range-size", "range() outside UNWIND needs integer literal bounds (at most "
+                                              f"{limits.max_range_items:,} elements); UNWIND range(...) streams "
+                                              "any size")
+        lo, hi, step = (int(g.replace(" ", "")) if g else 1 for g in args.groups())
+        n = 0 if step == 0 else max(0, (hi - lo) // step + 1)
+        if step == 0 or n > limits.max_range_items:
+            raise CypherRefused("range-size", f"range({lo}, {hi}, {step}) outside UNWIND has "
+                                              f"{'no valid step' if step == 0 else f'{n:,} elements'}; the limit "
+                                              f"is {limits.max_range_items:,} (UNWIND range(...) streams any size)")
 
 
 def _walk(plan: dict) -> list[dict]:

@@ -156,3 +156,35 @@ def test_pruning_scores_and_export_of_a_budgeted_graph(lin, tmp_path):
     np_json = g.to_neuronpedia()
     leaf = next(n for n in np_json["nodes"] if n["node_id"].startswith("unexp:"))
     assert ids.parse(leaf["node_id"]).kind == "unexp" and leaf["clerp"].startswith("unexpanded features")
+
+
+def test_budget_memory_pieces(lin):
+    """Under a budget the read-out's operands are built per batch (nodes.DecoderOperand) and rows are held as
+    values only, their columns rebuilt (ReadOut.columns_of): the operand's slots are each active feature's
+    a_s W_dec[s] and the error, computed here independently from the trace; provenance carries the memory terms."""
+    from workers.engine.nodes import DecoderOperand, lay_out
+
+    tr = lin.trace(PROMPTS[2])
+    settings = AttributionSettings(max_feature_nodes=10, operand_memory_gb=0.0)  # always built per batch
+    held = lay_out(lin, tr, _targets(lin, tr), AttributionSettings(max_feature_nodes=10))
+    assert all(isinstance(sc.vectors, torch.Tensor) for sc in held.site_cols)  # small: held
+    layout = lay_out(lin, tr, _targets(lin, tr), settings)
+    for sc in layout.site_cols:
+        assert isinstance(sc.vectors, DecoderOperand)
+        rec = tr.sites[sc.key]
+        full = sc.vectors[:tr.n_pos]
+        assert torch.equal(full[:, 0], rec.err.float())
+        P = 5
+        assert torch.equal(sc.vectors[:P], full[:P])
+        for j in range(rec.n_active):
+            p, f, a = int(rec.pos_idx[j]), int(rec.feat_idx[j]), rec.acts[j]
+            k = int((sc.feat_cols[p] == layout.index[ids.feat_id(sc.key[0], sc.key[1], p, f)]).nonzero())
+            assert torch.allclose(full[p, 1 + k], a * rec.dictionary.W_dec[f].detach(), atol=1e-6)
+        empty = sc.feat_cols < 0
+        assert bool((full[:, 1:][empty] == 0).all())
+    g = build_graph(lin, tr, _targets(lin, tr), settings)
+    h = build_graph(lin, tr, _targets(lin, tr), AttributionSettings(max_feature_nodes=10))
+    assert g.node_ids == h.node_ids and torch.equal(g.adjacency.values(), h.adjacency.values())  # bit-identical
+    mem = g.provenance["budget"]["memory_bytes"]
+    assert mem["rows_held"] == 4 * g.provenance["budget"]["held_entries"] > 0
+    assert mem["total"] == sum(v for k, v in mem.items() if k != "total")

@@ -119,3 +119,26 @@ def test_cli_device_and_dtype(tmp_path):
     if not torch.cuda.is_available():
         nogpu = CliRunner().invoke(app, [*base, "--device", "cuda"])
         assert nogpu.exit_code != 0 and "sees no CUDA device" in nogpu.output
+
+
+def test_worker_model_cache_loads_on_its_placement(tmp_path):
+    """The workers' ModelCache loads model and dictionaries on its placement (process_model_cache passes
+    ATLAS_DEVICE / ATLAS_DTYPE); the default (the API's and analyses' caches) stays on the CPU in fp32."""
+    from workers.dictionaries.formats import save_dictionary_set
+    from workers.pipeline import registry
+    from workers.pipeline.compute import ModelCache
+
+    model = make_gpt2(1, 32)
+    dicts = make_dicts(model, 1, 32, sites=("mlp",))
+    model.save_pretrained(tmp_path / "model")
+    save_dictionary_set(dicts, tmp_path / "dicts")
+    m = registry.RegisteredModel("m", str(tmp_path / "model"), "hf", registry.content_hash(tmp_path / "model"), None, 0.0)
+    d = registry.RegisteredDictionarySet("d", str(tmp_path / "dicts"), "native", registry.content_hash(tmp_path / "dicts"),
+                                         "m", 1, 0.0)
+    bf16 = ModelCache(placement=Placement("cpu", "bf16")).get(m, d).lin
+    assert bf16.dtype is torch.bfloat16 and bf16.dictionaries[(0, "mlp")].W_dec.dtype is torch.bfloat16
+    default = ModelCache().get(m, d).lin
+    assert default.dtype is torch.float32 and default.device.type == "cpu"
+    assert bf16.content_hash() == default.content_hash()
+    g = attribute(bf16, PROMPTS[0][:6])
+    assert g.provenance["weights_dtype"] == "bfloat16"

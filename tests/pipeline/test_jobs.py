@@ -7,9 +7,8 @@ import logging
 import time
 import uuid
 
-import redis
-
 from tests.store.graphs import random_record
+from workers.connections.redis import redis_client
 from workers.pipeline import jobs
 from workers.pipeline.compute import ModelCache, run_prompt
 from workers.pipeline.config import PipelineSettings
@@ -46,7 +45,7 @@ def test_a_prompt_that_keeps_dying_is_failed_after_max_attempts(client, neo4j_dr
     cfg = PipelineSettings(max_attempts=2)
     for _ in range(2):  # two deliveries started and died
         assert jobs.start_prompt(neo4j_driver, pid, "w:1", max_attempts=2)[0] == "run"
-    r = redis.Redis.from_url(settings.redis_url)
+    r = redis_client(settings)
     assert run_prompt(neo4j_driver, r, ModelCache(), cfg, pid) == "failed"
     st = client.get(acc["job_url"]).json()
     assert st["state"] == "complete_with_failures" and "started 2 times" in st["failures"][0]["error"]

@@ -37,10 +37,9 @@ def _clean_run(client, model: str, dset: str, worker_factory) -> dict:  # noqa: 
 
 def test_redis_sigkilled_with_a_task_unacknowledged_and_others_queued_loses_nothing(
         client, neo4j_driver, redis_client, registered, worker_factory, settings):
-    import redis
-
     from service.runtime import redis as redis_runtime
     from service.runtime.processes import read_pid_file
+    from workers.connections.redis import redis_client as make_redis_client
 
     model, dset = registered
     clean = _clean_run(client, model, dset, worker_factory)
@@ -59,7 +58,7 @@ def test_redis_sigkilled_with_a_task_unacknowledged_and_others_queued_loses_noth
         _sigkill(pid)
     finally:
         redis_runtime.start(settings)  # replays the append-only file (and leaves the suite a Redis either way)
-    fresh = redis.Redis.from_url(settings.redis_url)
+    fresh = make_redis_client(settings)  # a new connection, after the restart
     assert (fresh.llen("gpu"), fresh.hlen("unacked")) == (queued_before, unacked_before)  # nothing lost or added
     fresh.close()
     st = wait_for(lambda: finished(client, crash), 180, "the corpus to finish after the Redis kill", every_s=1.0)

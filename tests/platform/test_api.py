@@ -63,3 +63,14 @@ def test_healthz_503_names_neo4j_when_neo4j_is_stopped_then_recovers(settings, n
         finally:
             neo4j_runtime.start(settings)
         assert client.get("/healthz").status_code == 200
+
+
+def test_create_app_uses_the_pipeline_limits_of_its_settings(settings, services, write_key):
+    """One settings object: the app's routes get ``settings.pipeline`` (not a global) through their dependencies."""
+    small = settings.model_copy(update={"pipeline": settings.pipeline.model_copy(update={"max_upload_bytes": 100})})
+    with TestClient(create_app(small, run_migrations=False),
+                    headers={"Authorization": f"Bearer {write_key[1]}"}) as client:
+        response = client.post("/corpora", json={"model": "m", "dictionary_set": "d", "prompts": ["x" * 200]})
+    assert response.status_code == 413, response.text
+    detail = response.json()["detail"][0]
+    assert detail["loc"] == ["body"] and "the limit is 100 (ATLAS_PIPELINE_MAX_UPLOAD_BYTES)" in detail["msg"]

@@ -6,11 +6,8 @@ import os
 import signal
 import time
 
-import pytest
-
 from service.demo import start_worker_process, stop_worker_process
-from workers import celery_app as celery_module
-from workers.celery_app import celery_app, load_process_resources, process_resource, register_process_loader
+from workers.celery_app import celery_app
 from workers.tasks import ping
 
 
@@ -24,25 +21,6 @@ def test_configuration_for_long_gpu_tasks(settings):
     assert conf.accept_content == ["json"] and conf.task_serializer == "json"
     assert conf.worker_proc_alive_timeout == settings.worker_proc_alive_timeout_s > 4
     assert {q.name: q.routing_key for q in conf.task_queues} == {"gpu": "gpu", "cpu": "cpu"}
-
-
-def test_process_loader_registry_runs_loaders_and_reports_them(settings):
-    calls = []
-
-    @register_process_loader("test-resource")
-    def load(s):  # noqa: ANN001, ANN202
-        calls.append(s.redis_url)
-        return {"pid": os.getpid()}
-
-    try:
-        with pytest.raises(LookupError, match="not loaded in this process"):
-            process_resource("test-resource")
-        timings = load_process_resources(settings)
-        assert "test-resource" in timings and calls == [settings.redis_url]
-        assert process_resource("test-resource") == {"pid": os.getpid()}
-    finally:
-        celery_module._process_loaders.pop("test-resource", None)
-        celery_module._process_resources.pop("test-resource", None)
 
 
 def test_ping_round_trips_through_real_workers_on_each_queue(settings, redis_client, unique_id):

@@ -85,6 +85,16 @@ HOSTILE: list[tuple[str, str | None]] = [
     ("", "non-empty"),
     ("RETURN 1 " + "+ 1 " * 6000, "query-size"),
     ("MATCH (n RETURN n", "syntax"),
+    # Loops inside one expression, which Neo4j does not stop at the timeout (measured: still running minutes
+    # after 'Terminated'), and ranges too large to loop over
+    ("RETURN size(reduce(s = '', i IN range(1, 80000000) | s + 'xxxxxxxxxx'))", "expression-loop"),
+    ("UNWIND range(1, 1000000) AS x WITH collect(x) AS xs RETURN size([a IN xs WHERE a < 0])", "expression-loop"),
+    ("RETURN size([a IN range(1, 1000) WHERE any(b IN range(1, 1000) WHERE a * b < 0)])", "expression-loop"),
+    ("RETURN size([x IN range(1, 2000000000) WHERE x % 7 = 100])", "range-size"),
+    ("RETURN any(x IN range(1, 2000000000) WHERE x < 0)", "range-size"),
+    ("RETURN range(1, 2000000000) = range(1, 2000000000)", "range-size"),
+    ("RETURN -5 IN range(1, $n)", "range-size"),
+    ("UNWIND [1] + range(1, 2000000000) AS x RETURN count(x)", "range-size"),
 ]
 
 # Huge but read-only: must be stopped by the timeout or capped, never outlive the timeout.
@@ -182,8 +192,11 @@ def test_benign_reads_run_with_parameters_and_caps(runner):
     assert [r[0] for r in rows.rows] == list(range(1, LIMITS.max_rows + 1))
     fewer = runner.run("UNWIND range(1, 1000) AS x RETURN x", max_rows=3)
     assert (len(fewer.rows), fewer.truncated) == (3, True)
-    big = runner.run("UNWIND range(1, 100) AS x RETURN reduce(s = '', i IN range(1, 100) | s + 'xxxxxxxxxx') AS s")
+    big = runner.run(f"UNWIND range(1, 100) AS x RETURN x, '{'x' * 1000}' AS s")
     assert big.truncated_by == "max_bytes" and sum(len(json.dumps(r)) for r in big.rows) <= LIMITS.max_bytes
+    loops = runner.run("MATCH (n) WITH n LIMIT 1 RETURN [k IN keys(n) WHERE k <> ''] AS k, "
+                       "[x IN range(1, 10) | x * 2] AS r, any(v IN $v WHERE v > 1) AS a", {"v": [1, 2]})
+    assert loops.rows[0][1:] == [list(range(2, 21, 2)), True]
     whole = runner.run("UNWIND range(1, 3) AS x RETURN x")
     assert whole.truncated is False and whole.rows == [[1], [2], [3]]
 
@@ -346,3 +359,64 @@ def test_no_query_can_reach_an_api_key_secret(neo4j_driver, settings, redis_clie
             assert [what for what, needle in needles.items() if needle in text] == [], query
     finally:
         delete_key(redis_client, key.key_id)
+
+
+# Memory- or CPU-heavy reads, sent over HTTP to the app with its production limits (CypherLimits(): 5 s).
+# (query, the rules it may be refused with: the memory pool or the timeout stops rows, whichever comes first)
+HEAVY_OVER_HTTP: list[tuple[str, set[str]]] = [
+    ("UNWIND range(1, 400000000) AS x RETURN collect(x)", {"memory", "timeout"}),
+    ("UNWIND range(1, 20000) AS a UNWIND range(1, 20000) AS b RETURN collect([a, b])", {"memory", "timeout"}),
+    ("UNWIND range(1, 20000) AS a UNWIND range(1, 20000) AS b WITH a, b ORDER BY a * b DESC RETURN a, b",
+     {"memory", "timeout"}),
+    ("UNWIND range(1, 100000) AS x WITH collect(toString(x) + 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxx') AS xs "
+     "UNWIND xs AS a UNWIND xs AS b RETURN count(*)", {"memory", "timeout"}),
+    ("WITH 'xxxxxxxxxx' AS s" + " WITH s + s AS s" * 27 + " RETURN size(s)", {"memory", "timeout"}),
+    ("RETURN size(reduce(s = '', i IN range(1, 80000000) | s + 'xxxxxxxxxx'))", {"expression-loop"}),
+    ("RETURN size([x IN range(1, 2000000000) WHERE x % 7 = 100])", {"range-size"}),
+    ("RETURN any(x IN range(1, 2000000000) WHERE x < 0)", {"range-size"}),
+    ("UNWIND range(1, 1000000) AS x WITH collect(x) AS xs RETURN size([a IN xs WHERE a < 0])", {"expression-loop"}),
+]
+
+
+def test_heavy_reads_over_http_get_a_4xx_in_time_and_leave_nothing_running(settings, neo4j_driver, redis_client):
+    """With the production limits: every heavy read answers 408/422 naming its rule within the timeout (plus
+    slack), nothing is left running on the server (a loop Neo4j does not stop would show in SHOW TRANSACTIONS),
+    /healthz stays OK and a small query still answers at once."""
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.auth import create_key, delete_key
+
+    limits = CypherLimits()
+    key, plain = create_key(redis_client, "heavy-reads", ("cypher",))
+    before = fingerprint(neo4j_driver, settings.neo4j_database)
+    wrong: list[tuple] = []
+    try:
+        with TestClient(create_app(settings), headers={"Authorization": f"Bearer {plain}"}) as client:
+            for query, rules in HEAVY_OVER_HTTP:
+                t0 = time.perf_counter()
+                r = client.post("/cypher", json={"query": query})
+                elapsed = time.perf_counter() - t0
+                body = r.json()
+                if r.status_code not in (408, 422) or body.get("rule") not in rules or not body.get("message") \
+                        or elapsed > limits.timeout_s + SLACK_S:
+                    wrong.append((query, r.status_code, body.get("rule"), round(elapsed, 1)))
+            assert wrong == [], "\n".join(map(repr, wrong))
+            running: list[str] = []
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                running = [r["q"] for r in neo4j_driver.execute_query(
+                    "SHOW TRANSACTIONS YIELD currentQuery AS q WHERE NOT q STARTS WITH 'SHOW' RETURN q",
+                    database_=settings.neo4j_database).records if any(r["q"] == h for h, _ in HEAVY_OVER_HTTP)]
+                if not running:
+                    break
+                time.sleep(0.5)
+            assert running == [], f"still running on the server: {running}"
+            health = client.get("/healthz")
+            assert health.status_code == 200, health.text
+            t0 = time.perf_counter()
+            assert client.post("/cypher", json={"query": "RETURN 1 AS one"}).json()["rows"] == [[1]]
+            assert time.perf_counter() - t0 < 2.0
+    finally:
+        delete_key(redis_client, key.key_id)
+    assert fingerprint(neo4j_driver, settings.neo4j_database) == before

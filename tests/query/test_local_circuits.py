@@ -52,5 +52,14 @@ def test_local_circuit_edges_equal_the_stored_graphs_edges_into_the_feature(neo4
             assert local[s] == pytest.approx(into[feat][s], rel=1e-4, abs=1e-6), s
         with pytest.raises(ValueError, match="not a feature node"):
             compute_local_circuit(neo4j_driver, rec.graph_id, "emb:p0", database=db)
+        # One model cache per process: the recomputing analyses (QK pairs, interventions) find the model the local
+        # circuit loaded, without loading it again.
+        from workers.analysis.recompute import loaded_model
+        from workers.process import process_model_cache
+
+        cache = process_model_cache()
+        loads = cache.loads
+        assert loaded_model(neo4j_driver, model.model_id, dset.dictionary_set_id, db) is cache.get(model, dset)
+        assert cache.loads == loads >= 1
     finally:
         delete_graph(neo4j_driver, result["graph_id"], database=db)

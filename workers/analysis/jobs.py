@@ -55,6 +55,25 @@ def _local_circuit(driver: Driver, p: dict, db: str | None) -> dict:
     return compute_local_circuit(driver, p["graph_id"], p["node_id"], prune=bool(p.get("prune", False)), database=db)
 
 
+def _qk_pairs(driver: Driver, p: dict, db: str | None) -> dict:
+    from workers.analysis.qk import compute_qk_pairs
+
+    return compute_qk_pairs(driver, p["graph_id"], layer=p.get("layer"), head=p.get("head"),
+                            query_position=p.get("query_position"), key_position=p.get("key_position"),
+                            top_k=int(p.get("top_k", 20)), from_circuit=bool(p.get("from_circuit", False)),
+                            top_k_heads=int(p.get("top_k_heads", 3)), database=db)
+
+
+def _interventions(driver: Driver, p: dict, db: str | None) -> dict:
+    from workers.analysis.interventions import compute_interventions
+
+    return compute_interventions(driver, p["graph_id"], list(p.get("node_ids") or []), str(p.get("mode", "ablate")),
+                                 p.get("value"), top_k=int(p.get("top_k", 10)), database=db)
+
+
+# Every kind of analysis, by name. The last three need the model (a worker recomputes the graph's prompt); QK
+# pairs and interventions are queued by their own routes (POST /graphs/{id}/qk, /interventions), which check
+# their parameters, and are not kinds of the generic POST /analyses (service.schemas.analyses.AnalysisKind).
 ANALYSES: dict[str, Callable[[Driver, dict, str | None], dict]] = {
     "recurring_features": _recurring,
     "consensus_circuit": _consensus,
@@ -62,6 +81,8 @@ ANALYSES: dict[str, Callable[[Driver, dict, str | None], dict]] = {
     "cluster_prompts": _cluster,
     "virtual_weights": _virtual_weights,
     "local_circuit": _local_circuit,
+    "qk_pairs": _qk_pairs,
+    "interventions": _interventions,
 }
 
 

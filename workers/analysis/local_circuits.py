@@ -14,9 +14,8 @@ import json
 
 from neo4j import Driver
 
+from workers.process import process_model_cache
 from workers.vocabulary import ids
-
-_MODEL_CACHE = None  # one per worker process (models load once)
 
 
 def local_graph_id(graph_id: str, node_id: str) -> str:
@@ -25,11 +24,9 @@ def local_graph_id(graph_id: str, node_id: str) -> str:
 
 def compute_local_circuit(driver: Driver, graph_id: str, node_id: str, *, prune: bool = False,
                           database: str | None = None) -> dict:
-    global _MODEL_CACHE
     from workers.engine.attribution import AttributionSettings, attribute
     from workers.engine.pruning import prune as prune_graph
     from workers.pipeline import registry
-    from workers.pipeline.compute import ModelCache
     from workers.store.from_engine import graph_to_record
     from workers.store.writer import write_graph
 
@@ -50,9 +47,7 @@ def compute_local_circuit(driver: Driver, graph_id: str, node_id: str, *, prune:
         raise ValueError(f"graph {graph_id!r} records no prompt tokens; cannot recompute it")
     model = registry.get_model(driver, r["model"], database)
     dset = registry.get_dictionary_set(driver, r["dset"], database)
-    if _MODEL_CACHE is None:
-        _MODEL_CACHE = ModelCache()
-    loaded = _MODEL_CACHE.get(model, dset)
+    loaded = process_model_cache().get(model, dset)  # loaded on first use, shared with every task of the process
     g = attribute(loaded.lin, list(tokens), [node_id], tokenizer=loaded.tokenizer, settings=AttributionSettings())
     pr = prune_graph(g) if prune else None  # the default thresholds (workers/vocabulary/defaults.py)
     new_id = local_graph_id(graph_id, node_id)

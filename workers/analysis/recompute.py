@@ -11,19 +11,14 @@ from typing import Any
 
 from neo4j import Driver
 
-_MODEL_CACHE = None  # one per worker process (models load once)
-
 
 def loaded_model(driver: Driver, model_id: str, dset_id: str, database: str | None):  # noqa: ANN201 - compute.Loaded
-    global _MODEL_CACHE
     from workers.pipeline import registry
-    from workers.pipeline.compute import ModelCache
+    from workers.process import process_model_cache
 
     model = registry.get_model(driver, model_id, database)
     dset = registry.get_dictionary_set(driver, dset_id, database)
-    if _MODEL_CACHE is None:
-        _MODEL_CACHE = ModelCache(size=1)
-    return _MODEL_CACHE.get(model, dset)
+    return process_model_cache().get(model, dset)  # loaded on first use, shared with every task of the process
 
 
 _GRAPH = """

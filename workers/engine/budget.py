@@ -50,8 +50,15 @@ def budgeted_graph(
     rowsum = torch.zeros(n_full, dtype=torch.float64)  # Σ |A[r, s]| over non-bias sources (pruning's Â)
     expanded = torch.zeros(n_full, dtype=torch.bool)
     value = torch.full((n_full,), float("nan"))
-    stored: dict[int, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
+    # computed rows, per level: (row nodes, entries per row, values); their columns are rebuilt when needed
+    # (``columns``), so a held entry costs 4 bytes, not 8 (README "Memory under a budget")
+    stored: dict[int, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
+    node_pos = torch.tensor(nodes.pos)
     reuse: dict = {}
+
+    def columns(rn: torch.Tensor) -> torch.Tensor:
+        return reuse["readout"].columns_of(node_pos[rn], level[rn])
+
     with torch.no_grad():
         clean = lin.frozen_forward(trace, require_grad=False)
     timings = {"nodes": t_nodes - t0, "bias": 0.0, "edges": 0.0, "ranking": 0.0}
@@ -62,11 +69,13 @@ def budgeted_graph(
         entry_row = rnodes.repeat_interleave(cnt)
         a = V.abs().double().masked_fill(is_bias[C.long()], 0.0)
         rowsum.index_add_(0, entry_row, a)
+        if not stored and not torch.equal(columns(rnodes), C.long()):  # once: the rebuilt columns are the read-out's
+            raise RuntimeError("budget: rebuilt columns differ from the read-out's (engine bug)")
         lv = level[rnodes]
         for L in lv.unique().tolist():  # kept per level: the ranking walks the levels top-down
             sel = lv == L
             keep = sel.repeat_interleave(cnt)
-            stored.setdefault(L, []).append((rnodes[sel], cnt[sel], C[keep], V[keep]))
+            stored.setdefault(L, []).append((rnodes[sel], cnt[sel], V[keep]))
 
     def compute(rows: list[Target]) -> None:
         nonlocal done
@@ -98,10 +107,10 @@ def budgeted_graph(
         reached its own influence is final."""
         score = torch.zeros(n_full, dtype=torch.float64)
         for L in sorted(stored, reverse=True):
-            for rn, cnt, C, V in stored[L]:
+            for rn, cnt, V in stored[L]:
                 coef = (weight[rn] + score[rn]) / rowsum[rn].clamp_min(1e-30)
                 contrib = V.abs().double() * coef.repeat_interleave(cnt)
-                Cl = C.long()
+                Cl = columns(rn)
                 score.index_add_(0, Cl, contrib.masked_fill(is_bias[Cl], 0.0))
         return score
 
@@ -123,7 +132,8 @@ def budgeted_graph(
         rows = _rows_of_features(lin, nodes, take.tolist())
         compute(rows)
 
-    adj, new_nodes, old_to_new = _fold_unexpanded(nodes, site_cols, expanded, active, stored)
+    held_entries = sum(int(cnt.sum()) for chunks in stored.values() for _, cnt, _ in chunks)
+    adj, new_nodes, old_to_new = _fold_unexpanded(nodes, site_cols, expanded, active, stored, columns)
     new_index = {nid: i for i, nid in enumerate(new_nodes.ids)}
     new_value = torch.full((len(new_nodes.ids),), float("nan"))
     rows_full = (~torch.isnan(value)).nonzero().flatten()
@@ -131,8 +141,42 @@ def budgeted_graph(
     prov = dict(provenance or {})
     prov["budget"] = {"max_feature_nodes": budget, "active_features": int(active.sum()),
                       "expanded_features": int((expanded & active).sum()),
-                      "unexpanded_leaves": sum(k == "unexp" for k in new_nodes.kinds)}
+                      "unexpanded_leaves": sum(k == "unexp" for k in new_nodes.kinds),
+                      "held_entries": held_entries,
+                      "memory_bytes": memory_terms(n_full, held_entries, [tuple(sc.vectors.shape) for sc in site_cols],
+                                                   isinstance(site_cols[0].vectors, torch.Tensor) if site_cols else True,
+                                                   trace.n_pos, lin.n_layers, lin.n_heads, lin.d_model,
+                                                   len(site_cols), settings.batch_size)}
     return assemble(lin, trace, targets, new_nodes, new_index, adj, new_value, settings, prov, timings, t0)
+
+
+# bytes per node of the node table and the per-node arrays: ids as Python strings, the table's seven lists and the
+# id → column dict (measured 234 per feature node on CPython 3.11), the budget's level / rowsum / weight /
+# expanded / value / position arrays (~49)
+NODE_BYTES = 280
+# bytes per (row of a backward batch × source) of the read-out's transients: the [nb, sources] values and their
+# concatenated parts (4 + 4), the mask (1), the repeated columns (8), the selected indices (8 · causal share)
+READOUT_BYTES_PER_ROW_SOURCE = 25
+
+
+def memory_terms(n_nodes: int, held_entries: int, operand_shapes: list[tuple[int, int, int]], held_operands: bool,
+                 n_pos: int, n_layers: int, n_heads: int, d_model: int, n_sites: int, batch_size: int) -> dict[str, int]:
+    """The node budget's working memory in bytes, beyond the loaded model and dictionaries (README "Memory under a
+    budget"), from the counts of one run: ``held_entries`` the entries of every computed row (a source upstream of
+    it each), ``operand_shapes`` each site's read-out operand [P, 1 + K_s, d]: all held (``held_operands``), or
+    built per batch (the largest one at a time, and 12 bytes per slot for the features' indices and activations)."""
+    sizes = [p * k * d for p, k, d in operand_shapes]
+    terms = {
+        "rows_held": 4 * held_entries,
+        "readout_operands": 4 * sum(sizes) if held_operands
+                            else 4 * max(sizes, default=0) + 12 * sum(p * k for p, k, _ in operand_shapes),
+        "node_table": NODE_BYTES * n_nodes,
+        "adjoint": 4 * n_layers * (2 * n_heads * d_model**2 + 3 * n_heads * n_pos**2),
+        "per_batch": 4 * (n_sites + 1) * n_pos * batch_size * d_model + READOUT_BYTES_PER_ROW_SOURCE * batch_size * n_nodes,
+        "ranking": 16 * n_nodes,
+    }
+    terms["total"] = sum(terms.values())
+    return terms
 
 
 def _rows_of_features(lin: Linearised, nodes: NodeTable, which: list[int]) -> list[Target]:
@@ -150,11 +194,13 @@ def _rows_of_features(lin: Linearised, nodes: NodeTable, which: list[int]) -> li
 
 def _fold_unexpanded(
     nodes: NodeTable, site_cols: list[SiteColumns], expanded: torch.Tensor, active: torch.Tensor,
-    stored: dict[int, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]],
+    stored: dict[int, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]],
+    columns: Callable[[torch.Tensor], torch.Tensor],
 ) -> tuple[torch.Tensor, NodeTable, torch.Tensor]:
     """The final node table (emb, pos, bias, then per site its errors, its ``unexp`` leaves and its expanded
     features, then the other targets) and CSR: each stored row's entries on unexpanded features summed
-    (in float64) into the leaf of their (site, position). Frees ``stored`` as it goes.
+    (in float64) into the leaf of their (site, position); ``columns(rows)`` rebuilds a chunk's columns. Frees
+    ``stored`` as it goes.
     Returns (adjacency, nodes, old index → new index)."""
     n_full = len(nodes.ids)
     old_to_new = torch.full((n_full,), -1, dtype=torch.long)
@@ -191,8 +237,8 @@ def _fold_unexpanded(
     for L in sorted(stored):
         chunks = stored[L]
         while chunks:
-            rn, cnt, C, V = chunks.pop()
-            key = old_to_new[rn].repeat_interleave(cnt) * n + old_to_new[C.long()]
+            rn, cnt, V = chunks.pop()
+            key = old_to_new[rn].repeat_interleave(cnt) * n + old_to_new[columns(rn)]
             key, perm = key.sort()
             uk, inv = torch.unique_consecutive(key, return_inverse=True)
             vals = torch.zeros(uk.numel(), dtype=torch.float64).index_add_(0, inv, V[perm].double())

@@ -49,19 +49,52 @@ class NodeTable:
         return len(self.ids) - 1
 
 
+class DecoderOperand:
+    """The read-out's product operand of one site, ``[pos, 1 + K, d_out]``: slot 0 the error vector, slot 1 + k
+    the k-th feature's a_s W_dec[s] (zero on padding), built on demand for a prefix of positions (``[:P]``) from
+    the features' indices and activations and the dictionary's decoder. Under a node budget this keeps the
+    operands out of memory between batches (O(active features · d) otherwise, the largest term at length:
+    README "Memory under a budget"); the values are bit-identical to :meth:`dense`'s."""
+
+    def __init__(self, err: torch.Tensor, feats: torch.Tensor, acts: torch.Tensor, W_dec: torch.Tensor | None) -> None:
+        self.err, self.feats, self.acts, self.W_dec = err, feats, acts, W_dec  # [pos, d], [pos, K] (0 on padding) ×2
+        # width: d_out, or a CLT source layer's writes side by side (SiteColumns.grads)
+        width = err.shape[1] if W_dec is None else W_dec.shape[1]
+        self.shape = (err.shape[0], 1 + feats.shape[1], width)
+
+    def __getitem__(self, positions: slice) -> torch.Tensor:
+        err, feats, acts = self.err[positions], self.feats[positions], self.acts[positions]
+        out = torch.empty(err.shape[0], self.shape[1], self.shape[2])
+        out[:, 0, : err.shape[1]] = err.float()
+        out[:, 0, err.shape[1]:] = 0.0
+        if self.W_dec is not None and feats.shape[1]:
+            gathered = self.W_dec.detach().index_select(0, feats.flatten()).view(*feats.shape, -1)
+            out[:, 1:] = (acts[..., None] * gathered).float()
+        else:
+            out[:, 1:] = 0.0
+        return out
+
+    def dense(self) -> torch.Tensor:
+        return self[:]
+
+    def numel(self) -> int:
+        return self.shape[0] * self.shape[1] * self.shape[2]
+
+
 @dataclass
 class SiteColumns:
     """Sources at one site. feat_cols [pos, K] node index (−1 = padding), err_cols [pos], vectors
     [pos, 1 + K, width]: slot 0 the error vector, slot 1 + k the k-th feature's a_s W_dec[s] (zero on
-    padding): the read-out's product operand, built once (no second copy). ``grads``: the δ leaves whose
-    gradients, side by side, the vectors are read against: this site's, or for a CLT's source layer ℓ those
-    of the MLP outputs of layers ℓ..L−1 (its features write to all of them; the error vector fills the
-    first d_out entries, the rest zero), so a CLT feature's edge is the sum over the layers it writes to."""
+    padding): the read-out's product operand, built once (no second copy), or under a node budget a
+    ``DecoderOperand`` that builds it per batch. ``grads``: the δ leaves whose gradients, side by side, the
+    vectors are read against: this site's, or for a CLT's source layer ℓ those of the MLP outputs of layers
+    ℓ..L−1 (its features write to all of them; width = (L − ℓ)·d_out, the error vector fills the first d_out
+    entries, the rest zero), so a CLT feature's edge is the sum over the layers it writes to."""
 
     key: tuple[int, str]
     err_cols: torch.Tensor
     feat_cols: torch.Tensor
-    vectors: torch.Tensor
+    vectors: torch.Tensor | DecoderOperand
     grads: list[str]
 
 
@@ -123,10 +156,8 @@ def lay_out(lin: Linearised, trace: Trace, targets: list[Target], settings: Attr
         counts = torch.bincount(rec.pos_idx, minlength=n_pos) if rec.n_active else torch.zeros(n_pos, dtype=torch.long)
         K = int(counts.max()) if rec.n_active else 0
         feat_cols = torch.full((n_pos, K), -1, dtype=torch.long)
-        d_out = rec.out.shape[-1]
-        grads = read_against(rec)
-        vectors = torch.zeros(n_pos, 1 + K, d_out * len(grads))
-        vectors[:, 0, :d_out] = rec.err.float()
+        slot_feats = torch.zeros(n_pos, K, dtype=torch.long)  # the decoder row of each slot (0 on padding)
+        slot_acts = torch.zeros(n_pos, K, dtype=rec.acts.dtype)
         if d is not None and rec.n_active:
             order = torch.argsort(rec.pos_idx * (d.cfg.d_dict + 1) + rec.feat_idx)
             ps, fs, acts = rec.pos_idx[order], rec.feat_idx[order], rec.acts[order]
@@ -143,10 +174,17 @@ def lay_out(lin: Linearised, trace: Trace, targets: list[Target], settings: Attr
             nodes.feature += fl
             nodes.activation += al
             feat_cols[ps, slot] = torch.arange(first, first + len(fids))
-            vectors[ps, 1 + slot] = (acts[:, None] * d.W_dec.detach()[fs]).float()
+            slot_feats[ps, slot], slot_acts[ps, slot] = fs, acts
             if settings.feature_rows and budget is None:
                 frows += feature_rows(d, layer, site, fids, pl, fs)
-        site_cols.append(SiteColumns(rec.key, err_cols, feat_cols, vectors, grads))
+        site_cols.append(SiteColumns(rec.key, err_cols, feat_cols,
+                                     DecoderOperand(rec.err, slot_feats, slot_acts, None if d is None else d.W_dec),
+                                     read_against(rec)))
+    # under a budget, operands beyond settings.operand_memory_gb are built per batch: they are O(active features · d)
+    # (the rows held are O(budget)); otherwise built once here
+    if budget is None or 4 * sum(sc.vectors.numel() for sc in site_cols) <= settings.operand_memory_gb * 1e9:
+        for sc in site_cols:
+            sc.vectors = sc.vectors.dense()
 
     # target nodes that are not features already in the table
     index = {n: i for i, n in enumerate(nodes.ids)}

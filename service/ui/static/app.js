@@ -1,8 +1,15 @@
 // Hash router of the viewer: #/ (graph list), #/graph/<id>?max_nodes=…, #/corpora, #/job (list), #/job/<id>,
 // #/features?q=…, #/feature/<fkey>, #/global?fkey=…, #/qk?graph_id=…&layer=…. `window.atlas` exposes the live graph view to tests and benchmarks.
 
-import { corpusList, featurePage, featureSearch, globalPage, graphList, jobList, jobPage, qkPage } from "./corpus.js";
 import { DEFAULT_PRUNING, GraphView } from "./graph/view.js";
+import { corpusList } from "./pages/corpora.js";
+import { featurePage } from "./pages/feature.js";
+import { featureSearch } from "./pages/features.js";
+import { globalPage } from "./pages/global.js";
+import { graphList } from "./pages/graphs.js";
+import { jobPage } from "./pages/job.js";
+import { jobList } from "./pages/jobs.js";
+import { qkPage } from "./pages/qk.js";
 
 const main = document.getElementById("main");
 window.atlas = { graph: null };

@@ -1,7 +1,8 @@
 // Small SVG plots the pages draw from API numbers (no library): a bar chart, and the shading of a token by a
 // feature's activation. Every mark carries its number in a data- attribute, so tests read what was drawn.
 
-const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
+import { esc } from "./format.js";
+
 const short = (v) => (Math.abs(v) >= 1e4 || (Math.abs(v) < 1e-2 && v !== 0) ? v.toExponential(1) : (+v).toPrecision(3));
 
 /** Bars over [edges[i], edges[i+1]) with heights `counts` (a histogram); the x axis shows the edges' range. */

@@ -3,9 +3,8 @@
 // supernodes and clicked node in qParams, as Neuronpedia's own viewer stores them).
 
 import { getJSON, withQuery } from "../api.js";
+import { esc } from "../format.js";
 import { COLORS, DENSE_EDGES, edgeStyle, shapeOf } from "./render.js";
-
-const esc = (s) => String(s).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
 
 /** The scene as a standalone SVG document (one <g class="node"> per node, one <line class="edge"> per edge). */
 export function sceneToSVG(scene, title = "") {

@@ -3,12 +3,10 @@
 // exports. State that a reader would want to share (pruning) lives in the URL hash.
 
 import { ApiError, KEY_STORE, getJSON, pollAnalysis, sendJSON, withQuery } from "../api.js";
+import { esc, num } from "../format.js";
 import { canvasesToPNG, download, neuronpediaJSON, sceneToSVG } from "./export.js";
 import { GraphCanvas } from "./render.js";
 import { buildScene, neighbours } from "./scene.js";
-
-const fmt = (v) => (v == null ? "–" : Math.abs(v) >= 1e4 || (Math.abs(v) < 1e-3 && v !== 0) ? v.toExponential(2) : (+v).toFixed(3));
-const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
 
 export const DEFAULT_PRUNING = { max_nodes: 200, edge_threshold: 0, max_edges: 5000, node_threshold: 0 };
 
@@ -194,13 +192,13 @@ export class GraphView {
     const sel = this.canvas.highlight.selected;
     if (sel >= 0 && sel !== i) {
       for (let k = 0; k < this.scene.w.length; k++) {
-        if (this.scene.src[k] === i && this.scene.dst[k] === sel) edge = `<div>edge → selected: <b>${fmt(this.scene.w[k])}</b></div>`;
-        if (this.scene.src[k] === sel && this.scene.dst[k] === i) edge = `<div>edge from selected: <b>${fmt(this.scene.w[k])}</b></div>`;
+        if (this.scene.src[k] === i && this.scene.dst[k] === sel) edge = `<div>edge → selected: <b>${num(this.scene.w[k])}</b></div>`;
+        if (this.scene.src[k] === sel && this.scene.dst[k] === i) edge = `<div>edge from selected: <b>${num(this.scene.w[k])}</b></div>`;
       }
     }
     const label = n.kind !== "supernode" && n.label ? `<div class="tip-label">label: <b>${esc(n.label)}</b></div>` : "";
     tip.innerHTML = `<div><b>${esc(n.node_id)}</b></div>${label}<div>${esc(n.kind)}${n.token != null ? ` “${esc(n.token)}”` : ""}</div>
-      <div>activation: <b>${fmt(n.activation)}</b></div><div>influence (attribution): <b>${fmt(n.influence)}</b></div>${edge}`;
+      <div>activation: <b>${num(n.activation)}</b></div><div>influence (attribution): <b>${num(n.influence)}</b></div>${edge}`;
     const box = this.$("#graph-canvas").getBoundingClientRect();
     const pageBox = this.el.getBoundingClientRect();
     tip.style.left = `${box.left - pageBox.left + x + 14}px`;
@@ -243,7 +241,7 @@ export class GraphView {
     const qkHref = (src) => `#/qk?graph_id=${encodeURIComponent(this.graphId)}&query_position=${n.pos}&key_position=${src.pos}&layer=${attnLayer}`;
     const row = (e) => `<li><a href="#" data-select="${esc(e.node.node_id)}">${esc(e.node.node_id)}</a>
       ${n.pos != null && e.node.pos != null && e.node.pos < n.pos ? `<a class="qk-link" href="${qkHref(e.node)}" title="why the head attends here: QK pairs">QK</a>` : ""}
-      <span class="w ${e.w < 0 ? "neg" : "pos"}">${fmt(e.w)}</span></li>`;
+      <span class="w ${e.w < 0 ? "neg" : "pos"}">${num(e.w)}</span></li>`;
     const links = n.fkey
       ? `<p><a class="feature-link" href="#/feature/${encodeURIComponent(n.fkey)}${corpus ? `?corpus_id=${encodeURIComponent(corpus)}` : ""}">feature page</a>
          · <a href="#/global?fkey=${encodeURIComponent(n.fkey)}${corpus ? `&corpus_id=${encodeURIComponent(corpus)}` : ""}">global circuit</a></p>`
@@ -259,7 +257,7 @@ export class GraphView {
         ${n.token != null ? `<tr><th>token</th><td>${esc(n.token)}</td></tr>` : ""}
         ${n.fkey ? `<tr><th>feature</th><td>${esc(n.fkey)}</td></tr>` : ""}
         ${n.fkey && n.label ? `<tr><th>label</th><td class="node-label">${esc(n.label)}</td></tr>` : ""}
-        <tr><th>activation</th><td>${fmt(n.activation)}</td></tr><tr><th>influence</th><td>${fmt(n.influence)}</td></tr>
+        <tr><th>activation</th><td>${num(n.activation)}</td></tr><tr><th>influence</th><td>${num(n.influence)}</td></tr>
       </table>
       ${links}${members}
       <p><a class="qk-circuit" href="#/qk?graph_id=${encodeURIComponent(this.graphId)}&from_circuit=1">QK pairs of the circuit's heads</a></p>
@@ -400,14 +398,14 @@ export class GraphView {
 
 /** Per target: frozen change, the edges' prediction (equal to it), live change; then the live top-logit changes. */
 function interventionTables(r) {
-  const edits = r.edits.map((e) => `${esc(e.node_id)}: ${fmt(e.clean_activation)} → ${fmt(e.new_activation)}`).join("; ");
-  const w = (v) => (v == null ? "–" : `<span class="w ${v < 0 ? "neg" : "pos"}">${fmt(v)}</span>`);
+  const edits = r.edits.map((e) => `${esc(e.node_id)}: ${num(e.clean_activation)} → ${num(e.new_activation)}`).join("; ");
+  const w = (v) => (v == null ? "–" : `<span class="w ${v < 0 ? "neg" : "pos"}">${num(v)}</span>`);
   return `<p class="intervention-edits"><b>${esc(r.mode)}</b> ${edits}</p>
     <div class="cols"><table class="data intervention-targets"><thead><tr><th>target</th><th>clean</th><th>frozen Δ</th>
       <th>from edges</th><th>live Δ</th></tr></thead><tbody>${r.targets.map((t) => `<tr class="intervention-target" data-id="${esc(t.node_id)}"
-      data-frozen="${t.frozen_change}" data-edges="${t.from_edges}" data-live="${t.live_change ?? ""}"><td>${esc(t.label)}</td><td class="num">${fmt(t.clean)}</td>
+      data-frozen="${t.frozen_change}" data-edges="${t.from_edges}" data-live="${t.live_change ?? ""}"><td>${esc(t.label)}</td><td class="num">${num(t.clean)}</td>
       <td class="num">${w(t.frozen_change)}</td><td class="num">${w(t.from_edges)}</td><td class="num">${w(t.live_change)}</td></tr>`).join("")}</tbody></table>
     <table class="data intervention-logits"><thead><tr><th>token (live, position ${r.position})</th><th>before</th><th>after</th><th>Δ</th></tr></thead>
       <tbody>${r.top_logit_changes.map((c) => `<tr class="logit-change" data-change="${c.change}"><td>${esc(c.token ?? `#${c.token_id}`)}</td>
-      <td class="num">${fmt(c.before)}</td><td class="num">${fmt(c.after)}</td><td class="num">${w(c.change)}</td></tr>`).join("")}</tbody></table></div>`;
+      <td class="num">${num(c.before)}</td><td class="num">${num(c.after)}</td><td class="num">${w(c.change)}</td></tr>`).join("")}</tbody></table></div>`;
 }
