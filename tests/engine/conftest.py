@@ -6,6 +6,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
+from workers.dictionaries.crosslayer.module import CLTConfig, CLTDictionarySet, CrossLayerTranscoder, clt_of
 from workers.dictionaries.modules import Dictionary, DictionaryConfig, DictionarySet
 from workers.engine.linearise import Linearised
 
@@ -37,18 +38,38 @@ def random_dictionary(
     return d
 
 
+def random_clt(n_layer: int, d_model: int, d_dict: int, gen: torch.Generator, activation: str = "relu",
+               input_site: str = "mlp_in") -> CrossLayerTranscoder:
+    """Random cross-layer transcoder (``calibrate`` sets its encoder biases)."""
+    cfg = CLTConfig(n_layers=n_layer, d_model=d_model, d_dict=d_dict, activation=activation,  # type: ignore[arg-type]
+                    input_site=input_site)  # type: ignore[arg-type]
+    clt = CrossLayerTranscoder(cfg)
+    with torch.no_grad():
+        clt.W_enc.copy_(torch.randn(n_layer, d_dict, d_model, generator=gen) / d_model**0.5)
+        for i in range(n_layer):
+            clt.W_dec[i].copy_(torch.randn(d_dict, n_layer - i, d_model, generator=gen) / d_model**0.5)
+        clt.b_dec.copy_(0.1 * torch.randn(n_layer, d_model, generator=gen))
+        if activation == "jumprelu":
+            clt.threshold.copy_(0.05 * torch.rand(n_layer, d_dict, generator=gen))
+    return clt
+
+
 def calibrate(lin: Linearised, ids: torch.Tensor, target_active: float = 10.0) -> None:
     """Shift each dictionary's encoder bias so that about ``target_active`` features fire per token on
-    ``ids`` (random models have site inputs of arbitrary scale)."""
-    for (layer, site), d in lin.dictionaries:
-        tr = lin.trace(ids)
-        x = tr.sites[(layer, site)].x
+    ``ids`` (random models have site inputs of arbitrary scale); a CLT's per source layer."""
+    encoders = [((layer, site), d.W_enc, d.b_enc) for (layer, site), d in lin.dictionaries]
+    clt = clt_of(lin.dictionaries)
+    if clt is not None:
+        encoders += [((layer, "mlp"), clt.W_enc[layer], clt.b_enc[layer]) for layer in range(clt.n_layers)]
+    for key, W_enc, b_enc in sorted(encoders, key=lambda e: (e[0][0], e[0][1] == "mlp")):
+        tr = lin.trace(ids)  # again after each change: later sites' inputs depend on earlier features
+        x = tr.sites[key].x
         with torch.no_grad():
-            pre = x @ d.W_enc.T  # [pos, d_dict]
+            pre = x @ W_enc.T  # [pos, d_dict]
             k = int(target_active)
             # bias that puts the k-th largest pre-activation of an average token at 0
             kth = pre.topk(k + 1, dim=-1).values[:, -1].mean()
-            d.b_enc.copy_(-kth + 0.01 * torch.randn(d.b_enc.shape, generator=torch.Generator().manual_seed(layer)))
+            b_enc.copy_(-kth + 0.01 * torch.randn(b_enc.shape, generator=torch.Generator().manual_seed(key[0])))
 
 
 def make_gpt2(n_layer: int = 3, d: int = 64, vocab: int = 97, seed: int = 0) -> GPT2LMHeadModel:
@@ -109,6 +130,14 @@ def make_dicts(model, n_layer: int, d: int, d_dict: int = 128, sites=("attn", "m
     return DictionarySet(dd)
 
 
+def make_clt_dicts(n_layer: int, d: int, d_dict: int = 128, seed: int = 1, activation: str = "relu",
+                   input_site: str = "mlp_in") -> CLTDictionarySet:
+    """Attention SAEs on every layer and one cross-layer transcoder in place of every MLP."""
+    gen = torch.Generator().manual_seed(seed)
+    attn = {(layer, "attn"): random_dictionary(layer, "attn", d, d_dict, gen) for layer in range(n_layer)}
+    return CLTDictionarySet(attn, clt=random_clt(n_layer, d, d_dict, gen, activation, input_site))
+
+
 PROMPTS = [
     torch.tensor([5, 17, 42, 8, 5, 17, 42, 3, 91, 11]),
     torch.tensor([1, 2, 3, 4, 5, 6, 7]),
@@ -119,11 +148,13 @@ PROMPTS = [
 MAKERS = {"gpt2": make_gpt2, "llama": make_llama, "gemma3": make_gemma3}
 
 
-@pytest.fixture(scope="module", params=list(MAKERS))
+# every identity test runs on per-layer transcoders and on a cross-layer transcoder ("+clt")
+@pytest.fixture(scope="module", params=[*MAKERS, "gpt2+clt", "llama+clt", "gemma3+clt"])
 def lin(request) -> Linearised:
     n_layer, d = 3, 64
-    model = MAKERS[request.param](n_layer, d)
-    dicts = make_dicts(model, n_layer, d)
+    arch, _, clt = request.param.partition("+")
+    model = MAKERS[arch](n_layer, d)
+    dicts = make_clt_dicts(n_layer, d) if clt else make_dicts(model, n_layer, d)
     lin = Linearised(model, dicts)
     calibrate(lin, PROMPTS[0])
     return lin

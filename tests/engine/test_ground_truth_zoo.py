@@ -1,6 +1,8 @@
 """Ground truth on the zoo (workers/zoo): on held-out induction, bracket and IOI examples, the answer's
 source position carries the largest positive share of the target's leaf attributions (IOI: IO − S)
-among positions other than the last, on at least 90% of examples per task.
+among positions other than the last, on at least 90% of examples per task; with the zoo's per-layer
+transcoders and again with its cross-layer transcoder (``ensure_zoo_clt``: the zoo's attention SAEs + a CLT,
+trained from the cached zoo on first use).
 
 Uses the zoo of the current sources. ``scripts/dev test`` builds it (``atlas zoo build``) before pytest
 starts, so here ``ensure_zoo()`` returns at once; run alone on a cold cache, the fixture builds it.
@@ -18,8 +20,8 @@ pytestmark = pytest.mark.slow
 N_PER_TASK = 100
 
 
-@pytest.fixture(scope="module")
-def zoo_engine():
+@pytest.fixture(scope="module", params=["transcoders", "clt"])
+def zoo_engine(request):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from workers.dictionaries.formats import load_dictionary_set
@@ -32,7 +34,12 @@ def zoo_engine():
     assert zoo.dictionaries is not None, "the zoo was built without dictionaries (dictionary training unavailable)"
     model = AutoModelForCausalLM.from_pretrained(zoo.models["gpt2-4l"], dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(zoo.models["gpt2-4l"])
-    lin = Linearised(model, load_dictionary_set(zoo.dictionaries, model))
+    if request.param == "clt":
+        from workers.dictionaries.crosslayer.zoo import ensure_zoo_clt
+
+        lin = Linearised(model, load_dictionary_set(ensure_zoo_clt(zoo), model))
+    else:
+        lin = Linearised(model, load_dictionary_set(zoo.dictionaries, model))
     return lin, tok.get_vocab(), read_jsonl(zoo.heldout)
 
 

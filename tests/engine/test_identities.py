@@ -309,3 +309,9 @@ def test_save_load_roundtrip_and_neuronpedia(graphs, tmp_path):
     assert len(node_ids) == len(set(node_ids)) == g.n_nodes
     assert len(np_json["links"]) == g.adjacency.values().numel()
     assert {n["feature_type"] for n in np_json["nodes"]} >= {"embedding", "logit", "cross layer transcoder"}
+    # a feature (a CLT's too: one node whatever layers it writes to) sits at the layer whose input it reads
+    feats = {n["node_id"]: n for n in np_json["nodes"] if n["feature_type"] == "cross layer transcoder"}
+    assert len(feats) == g.kinds.count("feat")
+    for i, k in enumerate(g.kinds):
+        if k == "feat":
+            assert feats[g.node_ids[i]]["layer"] == str(int(g.layer[i])) == g.node_ids[i].split(":L")[1].split(".")[0]

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from workers.analysis.virtual_weights import final_norm, norm_gain
+from workers.dictionaries.crosslayer.module import clt_of
 
 _DICTIONARY = re.compile(r"L(\d+)\.(\w+)")
 
@@ -33,9 +34,17 @@ class NoLogitEffects(LookupError):
 
 
 def decoder_direction(dictionaries, dictionary: str, index: int) -> torch.Tensor:  # noqa: ANN001 - DictionarySet
-    """``W_dec[index]`` [d_model] of the dictionary named ``L<layer>.<site>`` (workers/store/from_engine.py)."""
+    """``W_dec[index]`` [d_model] of the dictionary named ``L<layer>.<site>`` (workers/store/from_engine.py); for a
+    cross-layer transcoder's source layer, the sum of the feature's writes to every layer."""
     m = _DICTIONARY.fullmatch(dictionary)
     d = dictionaries.get(int(m.group(1)), m.group(2)) if m else None
+    clt = clt_of(dictionaries)
+    if d is None and clt is not None and m and m.group(2) == "mlp" and 0 <= int(m.group(1)) < clt.n_layers:
+        # a CLT feature writes to the MLP outputs of layers ℓ..L−1: all of it reaches the logits directly
+        layer = int(m.group(1))
+        if not 0 <= index < clt.cfg.d_dict:
+            raise NoLogitEffects(f"dictionary {dictionary!r} has {clt.cfg.d_dict} features, not {index + 1}")
+        return clt.W_dec[layer][index].sum(0).detach().float()
     if d is None:
         raise NoLogitEffects(f"the dictionary set has no dictionary {dictionary!r}")
     if d.W_dec.dim() != 2:

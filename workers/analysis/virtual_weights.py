@@ -21,6 +21,10 @@ the corpus aggregates estimate (``norm_w``, service/query/global_circuits.py). T
 measured by the engine's own norm freezing (``workers.engine.norms.fit_norm``), so they are the scales
 the attribution graphs use.
 
+A cross-layer transcoder feature of source layer ℓ is one source whose ``W_dec[s]`` is the sum of its writes
+to the MLP outputs of layers ℓ..l−1 (those before the target's MLP at layer l), and one target like a
+transcoder feature (its encoder reads the MLP input).
+
 Attention OV paths are not included (they depend on the prompt's attention pattern). Sources must come
 earlier in the residual stream: attn of layer l and MLP of layer l' < l feed the MLP of layer l.
 Only the ``top_k`` incoming weights by |VW| are kept per target feature; they are stored as
@@ -41,6 +45,7 @@ import torch
 from neo4j import Driver
 from torch import nn
 
+from workers.dictionaries.crosslayer.module import SourceLayer, clt_of
 from workers.dictionaries.modules import DictionarySet
 from workers.vocabulary.ids import feature_key
 
@@ -62,6 +67,15 @@ def _feeds(src: tuple[int, str], dst: tuple[int, str]) -> bool:
     return ls < lt or (ls == lt and ss == "attn")
 
 
+def _decoder_into(src, layer: int) -> torch.Tensor:  # noqa: ANN001 - Dictionary | SourceLayer
+    """What a source feature writes into the residual stream before layer ``layer``'s MLP reads it
+    [d_s, d_model]: its decoder, or for a CLT feature of source layer ℓ the sum of its writes to the MLP
+    outputs of layers ℓ..layer−1."""
+    if isinstance(src, SourceLayer):
+        return sum(src.clt.decoder(src.layer, m) for m in range(src.layer, layer))  # type: ignore[return-value]
+    return src.W_dec
+
+
 def virtual_weights(dset: DictionarySet, dictionary_set_id: str, *, top_k: int = 16,
                     gamma: dict[int, torch.Tensor] | None = None, scale: dict[int, float] | None = None,
                     centre: bool = False) -> list[VirtualWeight]:
@@ -74,6 +88,10 @@ def virtual_weights(dset: DictionarySet, dictionary_set_id: str, *, top_k: int =
     if top_k < 1:
         raise ValueError("top_k must be >= 1")
     members = list(dset)
+    clt = clt_of(dset)
+    if clt is not None:  # a CLT's source layers are the MLP sites' dictionaries (one fkey per feature)
+        members = sorted(members + [((i, "mlp"), SourceLayer(clt, i)) for i in range(clt.n_layers)],
+                         key=lambda m: (m[0][0], m[0][1] == "mlp"))
     out: list[VirtualWeight] = []
     for (lt, st), tgt in members:
         if st != "mlp":
@@ -93,7 +111,7 @@ def virtual_weights(dset: DictionarySet, dictionary_set_id: str, *, top_k: int =
         names: list[tuple[str, int]] = []  # per global index offset: (dictionary name, offset)
         offset = 0
         for (ls, ss), src in sources:
-            vw = (src.W_dec.detach().float() @ reader.T).T  # [d_t, d_s]
+            vw = (_decoder_into(src, lt).detach().float() @ reader.T).T  # [d_t, d_s]
             idx = torch.arange(offset, offset + vw.shape[1]).expand(d_t, -1)
             cand_w = torch.cat([best_w, vw], dim=1)
             cand_i = torch.cat([best_src, idx], dim=1)

@@ -237,7 +237,7 @@ class AdjointModel:
     def build(lin: Linearised, trace: Trace) -> AdjointModel | None:
         """The adjoint for this trace, or None if the model is not of a supported form (then use autograd).
         The first call per model and dictionary set compares it with autograd on probe targets."""
-        key = tuple(sorted((k, id(d)) for k, d in lin.dictionaries.dictionaries.items()))
+        key = (*sorted((k, id(d)) for k, d in lin.dictionaries.dictionaries.items()), id(lin.clt))
         cached = _CACHE.get(lin)
         if cached is not None and cached[0] == key and not cached[1]:
             return None

@@ -27,6 +27,9 @@ def bias_groups(lin: Linearised) -> dict[str, list[torch.Tensor]]:
         groups.setdefault(g, []).append(p)
     for (layer, site), d in lin.dictionaries:
         groups.setdefault(f"L{layer}.{site}.dict", []).extend([d.b_enc, d.b_dec])
+    if lin.clt is not None:  # a CLT's encoder bias of source layer ℓ and decoder bias of output layer ℓ
+        for layer in range(lin.clt.n_layers):
+            groups.setdefault(f"L{layer}.mlp.dict", []).extend([lin.clt.b_enc[layer], lin.clt.b_dec[layer]])
     return groups
 
 

@@ -186,7 +186,7 @@ def _rows_of_features(lin: Linearised, nodes: NodeTable, which: list[int]) -> li
         by_site.setdefault((nodes.layer[i], nodes.site[i]), []).append(i)
     rows: list[Target] = []
     for (layer, site), members in by_site.items():
-        d = lin.dictionaries.get(layer, site)
+        d = lin.site_dictionary(layer, site)
         feats = torch.tensor([nodes.feature[i] for i in members], dtype=torch.long)
         rows += feature_rows(d, layer, site, [nodes.ids[i] for i in members], [nodes.pos[i] for i in members], feats)
     return rows

@@ -69,6 +69,8 @@ def bias_parameters(lin: Linearised) -> list[tuple[str, torch.Tensor]]:
     out = [(n, p) for n, p in lin.model.named_parameters() if n.endswith("bias")]
     for (layer, site), d in lin.dictionaries:
         out += [(f"L{layer}.{site}.dict.b_enc", d.b_enc), (f"L{layer}.{site}.dict.b_dec", d.b_dec)]
+    if lin.clt is not None:
+        out += [("clt.b_enc", lin.clt.b_enc), ("clt.b_dec", lin.clt.b_dec)]
     return out
 
 

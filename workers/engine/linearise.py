@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from workers.dictionaries.crosslayer.module import SourceLayer, clt_of
 from workers.dictionaries.modules import Dictionary, DictionarySet
 from workers.engine.norms import NormRecord, fit_norm, frozen_norm_output, is_norm
 from workers.models import sites as model_sites
@@ -142,6 +143,9 @@ class _Run:
     # gradient); a pure speed-up, off when queries/keys are targets (QK attribution)
     value_only: bool = False
     norm_calls: dict[str, int] = field(default_factory=dict)
+    # a cross-layer transcoder's features per source layer, kept for the later layers they write to:
+    # record / live: dense activations [..., pos, d_dict]; frozen with ``gate``: (positions, features, a [B, n])
+    clt_acts: dict[int, object] = field(default_factory=dict)
 
 
 def _repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
@@ -249,6 +253,18 @@ class Linearised:
         for (layer, _site), d in dictionaries:
             if not 0 <= layer < self.n_layers:
                 raise ValueError(f"dictionary {d.cfg.name} is for layer {layer}; the model has {self.n_layers}")
+        # a cross-layer transcoder: each source layer is the dictionary of its MLP site (SourceLayer)
+        self.clt = clt_of(dictionaries)
+        self._clt_layers: dict[int, SourceLayer] = {}
+        if self.clt is not None:
+            if self.clt.n_layers != self.n_layers:
+                raise ValueError(f"the cross-layer transcoder spans {self.clt.n_layers} layers; the model has "
+                                 f"{self.n_layers}")
+            if self.clt.cfg.input_site != "mlp_in":
+                raise ValueError(f"the cross-layer transcoder reads {self.clt.cfg.input_site!r}; the engine splices "
+                                 "CLTs that read the MLP input (input_site 'mlp_in'; a file reading "
+                                 "ln2.hook_normalized is folded into it when loaded with model=)")
+            self._clt_layers = {i: SourceLayer(self.clt, i) for i in range(self.n_layers)}
         self.base = model.base_model
         self.embed = model.get_input_embeddings()
         self.pos_embed = self._find_pos_embedding()
@@ -286,6 +302,12 @@ class Linearised:
         out_emb = self.model.get_output_embeddings()
         self.W_U, self.lm_bias = out_emb.weight, getattr(out_emb, "bias", None)
         return self
+
+    def site_dictionary(self, layer: int, site: str) -> Dictionary | SourceLayer | None:
+        """The dictionary at a site: the set's, or for an MLP the CLT's source layer (``SourceLayer``)."""
+        if site == "mlp" and self._clt_layers:
+            return self._clt_layers[layer]
+        return self.dictionaries.get(layer, site)
 
     def dictionary_hash(self) -> str:
         """The dictionary set's content hash; cached (see :meth:`place`)."""
@@ -432,10 +454,13 @@ class Linearised:
             if run is None:
                 return None
             x = args[0]
-            d = self.dictionaries.get(layer, "mlp")
+            d = self.site_dictionary(layer, "mlp")
             if run.mode == "record":
                 assert run.record is not None
-                run.record.sites[(layer, "mlp")] = _site_record(layer, "mlp", d, x[0], output[0])
+                if isinstance(d, SourceLayer):
+                    run.record.sites[(layer, "mlp")] = _clt_site_record(run, d, x[0], output[0])
+                else:
+                    run.record.sites[(layer, "mlp")] = _site_record(layer, "mlp", d, x[0], output[0])
                 return None
             if run.mode == "live" and d is not None:
                 return _live_site_output(run, (layer, "mlp"), d, x, output)
@@ -448,12 +473,13 @@ class Linearised:
             run = _active()
             assert run is not None
             run.tensors[tn.site_input(layer, "mlp")] = x
-            d = self.dictionaries.get(layer, "mlp")
+            d = self.site_dictionary(layer, "mlp")
             return self._spliced(run, (layer, "mlp"), d, x)
 
         return forward
 
-    def _spliced(self, run: _Run, key: tuple[int, str], d: Dictionary | None, x: torch.Tensor) -> torch.Tensor:
+    def _spliced(self, run: _Run, key: tuple[int, str], d: Dictionary | SourceLayer | None,
+                 x: torch.Tensor) -> torch.Tensor:
         """Frozen site output [B, P, d_out]: features' constant injection + b_dec + skip(x) + error + δ.
 
         δ is a zero leaf whose gradient is ∂target/∂(site output), shared by every feature and the error
@@ -474,7 +500,13 @@ class Linearised:
             pre = (x[:, pi] * d.W_enc[fi]).sum(-1) + d.b_enc[fi]  # [B, n]
             a = run.gate(key, pre)  # type: ignore[operator]
             inj = torch.zeros(run.batch, p, out.shape[-1], dtype=out.dtype, device=out.device)
-            inj = inj.index_add(1, pi, a[..., None] * d.W_dec[fi])
+            if isinstance(d, SourceLayer):  # this layer's features and every earlier layer's write here
+                run.clt_acts[key[0]] = (pi, fi, a)
+                for src in range(key[0] + 1):
+                    ps, fs, a_s = run.clt_acts[src]  # type: ignore[misc]
+                    inj = inj.index_add(1, ps, a_s[..., None] * d.clt.decoder(src, key[0])[fs])
+            else:
+                inj = inj.index_add(1, pi, a[..., None] * d.W_dec[fi])
             out = out + inj + d.b_dec
             skip = d.skip_out(x)
             if skip is not None:
@@ -531,7 +563,12 @@ class Linearised:
                 if sr.dictionary is None or not bool(first.any()):
                     continue
                 W = sr.dictionary.W_dec.detach()
-                sr.err[0] += (sr.acts[first, None] * W[sr.feat_idx[first]]).sum(0)
+                folded = (sr.acts[first, None] * W[sr.feat_idx[first]]).sum(0)
+                if isinstance(sr.dictionary, SourceLayer):  # a CLT feature's writes join each layer's error
+                    for m, part in sr.dictionary.split_writes(folded).items():
+                        rec.sites[(m, "mlp")].err[0] += part
+                else:
+                    sr.err[0] += folded
                 keep = ~first
                 sr.pos_idx, sr.feat_idx, sr.acts = sr.pos_idx[keep], sr.feat_idx[keep], sr.acts[keep]
         return rec
@@ -539,7 +576,8 @@ class Linearised:
     def injections(
         self, trace: Trace, batch: int = 1, edits: list[dict[tuple[int, str, int, int], float]] | None = None
     ) -> dict[tuple[int, str], torch.Tensor]:
-        """Per site, Σ_s a_s W_dec[s] at each position: [batch, pos, d_out].
+        """Per site, Σ_s a_s W_dec[s] at each position: [batch, pos, d_out]. A CLT's features of source layer
+        ℓ are computed in ``W_dec``'s side-by-side space and split into the MLP sites of layers ℓ..L−1.
 
         ``edits[b]`` maps (layer, site, pos, feature) -> new activation for batch row b (feature must be
         active in the trace)."""
@@ -563,7 +601,11 @@ class Linearised:
                             raise ValueError(f"feature {f} at L{layer}.{site} p{pos} is not active in this prompt")
                         a = rec.acts[hit[0, 0]]
                         inj[b, pos] += (value - a) * W[f]
-            out[key] = inj
+            if isinstance(d, SourceLayer):
+                for m, part in d.split_writes(inj).items():
+                    out[(m, "mlp")] = part if (m, "mlp") not in out else out[(m, "mlp")] + part
+            else:
+                out[key] = inj
         return out
 
     def frozen_forward(
@@ -676,14 +718,42 @@ def _site_record(layer: int, site: str, d: Dictionary | None, x: torch.Tensor, o
     return SiteRecord(layer, site, d, x, out, pos_idx, feat_idx, acts[pos_idx, feat_idx], out - recon)
 
 
+def _clt_site_record(run: _Run, d: SourceLayer, x: torch.Tensor, out: torch.Tensor) -> SiteRecord:
+    """The MLP site of layer ℓ under a CLT, clean run: source layer ℓ's features (from x [pos, d_model]) and
+    err = out − (b_dec[ℓ] + Σ_{s ≤ ℓ} a_s W_dec[s → ℓ]), the earlier layers' activations kept in ``run``."""
+    x, out = x.detach(), out.detach()
+    layer = d.layer
+    if d.cfg.d_in != x.shape[-1] or d.cfg.d_in != out.shape[-1]:
+        raise ValueError(f"the cross-layer transcoder has d_model={d.cfg.d_in}; the model's MLP of layer {layer} "
+                         f"has {x.shape[-1]} -> {out.shape[-1]}")
+    pre = d.pre_activation(x)
+    gate = d.gate(pre)
+    acts = pre * gate
+    run.clt_acts[layer] = acts
+    pos_idx, feat_idx = gate.nonzero(as_tuple=True)
+    return SiteRecord(layer, "mlp", d, x, out, pos_idx, feat_idx, acts[pos_idx, feat_idx], out - _clt_writes(run, d))
+
+
+def _clt_writes(run: _Run, d: SourceLayer) -> torch.Tensor:
+    """b_dec[ℓ] + Σ_{s ≤ ℓ} a_s W_dec[s → ℓ] from the dense activations of ``run.clt_acts``."""
+    out = d.b_dec
+    for src in range(d.layer + 1):
+        out = out + run.clt_acts[src] @ d.clt.decoder(src, d.layer)  # type: ignore[operator]
+    return out
+
+
 def _live_site_output(
-    run: _Run, key: tuple[int, str], d: Dictionary, x: torch.Tensor, out: torch.Tensor
+    run: _Run, key: tuple[int, str], d: Dictionary | SourceLayer, x: torch.Tensor, out: torch.Tensor
 ) -> torch.Tensor:
     """Live (unfrozen) splice: features recomputed from the live input x [1, P, d_in] with gates live,
-    edits applied, plus the clean error held constant."""
+    edits applied, plus the clean error held constant (a CLT's layer adds its earlier layers' writes)."""
     acts = d.encode(x)
     for pos, f, value in run.live_edits.get(key, []):
         acts[:, pos, f] = value
+    assert run.trace is not None
+    if isinstance(d, SourceLayer):
+        run.clt_acts[key[0]] = acts
+        return _clt_writes(run, d) + run.trace.sites[key].err[None, : x.shape[1]]
     new = d.decode(acts)
     skip = d.skip_out(x)
     if skip is not None:

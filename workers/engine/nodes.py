@@ -58,12 +58,15 @@ class DecoderOperand:
 
     def __init__(self, err: torch.Tensor, feats: torch.Tensor, acts: torch.Tensor, W_dec: torch.Tensor | None) -> None:
         self.err, self.feats, self.acts, self.W_dec = err, feats, acts, W_dec  # [pos, d], [pos, K] (0 on padding) ×2
-        self.shape = (err.shape[0], 1 + feats.shape[1], err.shape[1])
+        # width: d_out, or a CLT source layer's writes side by side (SiteColumns.grads)
+        width = err.shape[1] if W_dec is None else W_dec.shape[1]
+        self.shape = (err.shape[0], 1 + feats.shape[1], width)
 
     def __getitem__(self, positions: slice) -> torch.Tensor:
         err, feats, acts = self.err[positions], self.feats[positions], self.acts[positions]
         out = torch.empty(err.shape[0], self.shape[1], self.shape[2])
-        out[:, 0] = err.float()
+        out[:, 0, : err.shape[1]] = err.float()
+        out[:, 0, err.shape[1]:] = 0.0
         if self.W_dec is not None and feats.shape[1]:
             gathered = self.W_dec.detach().index_select(0, feats.flatten()).view(*feats.shape, -1)
             out[:, 1:] = (acts[..., None] * gathered).float()
@@ -81,14 +84,26 @@ class DecoderOperand:
 @dataclass
 class SiteColumns:
     """Sources at one site. feat_cols [pos, K] node index (−1 = padding), err_cols [pos], vectors
-    [pos, 1 + K, d_out]: slot 0 the error vector, slot 1 + k the k-th feature's a_s W_dec[s] (zero on
+    [pos, 1 + K, width]: slot 0 the error vector, slot 1 + k the k-th feature's a_s W_dec[s] (zero on
     padding): the read-out's product operand, built once (no second copy), or under a node budget a
-    ``DecoderOperand`` that builds it per batch."""
+    ``DecoderOperand`` that builds it per batch. ``grads``: the δ leaves whose gradients, side by side, the
+    vectors are read against: this site's, or for a CLT's source layer ℓ those of the MLP outputs of layers
+    ℓ..L−1 (its features write to all of them; width = (L − ℓ)·d_out, the error vector fills the first d_out
+    entries, the rest zero), so a CLT feature's edge is the sum over the layers it writes to."""
 
     key: tuple[int, str]
     err_cols: torch.Tensor
     feat_cols: torch.Tensor
     vectors: torch.Tensor | DecoderOperand
+    grads: list[str]
+
+
+def read_against(rec) -> list[str]:
+    """The δ leaves a site's source vectors are read against (``SiteColumns.grads``): its own, or for a CLT's
+    source layer ℓ those of layers ℓ..L−1, whose MLP outputs its features write to."""
+    writes = getattr(rec.dictionary, "writes", None)
+    layer, site = rec.key
+    return [tn.site_delta(m, site) for m in writes] if writes else [tn.site_delta(layer, site)]
 
 
 def feature_rows(d, layer: int, site: str, fids: list[str], pos: list[int], feats: torch.Tensor) -> list[Target]:
@@ -163,7 +178,8 @@ def lay_out(lin: Linearised, trace: Trace, targets: list[Target], settings: Attr
             if settings.feature_rows and budget is None:
                 frows += feature_rows(d, layer, site, fids, pl, fs)
         site_cols.append(SiteColumns(rec.key, err_cols, feat_cols,
-                                     DecoderOperand(rec.err, slot_feats, slot_acts, None if d is None else d.W_dec)))
+                                     DecoderOperand(rec.err, slot_feats, slot_acts, None if d is None else d.W_dec),
+                                     read_against(rec)))
     # under a budget, operands beyond settings.operand_memory_gb are built per batch: they are O(active features · d)
     # (the rows held are O(budget)); otherwise built once here
     if budget is None or 4 * sum(sc.vectors.numel() for sc in site_cols) <= settings.operand_memory_gb * 1e9:

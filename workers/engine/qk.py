@@ -19,7 +19,7 @@ from workers.engine.backward import edges
 from workers.engine.bias import bias_contributions
 from workers.engine.graph import Graph
 from workers.engine.linearise import Linearised, Trace
-from workers.engine.nodes import SiteColumns
+from workers.engine.nodes import SiteColumns, read_against
 from workers.engine.targets import Target
 from workers.vocabulary import ids
 
@@ -80,8 +80,9 @@ def _columns(lin: Linearised, trace: Trace, g: Graph) -> tuple[torch.Tensor, tor
         counts = torch.bincount(rec.pos_idx, minlength=n_pos) if rec.n_active else torch.zeros(n_pos, dtype=torch.long)
         K = int(counts.max()) if rec.n_active else 0
         fc = torch.full((n_pos, K), -1, dtype=torch.long)
-        fd = torch.zeros(n_pos, 1 + K, rec.out.shape[-1])  # slot 0 the error (SiteColumns.vectors)
-        fd[:, 0] = rec.err.float()
+        grads = read_against(rec)
+        fd = torch.zeros(n_pos, 1 + K, rec.out.shape[-1] * len(grads))  # slot 0 the error (SiteColumns.vectors)
+        fd[:, 0, : rec.out.shape[-1]] = rec.err.float()
         slot = torch.zeros(n_pos, dtype=torch.long)
         if rec.dictionary is not None:
             W = rec.dictionary.W_dec.detach()
@@ -90,7 +91,7 @@ def _columns(lin: Linearised, trace: Trace, g: Graph) -> tuple[torch.Tensor, tor
                 slot[p] += 1
                 fc[p, k] = g.index(ids.feat_id(layer, site, p, f))
                 fd[p, 1 + k] = a * W[f]
-        cols.append(SiteColumns(rec.key, err, fc, fd))
+        cols.append(SiteColumns(rec.key, err, fc, fd, grads))
     return emb, pos, cols
 
 

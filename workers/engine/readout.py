@@ -31,6 +31,7 @@ class ReadOut:
         # per leaf: source vectors [pos, slots, d]; blocks: (leaf, flat index into [pos·slots] per source,
         # columns [n], source positions [n], site rank) in column order
         self.vectors: dict[str, torch.Tensor] = {}
+        self.grads: dict[str, list[str]] = {}
         blocks: list[tuple[str, torch.Tensor | None, torch.Tensor, torch.Tensor, int]] = []
         ar = torch.arange(n_pos)
         leaves = [(w, c, v) for w, c, v in (("emb", emb_cols, trace.emb), ("pos", pos_cols, trace.pos_emb))
@@ -46,6 +47,8 @@ class ReadOut:
             rank = site_rank(site_order(sc.key))
             K = sc.feat_cols.shape[1]
             self.vectors[name] = sc.vectors  # [pos, 1 + K, d]: slot 0 the error, then the features
+            if sc.grads != [name]:  # a CLT source layer: read against its output layers' gradients side by side
+                self.grads[name] = sc.grads
             blocks.append((name, ar * (K + 1), sc.err_cols, ar, rank))
             if K:
                 ok = sc.feat_cols >= 0  # [pos, K]; features are numbered by (position, slot)
@@ -118,13 +121,16 @@ class ReadOut:
                 continue
             wf = products.get(leaf)
             if wf is None:
-                g = gmap.get(leaf)  # "emb": the embeddings' gradient, which the positional ones share
+                g = self._gradient(leaf, gmap)  # "emb": the embeddings' gradient, which the positional ones share
                 if g is None:  # no path from this leaf to any row of the batch
                     parts.append(torch.zeros(c, nb))
                     continue
-                gt = by_grad.get(id(g))
-                if gt is None:  # [P, nb, d] -> [P, d, nb]
-                    gt = by_grad[id(g)] = g.transpose(1, 2)
+                if leaf in self.grads:  # a fresh concatenation: nothing to share
+                    gt = g.transpose(1, 2)
+                else:
+                    gt = by_grad.get(id(g))
+                    if gt is None:  # [P, nb, d] -> [P, d, nb]
+                        gt = by_grad[id(g)] = g.transpose(1, 2)
                 vec = self.vectors[leaf][:P]
                 # per position, [slots, d] @ [d, nb]: every source at that position against every row
                 wf = products[leaf] = torch.bmm(vec, gt).reshape(-1, nb)  # [P·slots, nb]
@@ -140,6 +146,19 @@ class ReadOut:
         idx = mask.flatten().nonzero().flatten()
         return (row_nodes, mask.sum(1), cols.repeat(nb).index_select(0, idx).int(),
                 values.reshape(-1).index_select(0, idx).float())
+
+
+    def _gradient(self, leaf: str, gmap: dict[str, torch.Tensor | None]) -> torch.Tensor | None:
+        """The leaf's gradient [P, nb, d], or for a CLT source layer its output layers' side by side
+        [P, nb, (L − ℓ)·d] (zeros where a layer has no path to the batch); None when none has one."""
+        names = self.grads.get(leaf)
+        if names is None:
+            return gmap.get(leaf)
+        gs = [gmap.get(n) for n in names]
+        ref = next((g for g in gs if g is not None), None)
+        if ref is None:
+            return None
+        return torch.cat([ref.new_zeros(ref.shape) if g is None else g for g in gs], -1)
 
 
 def site_rank(order: tuple[int, int]) -> int:

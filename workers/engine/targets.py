@@ -129,7 +129,7 @@ def direction(
 
 def feature(lin: Linearised, trace: Trace, layer: int, site: str, pos: int, index: int) -> Target:
     """The pre-activation of one feature (a local circuit). It need not be active."""
-    d = lin.dictionaries.get(layer, site)
+    d = lin.site_dictionary(layer, site)
     if d is None:
         raise ValueError(f"no dictionary at L{layer}.{site}")
     p = _pos(trace, pos)

@@ -86,3 +86,6 @@ def place(model: torch.nn.Module, dictionaries: DictionarySet, placement: Placem
     model.to(device=dev, dtype=dtype)
     for _, d in dictionaries:
         d.to(device=dev, dtype=dtype)
+    clt = getattr(dictionaries, "clt", None)  # a cross-layer transcoder (CLTDictionarySet)
+    if clt is not None:
+        clt.to(device=dev, dtype=dtype)
