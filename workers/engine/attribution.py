@@ -58,7 +58,7 @@ class AttributionSettings:
     expand_batch: int = 256  # features expanded per re-ranking (the selection depends on it, not on batch_size)
     # under a budget: the read-out's decoder operands (a_s W_dec[s], all sites) are held when they fit in this many
     # GB, else gathered again for every batch (nodes.DecoderOperand: memory O(one site), read-out 2-3x slower)
-    operand_memory_gb: float = 1.0
+    operand_memory_gb: float = 4.0
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
