@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 import typer
 from typer.testing import CliRunner
 
@@ -53,3 +54,14 @@ def test_cli_node_budget(run_cli, tmp_path):  # noqa: ANN001
     assert g.provenance["budget"]["expanded_features"] == 5 and "unexp" in g.kinds
     bad = run_cli("--max-feature-nodes", "-1")
     assert bad.exit_code != 0 and "max-feature-nodes" in bad.output
+
+
+def test_cli_device_and_dtype(run_cli, tmp_path):  # noqa: ANN001
+    ok = run_cli("--dtype", "bf16", "--device", "cpu", "--out", str(tmp_path / "g"))
+    assert ok.exit_code == 0, ok.output
+    assert Graph.load(tmp_path / "g").provenance["weights_dtype"] == "bfloat16"
+    bad = run_cli("--device", "tpu")
+    assert bad.exit_code != 0 and "is not one of cpu, cuda, cuda:N" in bad.output
+    if not torch.cuda.is_available():  # on a GPU machine 'cuda' is valid; the refusal is for a machine without one
+        nogpu = run_cli("--device", "cuda")
+        assert nogpu.exit_code != 0 and "sees no CUDA device" in nogpu.output

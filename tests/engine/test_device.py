@@ -16,9 +16,8 @@ import copy
 import pytest
 import torch
 from pydantic import ValidationError
-from typer.testing import CliRunner
 
-from tests.engine.conftest import PROMPTS, calibrate, make_dicts, make_gpt2
+from tests.engine.conftest import PROMPTS, make_dicts, make_gpt2
 from workers.engine.adjoint import AdjointModel
 from workers.engine.attribution import attribute
 from workers.engine.graph import Graph
@@ -94,31 +93,6 @@ def test_bf16_is_within_tolerance_of_fp32_and_complete(lin):
         A = a.adjacency.to_dense()
         ra = ~torch.isnan(a.value)
         assert float((A.sum(1)[ra] - a.value[ra]).abs().max()) <= 1e-4 * max(1.0, float(a.value[ra].abs().max()))
-
-
-def test_cli_device_and_dtype(tmp_path):
-    import typer
-
-    from workers.dictionaries.formats import save_dictionary_set
-    from workers.engine.cli import attribute as attribute_command
-
-    model = make_gpt2(2, 64)
-    dicts = make_dicts(model, 2, 64, sites=("mlp",))
-    calibrate(Linearised(model, dicts), PROMPTS[0])
-    model.save_pretrained(tmp_path / "model")
-    save_dictionary_set(dicts, tmp_path / "dicts")
-    app = typer.Typer()
-    app.command()(attribute_command)
-    base = ["--model", str(tmp_path / "model"), "--dictionaries", str(tmp_path / "dicts"),
-            ",".join(str(i) for i in PROMPTS[0].tolist()), "--ids"]
-    ok = CliRunner().invoke(app, [*base, "--dtype", "bf16", "--device", "cpu", "--out", str(tmp_path / "g")])
-    assert ok.exit_code == 0, ok.output
-    assert Graph.load(tmp_path / "g").provenance["weights_dtype"] == "bfloat16"
-    bad = CliRunner().invoke(app, [*base, "--device", "tpu"])
-    assert bad.exit_code != 0 and "is not one of cpu, cuda, cuda:N" in bad.output
-    if not torch.cuda.is_available():
-        nogpu = CliRunner().invoke(app, [*base, "--device", "cuda"])
-        assert nogpu.exit_code != 0 and "sees no CUDA device" in nogpu.output
 
 
 def test_worker_model_cache_loads_on_its_placement(tmp_path):
