@@ -91,7 +91,8 @@ def job_timeline(driver: Driver, job_id: str, bins: int = 30, *, now: float | No
     if not records:
         raise LookupError(f"no job {job_id!r}")
     r = records[0]
-    events = sorted((float(t), state) for t, state in r["events"])
+    # collect() keeps the [null, null] pair of a job with no finished prompt yet (OPTIONAL MATCH found none)
+    events = sorted((float(t), state) for t, state in r["events"] if t is not None)
     start = r["started"] if r["started"] is not None else (events[0][0] if events else None)
     if start is None:
         return {"job_id": job_id, "start": None, "end": None, "bin_s": None, "bins": []}

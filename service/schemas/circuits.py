@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictBool
 
 from service.schemas.pages import Page
 
@@ -78,4 +78,4 @@ class PathsOut(BaseModel):
 class LocalCircuitRequest(BaseModel):
     node_id: str = Field(pattern=r"^feat:", examples=["feat:L1.mlp:p4:f17"],
                          description="A feature node id of the graph (it need not be active).")
-    prune: bool = Field(False, description="Apply influence pruning before storing (default: keep everything).")
+    prune: StrictBool = Field(False, description="Apply influence pruning before storing (default: keep everything).")

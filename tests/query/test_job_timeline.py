@@ -55,3 +55,25 @@ def test_timeline_bins_the_finished_prompts(client, timed_job) -> None:  # noqa:
     assert [b["failed"] for b in expected] == [0, 1, 0, 1]
     assert client.get("/jobs/j-nope/timeline").status_code == 404
     assert client.get(f"/jobs/{created.job_id}/timeline", params={"bins": 0}).status_code == 422
+
+
+def test_timeline_of_a_started_job_with_no_finished_prompt(client, neo4j_driver, settings) -> None:  # noqa: ANN001
+    """A running job none of whose prompts has finished has empty bins (its timeline was a 500: schemathesis)."""
+    from workers.pipeline import jobs
+    from workers.pipeline.validation import PromptSpec, ValidatedCorpus
+
+    db = settings.neo4j_database
+    corpus = ValidatedCorpus("tl-model", "tl-dset", "timeline-none", {}, [PromptSpec("p 0")], [[1, 2]], [])
+    created = played_job(neo4j_driver, corpus, ("done",), worker="tl", database=db)
+    try:
+        neo4j_driver.execute_query(
+            "MATCH (p:Prompt {job_id: $job}) REMOVE p.finished_at WITH count(*) AS n "
+            "MATCH (j:Job {job_id: $job}) SET j.started_at = 1000.0, j.finished_at = 1060.0",
+            job=created.job_id, database_=db)
+        r = client.get(f"/jobs/{created.job_id}/timeline", params={"bins": 3})
+        assert r.status_code == 200, r.text
+        tl = r.json()
+        assert (tl["start"], tl["end"], tl["bin_s"]) == (1000.0, 1060.0, 20.0)
+        assert [(b["done"], b["failed"], b["per_min"]) for b in tl["bins"]] == [(0, 0, 0.0)] * 3
+    finally:
+        jobs.delete_job(neo4j_driver, created.job_id, db)
