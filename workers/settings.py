@@ -92,6 +92,12 @@ class Settings(BaseSettings):
     # are written 23-41% faster (bench/ingest.py, bench/README.md).
     neo4j_dense_node_threshold: int = 1000
     neo4j_tx_timeout_s: int = 120
+    # Transaction memory (db.memory.transaction.max, db.memory.transaction.total.max; Neo4j sizes such as
+    # "192m"): a transaction that would allocate more is stopped by Neo4j itself (POST /cypher answers 422, rule
+    # 'memory'). Empty: a quarter of the heap per transaction (graph writes and folds use ~20k-row batches,
+    # far below it) and 70% of it for all transactions together, Neo4j's own share for the server-wide pool.
+    neo4j_tx_memory_max: str = ""
+    neo4j_tx_memory_total_max: str = ""
     neo4j_start_timeout_s: int = 180
     # SIGTERM first (Neo4j checkpoints on shutdown), SIGKILL after this many seconds.
     neo4j_stop_timeout_s: int = 60

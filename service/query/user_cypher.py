@@ -454,8 +454,10 @@ class CypherRunner:
         """The refusal for a server error while the query ran."""
         code = exc.code or ""
         if "MemoryPool" in code or "OutOfMemory" in code:  # the transaction memory pool stopped it: the query's fault
+            # Neo4j's message names the limit and its size ("... more than the limit 192.0 MiB ...
+            # db.memory.transaction.max threshold reached"; service/runtime/neo4j.py sets it).
             return CypherRefused("memory", f"the query needs more memory than the server allows one transaction "
-                                           f"({code}); aggregate less, or add LIMIT")
+                                           f"({code}: {exc.message}); aggregate less, or add LIMIT")
         if "TransactionTimedOut" in code or "Terminated" in code or (
                 isinstance(exc, neo4j.exceptions.TransientError) and "Timed" in code):
             return CypherRefused("timeout", f"the query ran longer than {self.limits.timeout_s:g} s and was stopped",

@@ -212,6 +212,31 @@ def find_java(settings: Settings) -> Path:
 
 # --- configuration ------------------------------------------------------------------------------------
 
+_SIZE = re.compile(r"(?i)^\s*(\d+)\s*([kmgt]?)i?b?\s*$")
+
+
+def byte_size(text: str) -> int:
+    """Bytes of a JVM / Neo4j size: ``"768m"``, ``"1g"``, ``"512k"``, ``"1048576"`` (suffixes are powers of 1024)."""
+    m = _SIZE.match(text)
+    if m is None:
+        raise ServiceError(f"{text!r} is not a size; write it as bytes or with k, m, g (e.g. 768m, 1g)")
+    return int(m.group(1)) * 1024 ** "_kmgt".index((m.group(2) or "_").lower())
+
+
+def transaction_memory(settings: Settings) -> tuple[int, int]:
+    """(per transaction, all transactions) bytes of Neo4j's transaction memory pools (ATLAS_NEO4J_TX_MEMORY_*).
+
+    Defaults from the heap: a quarter per transaction, so that the 4 user queries POST /cypher runs at once
+    (``cypher_max_concurrent``) cannot take the whole heap, and 70% for all together (Neo4j's own default for
+    its server-wide pool). A transaction over either limit is stopped by the server, never the JVM."""
+    heap = byte_size(settings.neo4j_heap)
+    per_tx = byte_size(settings.neo4j_tx_memory_max) if settings.neo4j_tx_memory_max else heap // 4
+    total = byte_size(settings.neo4j_tx_memory_total_max) if settings.neo4j_tx_memory_total_max else heap * 7 // 10
+    if not 0 < per_tx <= total:
+        raise ServiceError(f"ATLAS_NEO4J_TX_MEMORY_MAX ({per_tx:,} bytes) must be positive and at most "
+                           f"ATLAS_NEO4J_TX_MEMORY_TOTAL_MAX ({total:,} bytes)")
+    return per_tx, total
+
 
 def render_conf(settings: Settings, paths: Neo4jPaths) -> str:
     """neo4j.conf for a loopback, single-user server whose files all live under the state directory.
@@ -219,6 +244,7 @@ def render_conf(settings: Settings, paths: Neo4jPaths) -> str:
     Unknown keys make Neo4j refuse to start, so only keys valid in 5.26 appear here.
     """
     host, port = bolt_host_port(settings)
+    per_tx, total = transaction_memory(settings)
     lines = [
         "# Written by `atlas services up` from the ATLAS_* settings; edits are overwritten.",
         f"server.directories.data={paths.data}",
@@ -233,6 +259,8 @@ def render_conf(settings: Settings, paths: Neo4jPaths) -> str:
         "server.https.enabled=false",
         f"server.memory.pagecache.size={settings.neo4j_pagecache}",
         f"db.transaction.timeout={settings.neo4j_tx_timeout_s}s",
+        f"db.memory.transaction.max={per_tx}",
+        f"db.memory.transaction.total.max={total}",
         f"db.relationship_grouping_threshold={settings.neo4j_dense_node_threshold}",
         # A stop should not wait long for client transactions; the driver retries on reconnect.
         "db.shutdown_transaction_end_timeout=2s",
