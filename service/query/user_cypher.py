@@ -166,11 +166,20 @@ def lexical_check(query: str, limits: CypherLimits) -> None:
 # inside a loop, a loop only over lists that are small by construction, and a range() that is not streamed
 # row by row (by UNWIND) only with literal bounds of at most max_range_items elements. Rows (UNWIND, MATCH,
 # aggregation) stay unlimited here: the timeout and the memory pool stop them.
-_LOOP_START = re.compile(r"(?i)(\[\s*|(?<![\w.:$])(?:all|any|none|single)\s*\(\s*)(?:\w+)\s+IN\b\s*")
+_LOOP_START = re.compile(r"(?i)(\[\s*|(?<![\w.:$])(?:all|any|none|single)\s*\(\s*)(\w+)\s+IN\b\s*")
 _LOOP_SOURCE = re.compile(r"(?i)(?:(?:keys|labels|nodes|relationships|range)\s*\(|\[|\$\w)")
 _RANGE = re.compile(r"(?i)(?<![\w.:$])range\s*\(")
 _RANGE_ARGS = re.compile(r"\(\s*(-?\s*\d+)\s*,\s*(-?\s*\d+)\s*(?:,\s*(-?\s*\d+)\s*)?\)")
 _UNWIND_BEFORE = re.compile(r"(?i)\bUNWIND\s*$")
+# A loop body's cost is per element times what it touches; its own variable, parameters (<= max_param_bytes) and
+# literals (<= max_query_chars) are small, but any other variable may hold a huge value built row by row (a
+# string doubled 20 times, a collected list): 100,000 elements x replace() over a 10 MB string ran on for minutes
+# after the timeout (measured, Neo4j 5.26). So a body names no other variable except as id(v) / elementId(v).
+_BODY_NAME = re.compile(r"(?<![\w.:$])([^\W\d]\w*)")
+_BODY_WORDS = frozenset({"WHERE", "AND", "OR", "XOR", "NOT", "IS", "NULL", "TRUE", "FALSE", "IN", "STARTS", "ENDS",
+                         "WITH", "CONTAINS", "CASE", "WHEN", "THEN", "ELSE", "END", "DISTINCT", "NAN", "INF",
+                         "INFINITY"})
+_CONSTANT_COST_OF = re.compile(r"(?i)(?:\bid|\belementId)\s*\(\s*$")
 
 
 def _closing(text: str, start: int) -> int:
@@ -195,14 +204,21 @@ def expression_check(text: str, limits: CypherLimits) -> None:
                                                f"expression at the timeout; {hint}")
     loops = [(m.start(), _closing(text, m.start() + len(m.group(1).rstrip()) - 1), m.end())
              for m in _LOOP_START.finditer(text)]
-    for start, end, source_at in loops:
+    for (start, end, source_at), m in zip(loops, _LOOP_START.finditer(text), strict=True):
         if any(start < other < end for other, _, _ in loops):
             raise CypherRefused("expression-loop", "a list comprehension or predicate inside another is not "
                                                    f"allowed: Neo4j cannot stop it at the timeout; {hint}")
-        if not _LOOP_SOURCE.match(text, source_at):
+        source = _LOOP_SOURCE.match(text, source_at)
+        if not source:
             raise CypherRefused("expression-loop", "a list comprehension or predicate (x IN list) may only loop "
                                                    "over keys(), labels(), nodes(), relationships(), a range() "
                                                    f"with literal bounds, a list literal or a parameter; {hint}")
+        opened = source.end() - 1
+        if text[opened] in "([":
+            body_at = _closing(text, opened)
+        else:  # a parameter
+            body_at = re.compile(r"\$\w+").match(text, source_at).end()  # type: ignore[union-attr]
+        _check_loop_body(text, body_at, end - 1, m.group(2), hint)
     for m in _RANGE.finditer(text):
         if _UNWIND_BEFORE.search(text, 0, m.start()):
             continue  # streamed row by row: the timeout stops it
@@ -217,6 +233,30 @@ def expression_check(text: str, limits: CypherLimits) -> None:
             raise CypherRefused("range-size", f"range({lo}, {hi}, {step}) outside UNWIND has "
                                               f"{'no valid step' if step == 0 else f'{n:,} elements'}; the limit "
                                               f"is {limits.max_range_items:,} (UNWIND range(...) streams any size)")
+
+
+def _check_loop_body(text: str, at: int, end: int, variable: str, hint: str) -> None:
+    """The body of a loop over ``variable`` (``text[at:end]``: its WHERE and | parts) names no other variable
+    except through id() / elementId(), and builds no range (see _BODY_NAME)."""
+    body = text[at:end]
+    for m in _BODY_NAME.finditer(body):
+        name = m.group(1)
+        after = body[m.end():].lstrip()
+        if name == variable or name.upper() in _BODY_WORDS:
+            continue
+        if after.startswith("("):  # a function
+            if name.lower() == "range":
+                raise CypherRefused("loop-body", "range() inside a list comprehension or predicate is not allowed: "
+                                                 f"Neo4j cannot stop the loop at the timeout; {hint}")
+            continue
+        if after.startswith(":") and body[:m.start()].rstrip().endswith(("{", ",")):
+            continue  # a map key
+        if _CONSTANT_COST_OF.search(body, 0, m.start()):
+            continue
+        raise CypherRefused("loop-body", f"the body of the loop over {variable!r} uses {name!r}: a list comprehension "
+                                         "or predicate may only use its own variable, parameters and literals (other "
+                                         "variables only as id(v) or elementId(v)), because Neo4j cannot stop a "
+                                         f"loop at the timeout and {name!r} may hold a huge value; {hint}")
 
 
 def _walk(plan: dict) -> list[dict]:

@@ -212,3 +212,19 @@ def test_failed_up_leaves_nothing_half_started(settings, tmp_path):
         assert not redis_runtime.RedisPaths.from_settings(bad).pid_file.exists()
     finally:
         squatter.close()
+
+
+def test_transaction_memory_limits_follow_the_heap_or_the_settings(settings):
+    assert [neo4j_runtime.byte_size(t) for t in ("768m", "1g", "1G", "512k", "1048576", "2gb")] == \
+        [768 * 2 ** 20, 2 ** 30, 2 ** 30, 512 * 2 ** 10, 2 ** 20, 2 * 2 ** 30]
+    with pytest.raises(ServiceError, match="not a size"):
+        neo4j_runtime.byte_size("lots")
+    heap = settings.model_copy(update={"neo4j_heap": "1g", "neo4j_tx_memory_max": "", "neo4j_tx_memory_total_max": ""})
+    assert neo4j_runtime.transaction_memory(heap) == (2 ** 30 // 4, 2 ** 30 * 7 // 10)
+    given = heap.model_copy(update={"neo4j_tx_memory_max": "100m", "neo4j_tx_memory_total_max": "600m"})
+    assert neo4j_runtime.transaction_memory(given) == (100 * 2 ** 20, 600 * 2 ** 20)
+    conf = neo4j_runtime.render_conf(given, neo4j_runtime.Neo4jPaths.from_settings(given))
+    assert f"db.memory.transaction.max={100 * 2 ** 20}\n" in conf
+    assert f"db.memory.transaction.total.max={600 * 2 ** 20}\n" in conf
+    with pytest.raises(ServiceError, match="at most"):
+        neo4j_runtime.transaction_memory(given.model_copy(update={"neo4j_tx_memory_max": "1g"}))

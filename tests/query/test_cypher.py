@@ -24,6 +24,11 @@ from service.query.user_cypher import (
 LIMITS = CypherLimits(timeout_s=2.0, max_rows=50, max_bytes=20_000, max_hops=4)
 SLACK_S = 3.0  # a refused/timed-out query must answer within timeout + this
 
+# 100,000 x replace() over a 10 MB string, in one expression: before the loop-body rule it passed every other rule
+# and ran on for minutes after its 5 s timeout ('Terminated' in SHOW TRANSACTIONS, still holding a core).
+EXPENSIVE_BODY = ("WITH 'abcdefghij' AS s" + " WITH s + s AS s" * 20
+                  + " RETURN size([i IN range(1, 100000) | size(replace(s, 'a', 'b'))]) AS n")
+
 # (query, rule it must hit); None = any refusal (e.g. a syntax error on a mangled keyword)
 HOSTILE: list[tuple[str, str | None]] = [
     ("CREATE (n:Pwned) RETURN n", "no-writes"),
@@ -95,6 +100,12 @@ HOSTILE: list[tuple[str, str | None]] = [
     ("RETURN range(1, 2000000000) = range(1, 2000000000)", "range-size"),
     ("RETURN -5 IN range(1, $n)", "range-size"),
     ("UNWIND [1] + range(1, 2000000000) AS x RETURN count(x)", "range-size"),
+    # A cheap loop whose body is expensive: it touches a huge value held by another variable, or builds a range
+    (EXPENSIVE_BODY, "loop-body"),
+    ("RETURN size([i IN range(1, 100000) | size(range(1, 100000))])", "loop-body"),
+    ("UNWIND range(1, 1000000) AS x WITH collect(x) AS xs RETURN size([i IN range(1, 100000) WHERE i IN xs])",
+     "loop-body"),
+    ("MATCH (n) WITH n, '" + "x" * 100 + "' AS s RETURN all(k IN keys(n) WHERE k <> s)", "loop-body"),
 ]
 
 # Huge but read-only: must be stopped by the timeout or capped, never outlive the timeout.
@@ -197,6 +208,10 @@ def test_benign_reads_run_with_parameters_and_caps(runner):
     loops = runner.run("MATCH (n) WITH n LIMIT 1 RETURN [k IN keys(n) WHERE k <> ''] AS k, "
                        "[x IN range(1, 10) | x * 2] AS r, any(v IN $v WHERE v > 1) AS a", {"v": [1, 2]})
     assert loops.rows[0][1:] == [list(range(2, 21, 2)), True]
+    # a loop body may use its variable's properties, parameters, literals, and other variables through id()
+    bodies = runner.run("MATCH (n) WITH n LIMIT 1 RETURN [m IN [n] WHERE id(m) = id(n) | {k: size(keys(m))}] AS m, "
+                        "[x IN $v WHERE x > $min | x * 10] AS v", {"v": [1, 2, 3], "min": 1})
+    assert len(bodies.rows[0][0]) == 1 and bodies.rows[0][1] == [20, 30]
     whole = runner.run("UNWIND range(1, 3) AS x RETURN x")
     assert whole.truncated is False and whole.rows == [[1], [2], [3]]
 
@@ -375,6 +390,7 @@ HEAVY_OVER_HTTP: list[tuple[str, set[str]]] = [
     ("RETURN size([x IN range(1, 2000000000) WHERE x % 7 = 100])", {"range-size"}),
     ("RETURN any(x IN range(1, 2000000000) WHERE x < 0)", {"range-size"}),
     ("UNWIND range(1, 1000000) AS x WITH collect(x) AS xs RETURN size([a IN xs WHERE a < 0])", {"expression-loop"}),
+    (EXPENSIVE_BODY, {"loop-body"}),
 ]
 
 
@@ -420,3 +436,43 @@ def test_heavy_reads_over_http_get_a_4xx_in_time_and_leave_nothing_running(setti
     finally:
         delete_key(redis_client, key.key_id)
     assert fingerprint(neo4j_driver, settings.neo4j_database) == before
+
+
+def test_a_memory_heavy_read_is_stopped_by_the_transaction_memory_limit(settings, neo4j_driver, redis_client):
+    """A read that passes every static rule and would build ~10 GB (10M strings of 1 KB, collected) is stopped by
+    the server's per-transaction memory limit (db.memory.transaction.max, service/runtime/neo4j.py): POST /cypher
+    answers 422 rule 'memory' naming the limit, well within the timeout; nothing is left running and /healthz is
+    OK after."""
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.auth import create_key, delete_key
+    from service.runtime.neo4j import transaction_memory
+
+    per_tx, total = transaction_memory(settings)
+    config = {r["name"]: r["value"] for r in neo4j_driver.execute_query(
+        "CALL dbms.listConfig('db.memory.transaction') YIELD name, value RETURN name, value",
+        database_=settings.neo4j_database).records}
+    assert config["db.memory.transaction.max"] == f"{per_tx / 2 ** 20:.2f}MiB", config
+    assert config["db.memory.transaction.total.max"] == f"{total / 2 ** 20:.2f}MiB", config
+    query = "UNWIND range(1, 10000000) AS x RETURN collect(toString(x) + '" + "x" * 1000 + "') AS xs"
+    limits = CypherLimits()
+    key, plain = create_key(redis_client, "memory-limit", ("cypher",))
+    try:
+        with TestClient(create_app(settings), headers={"Authorization": f"Bearer {plain}"}) as client:
+            t0 = time.perf_counter()
+            r = client.post("/cypher", json={"query": query})
+            elapsed = time.perf_counter() - t0
+            body = r.json()
+            assert (r.status_code, body.get("rule")) == (422, "memory"), body
+            assert "db.memory.transaction.max" in body["message"], body
+            assert f"limit {per_tx / 2 ** 20:.1f} MiB" in body["message"], body
+            assert elapsed < limits.timeout_s + SLACK_S, elapsed
+            running = neo4j_driver.execute_query(
+                "SHOW TRANSACTIONS YIELD currentQuery AS q WHERE q = $q RETURN q", q=query,
+                database_=settings.neo4j_database).records
+            assert running == []
+            assert client.get("/healthz").status_code == 200
+            assert client.post("/cypher", json={"query": "RETURN 1 AS one"}).json()["rows"] == [[1]]
+    finally:
+        delete_key(redis_client, key.key_id)
