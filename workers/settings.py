@@ -51,6 +51,9 @@ class PipelineSettings(BaseSettings):
     # Fault-injection for tests only: the writer sleeps this long between the batches of a graph write (nodes
     # committed, edges not yet), so that a test can kill a worker mid-write. Never set in production.
     fault_write_delay_s: float = 0.0
+    # Fault-injection for tests only: the writer sleeps this long inside each edge batch transaction, after its
+    # edges are created and before it commits, so that a test can kill Neo4j with the transaction open.
+    fault_tx_delay_s: float = 0.0
     # Lease a graph writer holds (renewed at every batch): a dead writer's half-written graph is taken over this
     # long after its last batch (workers/store/writer.py). Longer than stale_after_s is fine: a re-enqueued
     # prompt waits out the lease without spending its attempts.

@@ -99,3 +99,48 @@ def test_neo4j_sigkilled_mid_graph_write_recovers_to_the_clean_run(client, neo4j
     assert_each_graph_once(neo4j_driver, crash["corpus_id"])
     assert_aggregates_match_stored_edges(neo4j_driver, crash["corpus_id"])
     assert_same_as_clean_run(neo4j_driver, clean["corpus_id"], crash["corpus_id"], len(PROMPTS))
+
+
+def _open_edge_batches(driver, database: str) -> set[str]:  # noqa: ANN001
+    """Ids of the writers' edge batch transactions open now (tagged atlas_batch = 'edges' by the writer)."""
+    return {r["id"] for r in driver.execute_query(
+        "SHOW TRANSACTIONS YIELD transactionId AS id, metaData WHERE metaData.atlas_batch = 'edges' RETURN id",
+        database_=database).records}
+
+
+def test_neo4j_sigkilled_with_a_graph_write_transaction_open_recovers_to_the_clean_run(
+        client, neo4j_driver, registered, worker_factory, settings):
+    """Neo4j SIGKILLed while an edge batch transaction is open, its edges created and not committed (the writer
+    sleeps 4 s inside it), then restarted: recovery discards the open transaction, the writer's commit fails, the
+    task retries (a retry, not an attempt), takes over its own graph and writes it again; the result equals the
+    clean run. (test_neo4j_sigkilled_mid_graph_write_recovers_to_the_clean_run kills between two transactions.)"""
+    from service.runtime import neo4j as neo4j_runtime
+    from service.runtime.processes import read_pid_file
+    from tests.pipeline.test_crashes import graph_mid_write, prompt_row
+
+    db = settings.neo4j_database
+    model, dset = registered
+    clean = _clean_run(client, model, dset, worker_factory)
+    worker_factory({"ATLAS_PIPELINE_FAULT_TX_DELAY_S": "4.0", "ATLAS_PIPELINE_NEO4J_RETRY_S": "1"})
+    crash = submit(client, model, dset, PROMPTS)
+    open_tx = wait_for(lambda: _open_edge_batches(neo4j_driver, db), 120, "an open edge batch transaction",
+                       every_s=0.1)
+    time.sleep(1.0)  # its CREATE (a few hundred edges) has run; the transaction sleeps 4 s before committing
+    assert _open_edge_batches(neo4j_driver, db) & open_tx, "the edge batch committed before the kill"
+    graph_id = graph_mid_write(neo4j_driver, crash["corpus_id"])  # nodes committed, its edges not
+    assert graph_id is not None
+    pid = read_pid_file(neo4j_runtime.Neo4jPaths.from_settings(settings).pid_file)
+    assert pid is not None
+    try:
+        _sigkill(pid)
+        time.sleep(4.0)  # past the transaction's sleep and the driver's retry window (1 s): the task retries
+    finally:
+        neo4j_runtime.start(settings)  # recovers from the transaction log (and leaves the suite a Neo4j either way)
+    st = wait_for(lambda: finished(client, crash), 300, "the corpus to finish after the Neo4j kill", every_s=1.0)
+    assert (st["state"], st["done"], st["failed"]) == ("complete", len(PROMPTS), 0), st
+    killed = prompt_row(neo4j_driver, graph_id[2:])
+    assert killed["attempts"] == 1 and killed["retries"] >= 1, killed  # a retry, not a new attempt
+    nothing_half_written(neo4j_driver, crash["corpus_id"])
+    assert_each_graph_once(neo4j_driver, crash["corpus_id"])
+    assert_aggregates_match_stored_edges(neo4j_driver, crash["corpus_id"])
+    assert_same_as_clean_run(neo4j_driver, clean["corpus_id"], crash["corpus_id"], len(PROMPTS))

@@ -295,7 +295,8 @@ def run_prompt(driver: Driver, r: redis_lib.Redis, cache: ModelCache, cfg: Pipel
                 dictionary_set=work.dictionary_set_id, pruned=pr, max_features=work.settings.get("max_features"),
                 settings=work.settings, metrics={"seconds_attribution": g.provenance.get("timings_s", {}).get("total")})
             write_graph(driver, rec, database=database, should_stop=between_batches, token=token,
-                        fold=False, lease_s=cfg.graph_lease_s)
+                        fold=False, lease_s=cfg.graph_lease_s,
+                        in_edge_batch=(lambda: time.sleep(cfg.fault_tx_delay_s)) if cfg.fault_tx_delay_s > 0 else None)
     except (PromptCancelled, InterruptedError) as exc:
         return finish("cancelled", str(exc), time.perf_counter() - t0)
     except PermanentFailure as exc:

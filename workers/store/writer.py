@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from neo4j import Driver, ManagedTransaction
+from neo4j import Driver, ManagedTransaction, unit_of_work
 
 from workers.store.aggregates import FoldBusy, fold_corpus
 from workers.store.records import GraphRecord
@@ -146,7 +146,10 @@ def _create_nodes(tx: ManagedTransaction, label: str, props: dict[str, list], gu
     return ids
 
 
-def _create_edges(tx: ManagedTransaction, src: list[int], dst: list[int], w: list[float], guard: dict) -> None:
+# Tagged so that SHOW TRANSACTIONS tells an open edge batch apart (operators; the Neo4j crash tests).
+@unit_of_work(metadata={"atlas_batch": "edges"})
+def _create_edges(tx: ManagedTransaction, src: list[int], dst: list[int], w: list[float], guard: dict,
+                  before_commit: Callable[[], None] | None = None) -> None:
     created = tx.run(
         _GUARD + """
         UNWIND range(0, size($src) - 1) AS i
@@ -159,6 +162,8 @@ def _create_edges(tx: ManagedTransaction, src: list[int], dst: list[int], w: lis
     ).single(strict=True)["c"]
     if created != len(w):
         raise GraphBusy(f"graph {guard['graph_id']}: lease lost to another writer")
+    if before_commit is not None:
+        before_commit()
 
 
 def _merge_features(tx: ManagedTransaction, fkeys: list[str], dictionaries: list[str], indices: list[int]) -> None:
@@ -232,6 +237,7 @@ def write_graph(
     token: str | None = None,
     fold: bool = True,
     fold_wait_s: float = 600.0,
+    in_edge_batch: Callable[[], None] | None = None,
 ) -> WriteResult:
     """Write one graph exactly once. ``should_stop()`` is checked between batches (job cancellation);
     when it returns True the partial write is removed and ``InterruptedError`` is raised.
@@ -241,7 +247,10 @@ def write_graph(
     waiting for it to expire.
 
     ``fold``: also fold the corpus's pending aggregates (this graph's included) before returning, waiting up
-    to ``fold_wait_s`` for another folder of the corpus. The pipeline passes False: its cpu queue folds."""
+    to ``fold_wait_s`` for another folder of the corpus. The pipeline passes False: its cpu queue folds.
+
+    ``in_edge_batch()`` runs inside each edge batch transaction, after its edges are created and before it
+    commits (fault injection: a test kills Neo4j there)."""
     t0 = time.perf_counter()
     token = token or uuid.uuid4().hex
     node_ids = {n.node_id for n in rec.nodes}
@@ -261,7 +270,7 @@ def write_graph(
             raise GraphBusy(f"graph {rec.graph_id} is being written by another worker",
                             lease_left_s(driver, rec.graph_id, token, database=database))
         if status != "complete":
-            _write_claimed(session, rec, token, lease_s, should_stop, phases)
+            _write_claimed(session, rec, token, lease_s, should_stop, phases, in_edge_batch)
             written = True
     if fold:
         t = time.perf_counter()
@@ -272,7 +281,8 @@ def write_graph(
 
 
 def _write_claimed(session, rec: GraphRecord, token: str, lease_s: float,  # noqa: ANN001 - neo4j Session
-                   should_stop: Callable[[], bool] | None, phases: dict[str, float]) -> None:
+                   should_stop: Callable[[], bool] | None, phases: dict[str, float],
+                   in_edge_batch: Callable[[], None] | None = None) -> None:
     guard = {"graph_id": rec.graph_id, "writer_token": token, "lease_s": lease_s}
 
     def check_stop() -> None:
@@ -324,7 +334,7 @@ def _write_claimed(session, rec: GraphRecord, token: str, lease_s: float,  # noq
     w = np.asarray(rec.edge_w, dtype=np.float64)[order].tolist()
     for sl in _chunks(len(w), EDGE_BATCH):
         check_stop()
-        session.execute_write(_create_edges, src[sl], dst[sl], w[sl], guard)
+        session.execute_write(_create_edges, src[sl], dst[sl], w[sl], guard, in_edge_batch)
 
     check_stop()
     phases["edges"] += time.perf_counter() - t
