@@ -26,6 +26,31 @@ def _sigkill(pid: int) -> None:
     raise AssertionError(f"pid {pid} survived SIGKILL")
 
 
+def _kill_neo4j_and_expect_the_clean_run(client, neo4j_driver, settings, clean: dict, crash: dict,  # noqa: ANN001
+                                         graph_id: str) -> None:
+    """SIGKILL Neo4j, keep it down 4 s, restart it (crash recovery from its transaction log); then the crash run
+    completes, ``graph_id``'s prompt records a retry (not an attempt), and everything equals the clean run."""
+    from service.runtime import neo4j as neo4j_runtime
+    from service.runtime.processes import read_pid_file
+    from tests.pipeline.test_crashes import prompt_row
+
+    pid = read_pid_file(neo4j_runtime.Neo4jPaths.from_settings(settings).pid_file)
+    assert pid is not None
+    try:
+        _sigkill(pid)
+        time.sleep(4.0)
+    finally:
+        neo4j_runtime.start(settings)  # recovers from the transaction log (and leaves the suite a Neo4j either way)
+    st = wait_for(lambda: finished(client, crash), 300, "the corpus to finish after the Neo4j kill", every_s=1.0)
+    assert (st["state"], st["done"], st["failed"]) == ("complete", len(PROMPTS), 0), st
+    killed = prompt_row(neo4j_driver, graph_id[2:])
+    assert killed["attempts"] == 1 and killed["retries"] >= 1, killed  # a retry, not a new attempt
+    nothing_half_written(neo4j_driver, crash["corpus_id"])
+    assert_each_graph_once(neo4j_driver, crash["corpus_id"])
+    assert_aggregates_match_stored_edges(neo4j_driver, crash["corpus_id"])
+    assert_same_as_clean_run(neo4j_driver, clean["corpus_id"], crash["corpus_id"], len(PROMPTS))
+
+
 def _clean_run(client, model: str, dset: str, worker_factory) -> dict:  # noqa: ANN001
     worker = worker_factory()
     clean = submit(client, model, dset, PROMPTS)
@@ -75,30 +100,15 @@ def test_neo4j_sigkilled_mid_graph_write_recovers_to_the_clean_run(client, neo4j
     transactions) and kept down past the worker driver's own retry window, then restarted (crash recovery from
     its transaction log): the writer's next batch fails, the task retries (recorded in the prompt's
     ``retries``, not counted as an attempt), takes over its own graph and writes it again from scratch."""
-    from service.runtime import neo4j as neo4j_runtime
-    from service.runtime.processes import read_pid_file
-    from tests.pipeline.test_crashes import graph_mid_write, prompt_row
+    from tests.pipeline.test_crashes import graph_mid_write
 
     model, dset = registered
     clean = _clean_run(client, model, dset, worker_factory)
     worker_factory({"ATLAS_PIPELINE_FAULT_WRITE_DELAY_S": "2.0", "ATLAS_PIPELINE_NEO4J_RETRY_S": "1"})
     crash = submit(client, model, dset, PROMPTS)
     graph_id = wait_for(lambda: graph_mid_write(neo4j_driver, crash["corpus_id"]), 120, "a graph mid-write")
-    pid = read_pid_file(neo4j_runtime.Neo4jPaths.from_settings(settings).pid_file)
-    assert pid is not None
-    try:
-        _sigkill(pid)
-        time.sleep(4.0)  # past the writer's next batch (2 s) and its driver's retry window (1 s): the task retries
-    finally:
-        neo4j_runtime.start(settings)  # recovers from the transaction log (and leaves the suite a Neo4j either way)
-    st = wait_for(lambda: finished(client, crash), 240, "the corpus to finish after the Neo4j kill", every_s=1.0)
-    assert (st["state"], st["done"], st["failed"]) == ("complete", len(PROMPTS), 0), st
-    killed = prompt_row(neo4j_driver, graph_id[2:])
-    assert killed["attempts"] == 1 and killed["retries"] >= 1, killed  # a retry, not a new attempt
-    nothing_half_written(neo4j_driver, crash["corpus_id"])
-    assert_each_graph_once(neo4j_driver, crash["corpus_id"])
-    assert_aggregates_match_stored_edges(neo4j_driver, crash["corpus_id"])
-    assert_same_as_clean_run(neo4j_driver, clean["corpus_id"], crash["corpus_id"], len(PROMPTS))
+    # (4 s down: past the writer's next batch (2 s) and its driver's retry window (1 s): the task retries)
+    _kill_neo4j_and_expect_the_clean_run(client, neo4j_driver, settings, clean, crash, graph_id)
 
 
 def _open_edge_batches(driver, database: str) -> set[str]:  # noqa: ANN001
@@ -114,9 +124,7 @@ def test_neo4j_sigkilled_with_a_graph_write_transaction_open_recovers_to_the_cle
     sleeps 4 s inside it), then restarted: recovery discards the open transaction, the writer's commit fails, the
     task retries (a retry, not an attempt), takes over its own graph and writes it again; the result equals the
     clean run. (test_neo4j_sigkilled_mid_graph_write_recovers_to_the_clean_run kills between two transactions.)"""
-    from service.runtime import neo4j as neo4j_runtime
-    from service.runtime.processes import read_pid_file
-    from tests.pipeline.test_crashes import graph_mid_write, prompt_row
+    from tests.pipeline.test_crashes import graph_mid_write
 
     db = settings.neo4j_database
     model, dset = registered
@@ -129,18 +137,5 @@ def test_neo4j_sigkilled_with_a_graph_write_transaction_open_recovers_to_the_cle
     assert _open_edge_batches(neo4j_driver, db) & open_tx, "the edge batch committed before the kill"
     graph_id = graph_mid_write(neo4j_driver, crash["corpus_id"])  # nodes committed, its edges not
     assert graph_id is not None
-    pid = read_pid_file(neo4j_runtime.Neo4jPaths.from_settings(settings).pid_file)
-    assert pid is not None
-    try:
-        _sigkill(pid)
-        time.sleep(4.0)  # past the transaction's sleep and the driver's retry window (1 s): the task retries
-    finally:
-        neo4j_runtime.start(settings)  # recovers from the transaction log (and leaves the suite a Neo4j either way)
-    st = wait_for(lambda: finished(client, crash), 300, "the corpus to finish after the Neo4j kill", every_s=1.0)
-    assert (st["state"], st["done"], st["failed"]) == ("complete", len(PROMPTS), 0), st
-    killed = prompt_row(neo4j_driver, graph_id[2:])
-    assert killed["attempts"] == 1 and killed["retries"] >= 1, killed  # a retry, not a new attempt
-    nothing_half_written(neo4j_driver, crash["corpus_id"])
-    assert_each_graph_once(neo4j_driver, crash["corpus_id"])
-    assert_aggregates_match_stored_edges(neo4j_driver, crash["corpus_id"])
-    assert_same_as_clean_run(neo4j_driver, clean["corpus_id"], crash["corpus_id"], len(PROMPTS))
+    # (4 s down: past the transaction's sleep and the driver's retry window (1 s): the task retries)
+    _kill_neo4j_and_expect_the_clean_run(client, neo4j_driver, settings, clean, crash, graph_id)
