@@ -282,10 +282,10 @@ class AdjointModel:
         elif t.kind == "resid":
             assert t.layer is not None
             k, nrm = t.layer, None
-        elif t.site == "mlp":  # in:L{l}.mlp
+        elif t.site == "mlp":  # in:L{l}.mlp: the MLP's input, behind the frozen pre-MLP norm, or M_l itself
             assert t.layer is not None
             k = t.layer
-            nrm, at_mid = self.ln2[k], True
+            nrm, at_mid = (None if self.lin.reads_resid_mid else self.ln2[k]), True
         else:  # in:L{l}.attn: the gradient enters the attention of layer l at its output
             assert t.layer is not None
             layer = t.layer
