@@ -148,13 +148,17 @@ PROMPTS = [
 MAKERS = {"gpt2": make_gpt2, "llama": make_llama, "gemma3": make_gemma3}
 
 
-# every identity test runs on per-layer transcoders and on a cross-layer transcoder ("+clt")
-@pytest.fixture(scope="module", params=[*MAKERS, "gpt2+clt", "llama+clt", "gemma3+clt"])
+# every identity test runs on per-layer transcoders and on cross-layer transcoders: "+clt" reads the MLP
+# input, "+clt-resid" the residual before the pre-MLP norm (hook_resid_mid, circuit-tracer's default)
+CLT_SITES = {"clt": "mlp_in", "clt-resid": "resid_mid"}
+
+
+@pytest.fixture(scope="module", params=[*MAKERS, *(f"{a}+{c}" for c in CLT_SITES for a in MAKERS)])
 def lin(request) -> Linearised:
     n_layer, d = 3, 64
     arch, _, clt = request.param.partition("+")
     model = MAKERS[arch](n_layer, d)
-    dicts = make_clt_dicts(n_layer, d) if clt else make_dicts(model, n_layer, d)
+    dicts = make_clt_dicts(n_layer, d, input_site=CLT_SITES[clt]) if clt else make_dicts(model, n_layer, d)
     lin = Linearised(model, dicts)
     calibrate(lin, PROMPTS[0])
     return lin

@@ -228,7 +228,7 @@ def write_circuit_tracer_clt(ds: DictionarySet, out_dir: Path, model_name: str |
     clt = clt_of(ds)
     if clt is None:
         raise ValueError("the dictionary set has no cross-layer transcoder to write")
-    if len(ds):
+    if ds.dictionaries:
         raise ValueError(f"a circuit-tracer CLT directory holds only the CLT; this set also has {[k for k, _ in ds]}")
     if clt.cfg.activation == "topk":
         raise ValueError("circuit-tracer's cross-layer transcoders are ReLU or JumpReLU; this CLT is TopK")
