@@ -148,13 +148,22 @@ PROMPTS = [
 MAKERS = {"gpt2": make_gpt2, "llama": make_llama, "gemma3": make_gemma3}
 
 
-# every identity test runs on per-layer transcoders and on a cross-layer transcoder ("+clt")
-@pytest.fixture(scope="module", params=[*MAKERS, "gpt2+clt", "llama+clt", "gemma3+clt"])
-def lin(request) -> Linearised:
+def lazily_loaded(lin: Linearised, where) -> Linearised:
+    """``lin`` with its dictionary set written in the native format and loaded back lazily (memory-mapped)."""
+    from workers.dictionaries.formats import load_dictionary_set, save_dictionary_set
+
+    save_dictionary_set(lin.dictionaries, where)
+    return Linearised(lin.model, load_dictionary_set(where, lazy=True))
+
+
+# every identity test runs on per-layer transcoders and on a cross-layer transcoder ("+clt"), and on GPT-2 with its
+# dictionaries memory-mapped ("+lazy": load_dictionary_set(lazy=True))
+@pytest.fixture(scope="module", params=[*MAKERS, "gpt2+clt", "llama+clt", "gemma3+clt", "gpt2+lazy"])
+def lin(request, tmp_path_factory) -> Linearised:
     n_layer, d = 3, 64
-    arch, _, clt = request.param.partition("+")
+    arch, _, variant = request.param.partition("+")
     model = MAKERS[arch](n_layer, d)
-    dicts = make_clt_dicts(n_layer, d) if clt else make_dicts(model, n_layer, d)
+    dicts = make_clt_dicts(n_layer, d) if variant == "clt" else make_dicts(model, n_layer, d)
     lin = Linearised(model, dicts)
     calibrate(lin, PROMPTS[0])
-    return lin
+    return lazily_loaded(lin, tmp_path_factory.mktemp("lazy")) if variant == "lazy" else lin

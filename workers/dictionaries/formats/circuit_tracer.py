@@ -38,6 +38,7 @@ from safetensors.torch import save_file
 
 from workers.dictionaries.crosslayer.module import CLTConfig, CLTDictionarySet, CrossLayerTranscoder, clt_of
 from workers.dictionaries.formats.hooks import clt_input_site, clt_output_hook_ok, parse_hook
+from workers.dictionaries.formats.lazy import lazy_dictionary, map_safetensors
 from workers.dictionaries.formats.tensors_io import need, read_safetensors, take
 from workers.dictionaries.modules import Dictionary, DictionaryConfig, DictionarySet
 
@@ -72,7 +73,9 @@ def _layer_files(path: Path, cfg: dict[str, Any], cfg_path: Path) -> list[Path]:
     return [path / f"layer_{i}.safetensors" for i in range(max(layers) + 1)]
 
 
-def read_circuit_tracer(path: Path) -> DictionarySet:
+def read_circuit_tracer(path: Path, lazy: bool = False) -> DictionarySet:
+    """Read a transcoder set or CLT; ``lazy``: a transcoder set's matrices memory-mapped (``formats/lazy.py``; a
+    CLT is read whole)."""
     path = Path(path)
     cfg_path = path / CONFIG
     if not cfg_path.is_file():
@@ -92,7 +95,7 @@ def read_circuit_tracer(path: Path) -> DictionarySet:
         site_out = parse_hook(f"blocks.{layer}.{hook_out}" if "blocks." not in hook_out else hook_out, "out")
         if site_in.site != "mlp" or site_out.site != "mlp":
             raise ValueError(f"{cfg_path}: {hook_in!r} -> {hook_out!r} is not an MLP transcoder")
-        t = read_safetensors(f)
+        t = map_safetensors(f) if lazy else read_safetensors(f)
         d_tc, d_model = take(t, "b_enc", f).shape[0], take(t, "b_dec", f).shape[0]
         tensors = {"W_enc": take(t, "W_enc", f, (d_tc, d_model)), "W_dec": take(t, "W_dec", f, (d_tc, d_model)),
                    "b_enc": t["b_enc"], "b_dec": t["b_dec"]}
@@ -120,7 +123,7 @@ def read_circuit_tracer(path: Path) -> DictionarySet:
             extra={"source_format": "circuit-tracer", "source": str(f), "feature_input_hook": hook_in,
                    "feature_output_hook": hook_out, "input_space": site_in.space},
         )
-        dicts[(layer, "mlp")] = Dictionary.from_tensors(dcfg, tensors, source=str(f))
+        dicts[(layer, "mlp")] = (lazy_dictionary if lazy else Dictionary.from_tensors)(dcfg, tensors, source=str(f))
     return DictionarySet(dicts, model_name=str(cfg.get("model_name", "")))
 
 

@@ -45,6 +45,7 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 from workers.dictionaries.crosslayer.module import CLTConfig, CLTDictionarySet, CrossLayerTranscoder, clt_of
+from workers.dictionaries.formats.lazy import lazy_dictionary, map_safetensors
 from workers.dictionaries.formats.tensors_io import need, read_json, read_safetensors
 from workers.dictionaries.modules import Dictionary, DictionaryConfig, DictionarySet
 
@@ -81,7 +82,8 @@ def save_native(ds: DictionarySet, out_dir: Path) -> Path:
     return out_dir
 
 
-def load_native(path: Path) -> DictionarySet:
+def load_native(path: Path, lazy: bool = False) -> DictionarySet:
+    """Read a native set; ``lazy``: per-layer dictionaries' matrices memory-mapped (``formats/lazy.py``)."""
     path = Path(path)
     index_path = path / INDEX
     index = read_json(index_path)
@@ -103,7 +105,10 @@ def load_native(path: Path) -> DictionarySet:
             raise ValueError(f"entry {i} of {index_path} says (layer, site) = ({e.get('layer')}, {e.get('site')!r}) "
                              f"but {cfg_path} says ({cfg.layer}, {cfg.site!r})")
         w_path = path / need(e, "weights", index_path)
-        d = Dictionary.from_tensors(cfg, read_safetensors(w_path), source=str(w_path))
+        if lazy:
+            d = lazy_dictionary(cfg, map_safetensors(w_path), source=str(w_path))
+        else:
+            d = Dictionary.from_tensors(cfg, read_safetensors(w_path), source=str(w_path))
         if (cfg.layer, cfg.site) in dicts:
             raise ValueError(f"{index_path} lists two dictionaries for (layer {cfg.layer}, site {cfg.site!r})")
         dicts[(cfg.layer, cfg.site)] = d

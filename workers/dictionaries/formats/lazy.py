@@ -1,0 +1,97 @@
+"""Lazy dictionary weights: safetensors matrices memory-mapped instead of read (``load_dictionary_set(lazy=True)``).
+
+A dictionary's matrices (``W_enc``, ``W_dec``, ``W_skip``; rows = features) become views of a private,
+copy-on-write mapping of their file (``np.memmap(mode="c")``): nothing is read at load time, and a row is paged in
+from the file when something touches it. The engine gathers decoder rows of the *active* features only
+(``W_dec[feat_idx]``: ``linearise.decode_active``, the injections, ``nodes.DecoderOperand``), so at most the pages
+of those rows are ever read; the encoder is read whole on every clean run (each feature's pre-activation needs its
+row), but as file pages, not as the process's own memory.
+
+What "held" means. Pages of a file mapping that were never written are page cache: shared, clean, and reclaimable
+by the kernel at any time (it re-reads them from the file on the next touch), counted in ``RssFile``. Memory the
+process owns (``RssAnon``: heap, eager tensors, copies) cannot be reclaimed without swap. A lazily loaded set holds
+its matrices as file pages only; it holds anonymous memory for its vectors (biases, thresholds: O(d_dict)) and for
+whatever the computation gathers from it (one site's rows at a time). Writing to a mapped tensor in place (e.g.
+``fold_input_norm``) copies the touched pages into anonymous memory and leaves the file unchanged.
+
+Only float32 tensors of two or more dimensions are mapped (what the native writer stores); other dtypes are read and
+converted to float32 as the eager readers do (anonymous memory, as before), and so are vectors and scalars.
+Moving a set to another device or dtype (``place``) copies it: lazy loading saves memory on the CPU in fp32.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from torch import nn
+
+from workers.dictionaries.modules import Dictionary, DictionaryConfig
+
+
+def map_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, float32 matrices as copy-on-write memory maps (module doc), the rest
+    read and converted to float32 as ``tensors_io.read_safetensors`` does."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"missing weights file {path}")
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+    header.pop("__metadata__", None)
+    base = 8 + n
+    out: dict[str, torch.Tensor] = {}
+    rest = []
+    for name, info in header.items():
+        start, end = info["data_offsets"]
+        shape = tuple(info["shape"])
+        if info["dtype"] == "F32" and len(shape) >= 2 and end > start and (base + start) % 4 == 0:
+            out[name] = torch.from_numpy(np.memmap(path, dtype=np.float32, mode="c", offset=base + start, shape=shape))
+        else:
+            rest.append(name)
+    if rest:
+        with safe_open(str(path), framework="pt") as f:
+            for name in rest:
+                t = f.get_tensor(name)
+                out[name] = t.to(torch.float32) if t.is_floating_point() else t
+    return out
+
+
+def lazy_dictionary(cfg: DictionaryConfig, tensors: dict[str, torch.Tensor], source: str = "") -> Dictionary:
+    """``Dictionary.from_tensors`` without copying: the same name and shape checks (run on a meta-device module,
+    which allocates nothing), then the parameters are the given tensors themselves (mapped ones stay mapped)."""
+    with torch.device("meta"):
+        d = Dictionary.from_tensors(cfg, tensors, source=source)
+    for k in cfg.tensor_shapes():
+        t = tensors[k]
+        setattr(d, k, nn.Parameter(t if t.dtype == torch.float32 else t.to(torch.float32)))
+    return d
+
+
+def is_mapped(t: torch.Tensor) -> bool:
+    """Whether ``t``'s memory is a file mapping (``/proc/self/maps``): a lazily loaded matrix, not a copy."""
+    ptr = t.data_ptr()
+    with open("/proc/self/maps") as f:
+        for line in f:
+            parts = line.split()
+            lo, hi = (int(x, 16) for x in parts[0].split("-"))
+            if lo <= ptr < hi:
+                return len(parts) >= 6 and parts[5].startswith("/") and int(parts[4]) != 0
+    return False
+
+
+def rss_kinds() -> dict[str, int]:
+    """Resident memory of this process by kind, bytes (``/proc/self/status``): ``anon`` (its own: heap, tensors),
+    ``file`` (mapped file pages: page cache, reclaimable), ``shmem``, and ``hwm`` (peak RSS of all kinds)."""
+    keys = {"RssAnon:": "anon", "RssFile:": "file", "RssShmem:": "shmem", "VmHWM:": "hwm"}
+    out: dict[str, int] = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            parts = line.split()
+            if parts and parts[0] in keys:
+                out[keys[parts[0]]] = int(parts[1]) * 1024
+    return out
