@@ -14,7 +14,8 @@ its matrices as file pages only; it holds anonymous memory for its vectors (bias
 whatever the computation gathers from it (one site's rows at a time). Writing to a mapped tensor in place (e.g.
 ``fold_input_norm``) copies the touched pages into anonymous memory and leaves the file unchanged.
 
-Only float32 tensors of two or more dimensions are mapped (what the native writer stores); other dtypes are read and
+Decoder mappings are advised ``MADV_RANDOM`` (a gathered row does not read its neighbours ahead). Only float32 tensors
+of two or more dimensions are mapped (what the native writer stores); other dtypes are read and
 converted to float32 as the eager readers do (anonymous memory, as before), and so are vectors and scalars.
 Moving a set to another device or dtype (``place``) copies it: lazy loading saves memory on the CPU in fp32.
 """
@@ -22,6 +23,7 @@ Moving a set to another device or dtype (``place``) copies it: lazy loading save
 from __future__ import annotations
 
 import json
+import mmap
 import struct
 from pathlib import Path
 
@@ -50,7 +52,10 @@ def map_safetensors(path: Path) -> dict[str, torch.Tensor]:
         start, end = info["data_offsets"]
         shape = tuple(info["shape"])
         if info["dtype"] == "F32" and len(shape) >= 2 and end > start and (base + start) % 4 == 0:
-            out[name] = torch.from_numpy(np.memmap(path, dtype=np.float32, mode="c", offset=base + start, shape=shape))
+            arr = np.memmap(path, dtype=np.float32, mode="c", offset=base + start, shape=shape)
+            if name.startswith("W_dec") and hasattr(mmap, "MADV_RANDOM"):
+                arr._mmap.madvise(mmap.MADV_RANDOM)  # rows are gathered: no read-around of neighbouring rows
+            out[name] = torch.from_numpy(arr)
         else:
             rest.append(name)
     if rest:
@@ -72,16 +77,35 @@ def lazy_dictionary(cfg: DictionaryConfig, tensors: dict[str, torch.Tensor], sou
     return d
 
 
-def is_mapped(t: torch.Tensor) -> bool:
-    """Whether ``t``'s memory is a file mapping (``/proc/self/maps``): a lazily loaded matrix, not a copy."""
+def _mapping(t: torch.Tensor) -> dict | None:
+    """The ``/proc/self/smaps`` entry holding ``t``'s first byte: its path (``""``: anonymous) and ``Rss`` bytes."""
     ptr = t.data_ptr()
-    with open("/proc/self/maps") as f:
+    found: dict | None = None
+    with open("/proc/self/smaps") as f:
         for line in f:
-            parts = line.split()
-            lo, hi = (int(x, 16) for x in parts[0].split("-"))
-            if lo <= ptr < hi:
-                return len(parts) >= 6 and parts[5].startswith("/") and int(parts[4]) != 0
-    return False
+            first = line.split(maxsplit=6)
+            if "-" in first[0] and len(first) >= 5:  # a mapping's header: range perms offset dev inode [path]
+                if found is not None:
+                    break
+                lo, hi = (int(x, 16) for x in first[0].split("-"))
+                if lo <= ptr < hi:
+                    found = {"path": first[5].strip() if len(first) > 5 and int(first[4]) != 0 else "", "rss": 0}
+            elif found is not None and first[0] == "Rss:":
+                found["rss"] = int(first[1]) * 1024
+    return found
+
+
+def is_mapped(t: torch.Tensor) -> bool:
+    """Whether ``t``'s memory is a file mapping: a lazily loaded matrix, not a copy."""
+    m = _mapping(t)
+    return m is not None and m["path"].startswith("/")
+
+
+def resident_bytes(t: torch.Tensor) -> int:
+    """Bytes of the file mapping holding ``t`` that are resident in this process (its pages touched so far, and
+    neighbours the kernel mapped with them); 0 if ``t`` is not mapped."""
+    m = _mapping(t)
+    return m["rss"] if m is not None and m["path"].startswith("/") else 0
 
 
 def rss_kinds() -> dict[str, int]:

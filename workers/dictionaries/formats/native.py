@@ -40,6 +40,7 @@ i..L−1), ``b_dec`` [d_model] (the bias of output layer i) and ``threshold`` [d
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 from safetensors.torch import save_file
@@ -58,14 +59,7 @@ def save_native(ds: DictionarySet, out_dir: Path) -> Path:
     """Write ``ds`` to ``out_dir`` (created if needed; files of the same names are replaced)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    entries = []
-    for (layer, site), d in ds:
-        name = d.cfg.name
-        (out_dir / f"{name}.json").write_text(json.dumps(d.cfg.to_dict(), indent=2, sort_keys=True))
-        save_file(d.tensors(), str(out_dir / f"{name}.safetensors"))
-        entries.append({"name": name, "layer": layer, "site": site, "kind": d.cfg.kind,
-                        "config": f"{name}.json", "weights": f"{name}.safetensors",
-                        "content_hash": d.content_hash()})
+    entries = [_write_dictionary(d, out_dir) for _, d in ds]
     clt = clt_of(ds)
     if clt is not None:
         name = clt.cfg.name
@@ -78,6 +72,43 @@ def save_native(ds: DictionarySet, out_dir: Path) -> Path:
                         "content_hash": clt.content_hash()})
     index = {"format": FORMAT, "version": VERSION if clt is not None else 1, "model_name": ds.model_name, "model_hash": ds.model_hash,
              "content_hash": ds.content_hash(), "entries": entries}
+    (out_dir / INDEX).write_text(json.dumps(index, indent=2))
+    return out_dir
+
+
+def _write_dictionary(d: Dictionary, out_dir: Path) -> dict:
+    """One dictionary's config and weights; returns its index entry."""
+    name = d.cfg.name
+    (out_dir / f"{name}.json").write_text(json.dumps(d.cfg.to_dict(), indent=2, sort_keys=True))
+    save_file(d.tensors(), str(out_dir / f"{name}.safetensors"))
+    return {"name": name, "layer": d.cfg.layer, "site": d.cfg.site, "kind": d.cfg.kind, "config": f"{name}.json",
+            "weights": f"{name}.safetensors", "content_hash": d.content_hash()}
+
+
+class _Hashed:
+    """A member's content hash standing in for the member (``DictionarySet.content_hash`` over written entries)."""
+
+    def __init__(self, h: str) -> None:
+        self.h = h
+
+    def content_hash(self) -> str:
+        return self.h
+
+
+def save_native_streaming(dictionaries: Iterable[Dictionary], out_dir: Path, model_name: str = "",
+                          model_hash: str = "") -> Path:
+    """``save_native`` of per-layer dictionaries given one at a time (each can be freed once written): a set
+    larger than memory. Same files and index (the set's content hash from the members' hashes)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    entries = [_write_dictionary(d, out_dir) for d in dictionaries]
+    keys = [(e["layer"], e["site"]) for e in entries]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"two dictionaries for the same (layer, site) among {keys}")
+    members = DictionarySet({k: _Hashed(e["content_hash"]) for k, e in zip(keys, entries, strict=True)})  # type: ignore[misc]
+    entries.sort(key=lambda e: (e["layer"], e["site"]))
+    index = {"format": FORMAT, "version": 1, "model_name": model_name, "model_hash": model_hash,
+             "content_hash": members.content_hash(), "entries": entries}
     (out_dir / INDEX).write_text(json.dumps(index, indent=2))
     return out_dir
 
