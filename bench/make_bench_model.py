@@ -189,9 +189,10 @@ def iter_transcoders(model: GPT2LMHeadModel, seed: int, vocab_size: int, target_
             pre = x @ W_enc[c:c + CALIB_CHUNK].T  # [tokens, chunk]
             if pre.numel() <= 2**24:
                 b_enc[c:c + CALIB_CHUNK] = -torch.quantile(pre, q, dim=0)
-            else:  # torch.quantile refuses more than 2^24 elements: the nearest order statistic
+            else:  # torch.quantile refuses more than 2^24 elements: the nearest order statistic, the k-th
+                # smallest = the (n − k + 1)-th largest (topk of a few: far faster than kthvalue, same value)
                 k = max(1, min(pre.shape[0], round(q * (pre.shape[0] - 1)) + 1))
-                b_enc[c:c + CALIB_CHUNK] = -pre.kthvalue(k, dim=0).values
+                b_enc[c:c + CALIB_CHUNK] = -pre.topk(pre.shape[0] - k + 1, dim=0).values[-1]
             del pre
         yield layer, {"W_enc": W_enc.contiguous(), "b_enc": b_enc.contiguous(),
                       "W_dec": W_dec.contiguous(), "b_dec": b_dec.contiguous()}
