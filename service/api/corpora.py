@@ -18,7 +18,13 @@ from service.api.deps import DatabaseDep, DriverDep, PipelineDep, tokenizer_for
 from service.api.pagination import Offset, paginate
 from service.auth import ApiKey, require_scope
 from service.query import corpora as q
-from service.schemas.corpora import CorpusAccepted, CorpusPageOut, CorpusRequest, CorpusSummaryOut
+from service.schemas.corpora import (
+    CorpusAccepted,
+    CorpusPageOut,
+    CorpusRequest,
+    CorpusSettings,
+    CorpusSummaryOut,
+)
 from workers.errors import InvalidInput, UnsupportedInputType
 from workers.pipeline import registry, validation
 from workers.pipeline.submit import SubmissionFailed, submit_corpus
@@ -48,10 +54,15 @@ def inlined_schema(model: type[BaseModel]) -> dict[str, Any]:
 
 
 def _request_from_jsonl(text: str, params: dict[str, str]) -> dict[str, Any]:
-    settings: dict[str, Any] = {k: params[k] for k in _SETTINGS_PARAMS if k in params}
     unknown = set(params) - {"model", "dictionary_set", "name", *_SETTINGS_PARAMS}
     if unknown:
         raise InvalidInput(("query", sorted(unknown)[0]), f"unknown query parameter(s) {sorted(unknown)}")
+    given = {k: params[k] for k in _SETTINGS_PARAMS if k in params}
+    try:  # query parameters are text: "5" is read as 5 here, while a JSON body's settings are strict
+        settings = CorpusSettings.model_validate(given, strict=False).model_dump(exclude_unset=True)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_context=False, include_input=False)
+        raise RequestValidationError([{**e, "loc": ("query", *e["loc"])} for e in errors]) from None
     return {"model": params.get("model"), "dictionary_set": params.get("dictionary_set"),
             "name": params.get("name", ""), "prompts": validation.parse_jsonl(text), "settings": settings}
 

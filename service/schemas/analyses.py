@@ -6,11 +6,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from service.schemas.request import RequestBody
+
 AnalysisKind = Literal["recurring_features", "consensus_circuit", "circuit_difference", "cluster_prompts",
                        "virtual_weights", "local_circuit"]
 
 
-class AnalysisRequest(BaseModel):
+class AnalysisRequest(RequestBody):
     kind: AnalysisKind
     params: dict[str, Any] = Field(
         default_factory=dict,

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field, StrictBool
+from pydantic import BaseModel, Field
 
 from service.schemas.pages import Page
+from service.schemas.request import RequestBody
 
 
 class NodeOut(BaseModel):
@@ -75,7 +76,7 @@ class PathsOut(BaseModel):
     paths: list[PathOut]
 
 
-class LocalCircuitRequest(BaseModel):
+class LocalCircuitRequest(RequestBody):
     node_id: str = Field(pattern=r"^feat:", examples=["feat:L1.mlp:p4:f17"],
                          description="A feature node id of the graph (it need not be active).")
-    prune: StrictBool = Field(False, description="Apply influence pruning before storing (default: keep everything).")
+    prune: bool = Field(False, description="Apply influence pruning before storing (default: keep everything).")

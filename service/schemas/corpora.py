@@ -5,11 +5,12 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.schemas.pages import Page
+from service.schemas.request import RequestBody
 from workers.pipeline.registry import ID_PATTERN
 from workers.vocabulary.defaults import EDGE_THRESHOLD, NODE_THRESHOLD
 
 
-class CorpusSettings(BaseModel):
+class CorpusSettings(RequestBody):
     """How each prompt's graph is computed and stored."""
 
     model_config = ConfigDict(extra="forbid")
@@ -29,7 +30,7 @@ class CorpusSettings(BaseModel):
     batch_size: int = Field(32, ge=1, le=1024, description="Targets per backward pass (speed only).")
 
 
-class PromptIn(BaseModel):
+class PromptIn(RequestBody):
     model_config = ConfigDict(extra="forbid")
 
     text: str
@@ -38,7 +39,7 @@ class PromptIn(BaseModel):
         "objects {'logit': TOKEN}, {'diff': [GOOD, BAD]}, {'feature': 'L2.mlp:p5:f123'}. Default: top logits."))
 
 
-class CorpusRequest(BaseModel):
+class CorpusRequest(RequestBody):
     """A JSON corpus. The same corpus may be sent as JSONL (Content-Type application/x-ndjson, one prompt
     per line) with model, dictionary_set, name and settings fields as query parameters."""
 

@@ -6,8 +6,10 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from service.schemas.request import RequestBody
 
-class CypherRequest(BaseModel):
+
+class CypherRequest(RequestBody):
     # A query with no non-space character is refused (rule 'non-empty'): the schema says so, so that a request
     # the schema allows is never a 422.
     query: str = Field(min_length=1, max_length=20_000, pattern=r"\S", examples=[

@@ -7,6 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from service.query.labels import MAX_LABEL_CHARS, MAX_NOTE_CHARS
 from service.schemas.circuits import PathOut
 from service.schemas.pages import Page
+from service.schemas.request import RequestBody
 
 
 class ContextToken(BaseModel):
@@ -60,7 +61,7 @@ class FeatureInfo(BaseModel):
     label_at: float | None = Field(None, description="When the label was set (epoch seconds).")
 
 
-class FeatureLabelIn(BaseModel):
+class FeatureLabelIn(RequestBody):
     model_config = ConfigDict(extra="forbid")
 
     label: str = Field(min_length=1, max_length=MAX_LABEL_CHARS, examples=["IO name mover"],

@@ -6,8 +6,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.schemas.request import RequestBody
 
-class InterventionRequest(BaseModel):
+
+class InterventionRequest(RequestBody):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
         {"node_ids": ["feat:L1.mlp:p7:f12"], "mode": "ablate"},
         {"node_ids": ["feat:L0.mlp:p3:f5", "feat:L1.mlp:p7:f12"], "mode": "scale", "value": 2.0}]})

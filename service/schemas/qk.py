@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.schemas.request import RequestBody
 
-class QKRequest(BaseModel):
+
+class QKRequest(RequestBody):
     """Either one head at one (query, key) position pair, or ``from_circuit`` for the heads that carry the
     graph's strongest cross-position edges (each at the position pair of its strongest credited edge)."""
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
+from service.schemas.request import RequestBody
 from workers.pipeline.registry import ID_PATTERN
 
 # The registry's own id rule, declared in the schema (so that a request the schema allows is never refused for
@@ -10,14 +11,14 @@ _ID = ID_PATTERN.pattern
 _PATH = r"^[^\x00]+$"  # no file system holds a NUL byte
 
 
-class ModelRegistration(BaseModel):
+class ModelRegistration(RequestBody):
     model_id: str = Field(pattern=_ID, description="Name to submit corpora with: 1-64 letters, digits, '_', '.', "
                                                    "'-', starting with a letter or digit.")
     path: str = Field(pattern=_PATH, description="A local Hugging Face model directory (with config.json) or a "
                                                  ".gguf file.")
 
 
-class DictionarySetRegistration(BaseModel):
+class DictionarySetRegistration(RequestBody):
     dictionary_set_id: str = Field(pattern=_ID, description="Name to submit corpora with (same rules as model_id).")
     path: str = Field(pattern=_PATH, description="A dictionary set directory in any supported format (native, SAELens, "
                                   "circuit-tracer, lm-saes).")

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
+from service.schemas.request import RequestBody
+
 
 class VirtualWeightOut(BaseModel):
     fkey: str
     w: float
 
 
-class VirtualWeightsRequest(BaseModel):
+class VirtualWeightsRequest(RequestBody):
     dictionary_set_id: str = Field(examples=["zoo-dset"])
     corpus_id: str = Field(examples=["ioi-demo"],
                            description="A corpus of the dictionary set's model: the pre-MLP norm scale is held at its "

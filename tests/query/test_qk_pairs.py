@@ -177,7 +177,9 @@ def test_qk_request_errors(client, zoo_graph, hf_scores) -> None:  # noqa: ANN00
                         ({**head, "query_position": n}, "query_position"),
                         ({**head, "layer": hf_scores["n_layers"]}, "layer"),
                         ({**head, "top_k": 0}, "top_k"),
-                        ({**head, "heads": 3}, "heads")):
+                        ({**head, "heads": 3}, "heads"),
+                        ({"from_circuit": 0}, "from_circuit"),  # 0 is not false: JSON types are never coerced
+                        ({**head, "layer": "0"}, "layer")):
         r = client.post(f"/graphs/{gid}/qk", json=body)
         assert r.status_code == 422, (body, r.text)
         assert r.json()["detail"][0]["loc"] == ["body", field], (body, r.json())
