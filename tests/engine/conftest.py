@@ -158,12 +158,13 @@ def lazily_loaded(lin: Linearised, where) -> Linearised:
 
 # every identity test runs on per-layer transcoders and on a cross-layer transcoder ("+clt"), and on GPT-2 with its
 # dictionaries memory-mapped ("+lazy": load_dictionary_set(lazy=True))
-@pytest.fixture(scope="module", params=[*MAKERS, "gpt2+clt", "llama+clt", "gemma3+clt", "gpt2+lazy"])
+@pytest.fixture(scope="module",
+                params=[*MAKERS, "gpt2+clt", "llama+clt", "gemma3+clt", "gpt2+lazy", "gpt2+clt+lazy"])
 def lin(request, tmp_path_factory) -> Linearised:
     n_layer, d = 3, 64
-    arch, _, variant = request.param.partition("+")
+    arch, *variants = request.param.split("+")
     model = MAKERS[arch](n_layer, d)
-    dicts = make_clt_dicts(n_layer, d) if variant == "clt" else make_dicts(model, n_layer, d)
+    dicts = make_clt_dicts(n_layer, d) if "clt" in variants else make_dicts(model, n_layer, d)
     lin = Linearised(model, dicts)
     calibrate(lin, PROMPTS[0])
-    return lazily_loaded(lin, tmp_path_factory.mktemp("lazy")) if variant == "lazy" else lin
+    return lazily_loaded(lin, tmp_path_factory.mktemp("lazy")) if "lazy" in variants else lin

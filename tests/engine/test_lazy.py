@@ -8,9 +8,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.engine.conftest import PROMPTS, calibrate, make_dicts, make_gpt2
-from workers.dictionaries.formats import load_dictionary_set, save_dictionary_set, write_circuit_tracer
+from tests.engine.conftest import PROMPTS, calibrate, make_clt_dicts, make_dicts, make_gpt2
+from workers.dictionaries.crosslayer.module import CLTDictionarySet, SourceLayer, clt_of
+from workers.dictionaries.formats import (
+    load_dictionary_set,
+    save_dictionary_set,
+    write_circuit_tracer,
+    write_circuit_tracer_clt,
+)
 from workers.dictionaries.formats.lazy import is_mapped
+from workers.dictionaries.modules import DictionarySet
 from workers.engine.attribution import AttributionSettings, build_graph
 from workers.engine.linearise import Linearised, decode_active
 from workers.engine.targets import top_logits
@@ -20,14 +27,29 @@ N_LAYER, D = 3, 64
 
 @pytest.fixture(scope="module")
 def model_and_dir(tmp_path_factory):
+    """A GPT-2 and, written in several layouts: its per-layer dictionaries (``native``), their transcoders in
+    circuit-tracer's layout (``ct``), a CLT with attention SAEs (``clt``) and that CLT alone in circuit-tracer's
+    layout (``clt_ct``)."""
     model = make_gpt2(N_LAYER, D)
     lin = Linearised(model, make_dicts(model, N_LAYER, D, d_dict=256))
     calibrate(lin, PROMPTS[0])
     out = tmp_path_factory.mktemp("dicts")
     save_dictionary_set(lin.dictionaries, out / "native")
     # circuit-tracer's layout holds transcoders only: a set of the MLP transcoders
-    write_circuit_tracer(type(lin.dictionaries)({k: d for k, d in lin.dictionaries if k[1] == "mlp"}), out / "ct")
+    write_circuit_tracer(DictionarySet({k: d for k, d in lin.dictionaries if k[1] == "mlp"}), out / "ct")
+    clt = Linearised(model, make_clt_dicts(N_LAYER, D, d_dict=256))
+    calibrate(clt, PROMPTS[0])
+    save_dictionary_set(clt.dictionaries, out / "clt")
+    write_circuit_tracer_clt(CLTDictionarySet({}, clt=clt.dictionaries.clt), out / "clt_ct")  # type: ignore[attr-defined]
     return model, out
+
+
+LAYOUTS = ["native", "ct", "clt", "clt_ct"]
+
+
+def _decoders(ds) -> list[torch.Tensor]:
+    clt = clt_of(ds)
+    return [d.W_dec for _, d in ds] + ([] if clt is None else list(clt.W_dec))
 
 
 def _graph(lin, prompt, budget=None):
@@ -44,7 +66,7 @@ def _same(g, h) -> None:
     torch.testing.assert_close(g.value, h.value, rtol=0, atol=0, equal_nan=True)  # NaN: nodes without a row
 
 
-@pytest.mark.parametrize("layout", ["native", "ct"])
+@pytest.mark.parametrize("layout", LAYOUTS)
 def test_lazy_matrices_are_file_mappings_with_the_same_values(model_and_dir, layout):
     model, out = model_and_dir
     eager, lazy = load_dictionary_set(out / layout), load_dictionary_set(out / layout, lazy=True)
@@ -56,11 +78,19 @@ def test_lazy_matrices_are_file_mappings_with_the_same_values(model_and_dir, lay
         assert d.cfg == e.cfg
         for n, t in e.tensors().items():
             assert torch.equal(getattr(d, n).detach(), t), (key, n)
+    assert all(is_mapped(W) for W in _decoders(lazy)) and not any(is_mapped(W) for W in _decoders(eager))
+    c_lazy, c_eager = clt_of(lazy), clt_of(eager)
+    assert (c_lazy is None) == (c_eager is None) == (layout not in ("clt", "clt_ct"))
+    if c_lazy is not None:
+        assert c_lazy.cfg == c_eager.cfg
+        for i in range(c_lazy.n_layers):
+            for n, t in c_eager.layer_tensors(i).items():
+                assert torch.equal(c_lazy.layer_tensors(i)[n], t), (i, n)
     assert lazy.content_hash() == eager.content_hash()
 
 
 @pytest.mark.parametrize("budget", [None, 12])
-@pytest.mark.parametrize("layout", ["native", "ct"])
+@pytest.mark.parametrize("layout", LAYOUTS)
 def test_lazy_and_eager_graphs_are_equal(model_and_dir, layout, budget):
     model, out = model_and_dir
     eager = Linearised(model, load_dictionary_set(out / layout))
@@ -71,20 +101,27 @@ def test_lazy_and_eager_graphs_are_equal(model_and_dir, layout, budget):
         _same(g, h)
 
 
-def test_the_engine_reads_decoder_rows_of_active_features_only(model_and_dir, tmp_path):
+@pytest.mark.parametrize("layout", ["native", "clt"])
+def test_the_engine_reads_decoder_rows_of_active_features_only(model_and_dir, tmp_path, layout):
     """Rows of features inactive on the prompt are NaN in the files: a dense ``acts @ W_dec`` anywhere (trace,
-    injections, read-out operands, live splice) would turn the graph or the logits NaN (0 · NaN = NaN)."""
+    injections, read-out operands, live splice; a CLT's writes to later layers) would turn the graph or the logits
+    NaN (0 · NaN = NaN)."""
     model, out = model_and_dir
     prompt = PROMPTS[0]
-    eager = Linearised(model, load_dictionary_set(out / "native"))
+    eager = Linearised(model, load_dictionary_set(out / layout))
     tr = eager.trace(prompt)
-    poisoned = load_dictionary_set(out / "native")
+    poisoned = load_dictionary_set(out / layout)
+    lin_p = Linearised(model, poisoned)  # its site dictionaries: a CLT's source layers too
     n_poisoned = 0
     with torch.no_grad():
-        for key, d in poisoned:
+        for key in tr.sites:
+            d = lin_p.site_dictionary(*key)
+            if d is None:
+                continue
             inactive = torch.ones(d.cfg.d_dict, dtype=torch.bool)
             inactive[tr.sites[key].feat_idx] = False
-            d.W_dec[inactive] = float("nan")
+            W = clt_of(poisoned).W_dec[key[0]] if isinstance(d, SourceLayer) else d.W_dec  # type: ignore[union-attr]
+            W[inactive] = float("nan")
             n_poisoned += int(inactive.sum())
     assert n_poisoned > 0
     save_dictionary_set(poisoned, tmp_path / "poisoned")

@@ -32,6 +32,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
+from workers.dictionaries.crosslayer.module import CLTConfig, CrossLayerTranscoder
 from workers.dictionaries.modules import Dictionary, DictionaryConfig
 
 
@@ -75,6 +76,24 @@ def lazy_dictionary(cfg: DictionaryConfig, tensors: dict[str, torch.Tensor], sou
         t = tensors[k]
         setattr(d, k, nn.Parameter(t if t.dtype == torch.float32 else t.to(torch.float32)))
     return d
+
+
+def lazy_clt(cfg: CLTConfig, layers: list[dict[str, torch.Tensor]], sources: list[str] | None = None
+             ) -> CrossLayerTranscoder:
+    """``CrossLayerTranscoder.from_layer_tensors`` with each source layer's decoder ``W_dec[ℓ]`` kept as given
+    (mapped ones stay mapped): the same checks on a meta-device module, then the decoders bound as they are. The
+    encoders, biases and thresholds are stacked into the module's ``[L, ...]`` parameters (read: the encoders are
+    1 / ((L + 1) / 2) of the decoders)."""
+    with torch.device("meta"):
+        clt = CrossLayerTranscoder.from_layer_tensors(cfg, layers, sources)
+    clt.W_enc = nn.Parameter(torch.stack([t["W_enc"].float() for t in layers]))
+    clt.b_enc = nn.Parameter(torch.stack([t["b_enc"].float() for t in layers]))
+    clt.b_dec = nn.Parameter(torch.stack([t["b_dec"].float() for t in layers]))
+    if cfg.activation == "jumprelu":
+        clt.threshold = nn.Parameter(torch.stack([t["threshold"].float() for t in layers]))
+    clt.W_dec = nn.ParameterList([nn.Parameter(t["W_dec"] if t["W_dec"].dtype == torch.float32
+                                               else t["W_dec"].float()) for t in layers])
+    return clt
 
 
 def _mapping(t: torch.Tensor) -> dict | None:

@@ -46,7 +46,7 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 from workers.dictionaries.crosslayer.module import CLTConfig, CLTDictionarySet, CrossLayerTranscoder, clt_of
-from workers.dictionaries.formats.lazy import lazy_dictionary, map_safetensors
+from workers.dictionaries.formats.lazy import lazy_clt, lazy_dictionary, map_safetensors
 from workers.dictionaries.formats.tensors_io import need, read_json, read_safetensors
 from workers.dictionaries.modules import Dictionary, DictionaryConfig, DictionarySet
 
@@ -114,7 +114,7 @@ def save_native_streaming(dictionaries: Iterable[Dictionary], out_dir: Path, mod
 
 
 def load_native(path: Path, lazy: bool = False) -> DictionarySet:
-    """Read a native set; ``lazy``: per-layer dictionaries' matrices memory-mapped (``formats/lazy.py``)."""
+    """Read a native set; ``lazy``: matrices memory-mapped (``formats/lazy.py``; a CLT's decoders, not its encoders)."""
     path = Path(path)
     index_path = path / INDEX
     index = read_json(index_path)
@@ -129,7 +129,7 @@ def load_native(path: Path, lazy: bool = False) -> DictionarySet:
         if e.get("kind") == "clt":
             if clt is not None:
                 raise ValueError(f"{index_path} lists two cross-layer transcoders")
-            clt = _load_clt(path, cfg_path, need(e, "weights", index_path), index_path)
+            clt = _load_clt(path, cfg_path, need(e, "weights", index_path), index_path, lazy)
             continue
         cfg = DictionaryConfig.from_dict(read_json(cfg_path))
         if (cfg.layer, cfg.site) != (e.get("layer"), e.get("site")):
@@ -149,10 +149,13 @@ def load_native(path: Path, lazy: bool = False) -> DictionarySet:
     return DictionarySet(dicts, **meta)
 
 
-def _load_clt(path: Path, cfg_path: Path, weights: list[str], index_path: Path) -> CrossLayerTranscoder:
+def _load_clt(path: Path, cfg_path: Path, weights: list[str], index_path: Path, lazy: bool = False
+              ) -> CrossLayerTranscoder:
     cfg = CLTConfig.from_dict(read_json(cfg_path))
     if not isinstance(weights, list) or len(weights) != cfg.n_layers:
         raise ValueError(f"{index_path}: the CLT entry's 'weights' must list {cfg.n_layers} files (one per source "
                          f"layer, as {cfg_path} says n_layers={cfg.n_layers}); got {weights!r}")
     files = [path / w for w in weights]
+    if lazy:
+        return lazy_clt(cfg, [map_safetensors(f) for f in files], [str(f) for f in files])
     return CrossLayerTranscoder.from_layer_tensors(cfg, [read_safetensors(f) for f in files], [str(f) for f in files])
