@@ -14,7 +14,9 @@ then::
 Each (set, mode) runs in a fresh subprocess. Memory is read from ``/proc/self/status`` (workers/dictionaries/formats/
 lazy.py ``rss_kinds``): ``RssAnon`` is the process's own memory (what it holds), ``RssFile`` mapped file pages
 (page cache: clean, shared, reclaimable). Peaks are sampled every 2 ms by a thread during the attribution
-(``build_graph``: trace, node table, budgeted rows); all figures are above the loaded model. Then the provenance's
+(``build_graph``: trace, node table, budgeted rows); all figures are above the loaded model. The dictionary files
+are first evicted from the page cache (``--warm``: not), since the kernel maps up to 16 already-cached neighbouring
+pages into the process on each fault ("fault-around"), which would count unread rows in RssFile. Then the provenance's
 dictionary hash (which reads every file once, one tensor's copy at a time) is measured on its own. An eager run whose
 dictionaries would exceed ``--eager-limit-gb`` is not started (its size is printed instead: this machine is shared).
 The graphs of the two modes must be equal (a hash over the CSR); the script says so.
@@ -64,7 +66,21 @@ class Peaks:
             self.peak[k] = max(self.peak[k], v)
 
 
-def _one(set_dir: Path, mode: str, length: int, budget: int) -> dict:
+def drop_page_cache(files: list[Path]) -> None:
+    """Evict these files' clean pages from the page cache (``POSIX_FADV_DONTNEED``), so that a lazy run's RssFile
+    counts what it reads: the kernel maps up to 16 neighbouring pages per fault when they are already cached."""
+    import os
+
+    for f in files:
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def _one(set_dir: Path, mode: str, length: int, budget: int, cold: bool = True) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -82,6 +98,8 @@ def _one(set_dir: Path, mode: str, length: int, budget: int) -> dict:
     def above(m: dict) -> dict:
         return {k: (m[k] - base[k]) / 1e9 for k in ("anon", "file")}
 
+    if cold:
+        drop_page_cache(sorted((set_dir / "dictionaries").glob("*.safetensors")))
     t0 = time.perf_counter()
     with Peaks() as load_peak:
         ds = load_dictionary_set(set_dir / "dictionaries", model, lazy=mode == "lazy")
@@ -134,10 +152,12 @@ def main() -> int:
     ap.add_argument("--modes", nargs="+", choices=["eager", "lazy"], default=["eager", "lazy"])
     ap.add_argument("--eager-limit-gb", type=float, default=4.0,
                     help="do not run eager loads whose matrices exceed this (they are held in anonymous memory)")
+    ap.add_argument("--warm", action="store_true",
+                    help="leave the dictionary files in the page cache (default: evict them first, see drop_page_cache)")
     ap.add_argument("--one", nargs=2, metavar=("SET", "MODE"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.one:
-        print("RESULT " + json.dumps(_one(Path(a.one[0]), a.one[1], a.length, a.budget)), flush=True)
+        print("RESULT " + json.dumps(_one(Path(a.one[0]), a.one[1], a.length, a.budget, cold=not a.warm)), flush=True)
         return 0
     results = []
     for s in a.sets:
@@ -149,7 +169,8 @@ def main() -> int:
                       f"(> --eager-limit-gb {a.eager_limit_gb})", flush=True)
                 continue
             out = subprocess.run([sys.executable, __file__, "--one", str(s), mode, "--length", str(a.length),
-                                  "--budget", str(a.budget)], capture_output=True, text=True)
+                                  "--budget", str(a.budget), *(["--warm"] if a.warm else [])],
+                                 capture_output=True, text=True)
             line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
             if out.returncode or not line:
                 print(f"{s.name} {mode}: failed (rc {out.returncode})\n{out.stderr[-3000:]}", flush=True)
