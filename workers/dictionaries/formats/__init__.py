@@ -84,9 +84,9 @@ def detect_format(path: Path) -> FormatName:
 def load_dictionary_set(path: Path, model: nn.Module | None = None, lazy: bool = False) -> DictionarySet:
     """Load a dictionary set in any supported layout (see the module docstring).
 
-    ``lazy``: per-layer dictionaries of the native and circuit-tracer layouts get their float32 matrices
-    memory-mapped from their files, not read (``formats/lazy.py``: rows are paged in when touched, as reclaimable
-    page cache); other layouts and cross-layer transcoders are read whole.
+    ``lazy``: dictionaries of the native and circuit-tracer layouts get their float32 matrices (a cross-layer
+    transcoder: its decoders) memory-mapped from their files, not read (``formats/lazy.py``: rows are paged in when
+    touched, as reclaimable page cache); SAELens and lm-saes layouts are read whole.
 
     With ``model``, dictionaries reading ``ln2.hook_normalized`` get the model's pre-MLP norm folded in,
     and every dictionary's d_in is checked against the model's hidden size.

@@ -14,8 +14,9 @@ its matrices as file pages only; it holds anonymous memory for its vectors (bias
 whatever the computation gathers from it (one site's rows at a time). Writing to a mapped tensor in place (e.g.
 ``fold_input_norm``) copies the touched pages into anonymous memory and leaves the file unchanged.
 
-Decoder mappings are advised ``MADV_RANDOM`` (a gathered row does not read its neighbours ahead). Only float32 tensors
-of two or more dimensions are mapped (what the native writer stores); other dtypes are read and
+Decoder mappings are advised ``MADV_RANDOM`` (a gathered row does not read its neighbours ahead). A cross-layer transcoder
+(``lazy_clt``) gets its per-source-layer decoders mapped; its encoders are stacked into one parameter (read). Only
+float32 tensors of two or more dimensions are mapped (what the native writer stores); other dtypes are read and
 converted to float32 as the eager readers do (anonymous memory, as before), and so are vectors and scalars.
 Moving a set to another device or dtype (``place``) copies it: lazy loading saves memory on the CPU in fp32.
 """
