@@ -748,11 +748,38 @@ def _site_record(layer: int, site: str, d: Dictionary | None, x: torch.Tensor, o
     gate = d.gate(pre)
     acts = pre * gate
     pos_idx, feat_idx = gate.nonzero(as_tuple=True)
-    recon = d.decode(acts)
+    recon = decode_active(d, acts)
     skip = d.skip_out(x)
     if skip is not None:
         recon = recon + skip
     return SiteRecord(layer, site, d, x, out, pos_idx, feat_idx, acts[pos_idx, feat_idx], out - recon)
+
+
+DECODE_CHUNK = 4096  # decoder rows gathered at a time by decode_active (10 MB at d_out 640)
+
+
+def decode_active(d: Dictionary, acts: torch.Tensor) -> torch.Tensor:
+    """``d.decode(acts)`` from the decoder rows of the nonzero activations only: acts [..., d_dict] -> [..., d_out].
+
+    The dense ``acts @ W_dec`` reads every row of the decoder; this gathers ``W_dec[f]`` for the active f, a chunk
+    at a time (``gather_decode``), so a lazily loaded dictionary (``load_dictionary_set(lazy=True)``) pages in only
+    those rows and the gathered copy stays O(chunk · d_out)."""
+    return gather_decode(d.W_dec, acts) + d.b_dec
+
+
+def gather_decode(W: torch.Tensor, acts: torch.Tensor) -> torch.Tensor:
+    """``acts @ W`` from the rows of W of the nonzero activations, ``DECODE_CHUNK`` rows at a time: acts [..., F],
+    W [F, d] (any strides: a CLT's ``decoder(source, target)`` view) -> [..., d] in acts' dtype. Summed in fp32 (a
+    bf16 dictionary's rows too, as a matmul accumulates), position by position in feature order: equal to the dense
+    product to round-off."""
+    flat = acts.reshape(-1, acts.shape[-1])
+    rows, feats = flat.nonzero(as_tuple=True)
+    W = W.detach()
+    out = torch.zeros(flat.shape[0], W.shape[1], dtype=torch.float32, device=acts.device)
+    for i in range(0, len(rows), DECODE_CHUNK):
+        r, f = rows[i:i + DECODE_CHUNK], feats[i:i + DECODE_CHUNK]
+        out.index_add_(0, r, (flat[r, f, None] * W[f]).float())
+    return out.to(acts.dtype).reshape(*acts.shape[:-1], W.shape[1])
 
 
 def _clt_site_record(run: _Run, d: SourceLayer, x: torch.Tensor, out: torch.Tensor) -> SiteRecord:
@@ -774,8 +801,8 @@ def _clt_site_record(run: _Run, d: SourceLayer, x: torch.Tensor, out: torch.Tens
 def _clt_writes(run: _Run, d: SourceLayer) -> torch.Tensor:
     """b_dec[ℓ] + Σ_{s ≤ ℓ} a_s W_dec[s → ℓ] from the dense activations of ``run.clt_acts``."""
     out = d.b_dec
-    for src in range(d.layer + 1):
-        out = out + run.clt_acts[src] @ d.clt.decoder(src, d.layer)  # type: ignore[operator]
+    for src in range(d.layer + 1):  # gathered: a lazily loaded CLT pages in the active features' rows only
+        out = out + gather_decode(d.clt.decoder(src, d.layer), run.clt_acts[src])  # type: ignore[arg-type]
     return out
 
 
@@ -791,9 +818,8 @@ def _live_site_output(
     if isinstance(d, SourceLayer):
         run.clt_acts[key[0]] = acts
         return _clt_writes(run, d) + run.trace.sites[key].err[None, : x.shape[1]]
-    new = d.decode(acts)
+    new = decode_active(d, acts)
     skip = d.skip_out(x)
     if skip is not None:
         new = new + skip
-    assert run.trace is not None
     return new + run.trace.sites[key].err[None, : x.shape[1]]
