@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def _one(bench: Path, length: int, batch_size: int, cone_chunk: int, threads: int, repeats: int, bf16: bool,
          backward: str = "adjoint", max_feature_nodes: int | None = None, device: str = "cpu",
-         dtype: str = "fp32", clt: bool = False) -> dict:
+         dtype: str = "fp32", clt: str | None = None) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -41,7 +41,7 @@ def _one(bench: Path, length: int, batch_size: int, cone_chunk: int, threads: in
     torch.set_num_threads(threads)
     rss_imports = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     model = AutoModelForCausalLM.from_pretrained(bench / "model", dtype=torch.float32).eval()
-    dicts = load_dictionary_set(bench / ("clt_dictionaries" if clt else "dictionaries"), model)
+    dicts = load_dictionary_set(bench / (f"{clt}_dictionaries" if clt else "dictionaries"), model)
     lin = Linearised(model, dicts).place(Placement(device, dtype))
     cuda = lin.device.type == "cuda"
     rss_loaded = _rss_now_gb()
@@ -152,7 +152,10 @@ def main() -> None:
     ap.add_argument("--max-feature-nodes", type=int, default=None, help="node budget (default: every feature)")
     ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (workers/models/placement.py)")
     ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="the weights' dtype (ATLAS_DTYPE)")
-    ap.add_argument("--clt", action="store_true", help="the cross-layer transcoder (clt_dictionaries/, issue #19)")
+    ap.add_argument("--clt", dest="clt", action="store_const", const="clt",
+                    help="the cross-layer transcoder (clt_dictionaries/, issue #19)")
+    ap.add_argument("--clt-resid", dest="clt", action="store_const", const="clt_resid",
+                    help="the cross-layer transcoder reading hook_resid_mid (clt_resid_dictionaries/)")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.bench is None:  # the settings need pydantic, which a bare GPU machine lacks (bench/gpu_check.sh)
@@ -171,7 +174,7 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--one", str(length), "--bench", str(a.bench), "--batch-size",
                str(a.batch_size), "--cone-chunk", str(a.cone_chunk), "--threads", str(a.threads),
                "--repeats", str(a.repeats), "--backward", a.backward, "--device", a.device, "--dtype", a.dtype] \
-            + (["--bf16"] if a.bf16 else []) + (["--clt"] if a.clt else []) \
+            + (["--bf16"] if a.bf16 else []) + ([f"--{a.clt.replace('_', '-')}"] if a.clt else []) \
             + ([] if a.max_feature_nodes is None else ["--max-feature-nodes", str(a.max_feature_nodes)])
         out = subprocess.run(cmd, check=True, capture_output=True, text=True)
         r = json.loads(out.stdout.strip().splitlines()[-1])

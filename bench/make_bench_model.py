@@ -15,9 +15,13 @@ Output (default ``<ATLAS_CACHE_DIR>/bench/gpt2-4l-d128``, outside git)::
     clt_ct/                a cross-layer transcoder (issue #19) in circuit-tracer's CLT layout: the transcoders'
                            encoders (so the same activations) with decoders to every later layer
     clt_dictionaries/      the same CLT in our native layout (a CLTDictionarySet)
+    clt_resid_ct/          a CLT reading ``hook_resid_mid`` (circuit-tracer's default input: the residual before
+                           ``ln_2``), the same decoders, encoder biases calibrated on that residual
+    clt_resid_dictionaries/  the same in our native layout
     prompts.json           benchmark prompts as token ids (BOS first), keyed by length
     reference.safetensors  per prompt: last-position logits [vocab] and transcoder activations
-                           [n_layers, n_pos, d_tc] of the unmodified HF model (BOS position zeroed)
+                           [n_layers, n_pos, d_tc] of the unmodified HF model (BOS position zeroed); the
+                           resid_mid CLT's as ``clt_resid_activations/{n}``
     manifest.json          parameters, seeds, active-feature statistics, file hashes
 
 Why ``ln_2`` is the identity: the transcoders read the MLP input. circuit-tracer reads TransformerLens'
@@ -133,14 +137,16 @@ def random_prompt(seed: int, name: str, length: int, vocab_size: int) -> list[in
 
 
 @torch.no_grad()
-def mlp_inputs(model: GPT2LMHeadModel, ids: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """MLP inputs (= ln_2 outputs) per layer, each [batch, pos, d_model], and logits [batch, pos, vocab]."""
+def mlp_inputs(model: GPT2LMHeadModel, ids: torch.Tensor, resid_mid: bool = False
+               ) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """MLP inputs (= ln_2 outputs) per layer, each [batch, pos, d_model], and logits [batch, pos, vocab];
+    with ``resid_mid`` the ln_2 inputs (the residual before the pre-MLP norm) instead."""
     captured: list[torch.Tensor | None] = [None] * N_LAYERS
     handles = []
     for b in blocks(model):
         def hook(_m, args, i=b.index):
             captured[i] = args[0].detach()
-        handles.append(b.mlp.register_forward_pre_hook(hook))
+        handles.append((b.module.ln_2 if resid_mid else b.mlp).register_forward_pre_hook(hook))
     try:
         logits = model(ids).logits
     finally:
@@ -160,11 +166,16 @@ def build_transcoders(model: GPT2LMHeadModel, seed: int, vocab_size: int, target
     Returns per layer ``W_enc`` [D_TC, d_model], ``b_enc`` [D_TC], ``W_dec`` [D_TC, d_model],
     ``b_dec`` [d_model] (circuit-tracer's names and orientation, which are also ours).
     """
-    calib = torch.tensor([random_prompt(seed, f"calibration/{i}", calib_len, vocab_size)
-                          for i in range(n_calib_prompts)])
-    xs, _ = mlp_inputs(model, calib)
+    return dict(iter_transcoders(model, seed, vocab_size, target_active, n_calib_prompts, calib_len))
+
+
+@torch.no_grad()
+def iter_transcoders(model: GPT2LMHeadModel, seed: int, vocab_size: int, target_active: float,
+                     n_calib_prompts: int, calib_len: int):
+    """``build_transcoders`` one layer at a time: yields (layer, tensors), so a wide set (``--d-tc 65536``)
+    never needs more than one layer in memory."""
+    xs, _ = mlp_inputs(model, calibration_prompts(seed, vocab_size, n_calib_prompts, calib_len))
     q = 1.0 - target_active / D_TC
-    out = {}
     for layer in range(N_LAYERS):
         W_enc = _normal(seed, f"tc{layer}.W_enc", (D_TC, D_MODEL), 1.0)
         W_enc /= W_enc.norm(dim=-1, keepdim=True)
@@ -173,17 +184,35 @@ def build_transcoders(model: GPT2LMHeadModel, seed: int, vocab_size: int, target
         W_dec = _normal(seed, f"tc{layer}.W_dec", (D_TC, D_MODEL), 1.0)
         W_dec *= 0.5 / W_dec.norm(dim=-1, keepdim=True)
         b_dec = _normal(seed, f"tc{layer}.b_dec", (D_MODEL,), 0.02)
-        x = xs[layer][:, 1:].reshape(-1, D_MODEL)  # BOS excluded: circuit-tracer zeroes its features
-        pre = x @ W_enc.T  # [tokens, D_TC]
-        if pre.numel() <= 2**24:
-            b_enc = -torch.quantile(pre, q, dim=0)
-        else:  # torch.quantile refuses more than 2^24 elements: the nearest order statistic
-            k = max(1, min(pre.shape[0], round(q * (pre.shape[0] - 1)) + 1))
-            b_enc = -pre.kthvalue(k, dim=0).values
-        del pre
-        out[layer] = {"W_enc": W_enc.contiguous(), "b_enc": b_enc.contiguous(),
+        b_enc = calibrated_bias(xs[layer], W_enc, q)
+        yield layer, {"W_enc": W_enc.contiguous(), "b_enc": b_enc.contiguous(),
                       "W_dec": W_dec.contiguous(), "b_dec": b_dec.contiguous()}
-    return out
+
+
+CALIB_CHUNK = 16384  # features calibrated at a time (one chunk up to the 16k shape: its files are unchanged)
+
+
+def calibrated_bias(xs: torch.Tensor, W_enc: torch.Tensor, q: float) -> torch.Tensor:
+    """Per-feature ``b_enc`` [D_TC] putting each feature's pre-activation on inputs ``xs`` [batch, pos, d_model]
+    (BOS excluded: circuit-tracer zeroes its features) at 0 on a fraction ``1 − q`` of the tokens; computed
+    ``CALIB_CHUNK`` features at a time."""
+    x = xs[:, 1:].reshape(-1, D_MODEL)
+    b_enc = torch.empty(W_enc.shape[0])
+    for c in range(0, W_enc.shape[0], CALIB_CHUNK):
+        pre = x @ W_enc[c:c + CALIB_CHUNK].T  # [tokens, chunk]
+        if pre.numel() <= 2**24:
+            b_enc[c:c + CALIB_CHUNK] = -torch.quantile(pre, q, dim=0)
+        else:  # torch.quantile refuses more than 2^24 elements: the nearest order statistic, the k-th
+            # smallest = the (n − k + 1)-th largest (topk of a few: far faster than kthvalue, same value)
+            k = max(1, min(pre.shape[0], round(q * (pre.shape[0] - 1)) + 1))
+            b_enc[c:c + CALIB_CHUNK] = -pre.topk(pre.shape[0] - k + 1, dim=0).values[-1]
+        del pre
+    return b_enc
+
+
+def calibration_prompts(seed: int, vocab_size: int, n_calib_prompts: int, calib_len: int) -> torch.Tensor:
+    return torch.tensor([random_prompt(seed, f"calibration/{i}", calib_len, vocab_size)
+                         for i in range(n_calib_prompts)])
 
 
 def encode(tc: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -209,18 +238,20 @@ def write_circuit_tracer_set(tcs: dict[int, dict[str, torch.Tensor]], out: Path)
     (out / "config.yaml").write_text("\n".join(lines) + "\n")
 
 
+def native_transcoder(layer: int, t: dict[str, torch.Tensor]) -> Dictionary:
+    cfg = DictionaryConfig(kind="transcoder", site="mlp", layer=layer, d_in=D_MODEL, d_out=D_MODEL,
+                           d_dict=D_TC, activation="relu",
+                           extra={"source": "bench/make_bench_model.py",
+                                  "circuit_tracer_hooks": ["ln2.hook_normalized", "hook_mlp_out"]})
+    d = Dictionary(cfg)
+    for k, v in t.items():
+        getattr(d, k).data.copy_(v)
+    return d
+
+
 def write_native_set(tcs: dict[int, dict[str, torch.Tensor]], out: Path, model_hash: str) -> str:
     """Our DictionarySet, written by the project's native writer when it is available."""
-    dicts = {}
-    for layer, t in tcs.items():
-        cfg = DictionaryConfig(kind="transcoder", site="mlp", layer=layer, d_in=D_MODEL, d_out=D_MODEL,
-                               d_dict=D_TC, activation="relu",
-                               extra={"source": "bench/make_bench_model.py",
-                                      "circuit_tracer_hooks": ["ln2.hook_normalized", "hook_mlp_out"]})
-        d = Dictionary(cfg)
-        for k, v in t.items():
-            getattr(d, k).data.copy_(v)
-        dicts[(layer, "mlp")] = d
+    dicts = {(layer, "mlp"): native_transcoder(layer, t) for layer, t in tcs.items()}
     ds = DictionarySet(dicts, model_name="bench/gpt2-4l-d128", model_hash=model_hash)
     try:
         from workers.dictionaries.formats.native import save_native
@@ -246,10 +277,11 @@ def write_native_set(tcs: dict[int, dict[str, torch.Tensor]], out: Path, model_h
 
 
 @torch.no_grad()
-def build_clt(tcs: dict[int, dict[str, torch.Tensor]], seed: int):
+def build_clt(tcs: dict[int, dict[str, torch.Tensor]], seed: int, input_site: str = "mlp_in"):
     """A ReLU cross-layer transcoder with the transcoders' encoders (so the activations and the reference
     activations are the same) whose feature of layer ℓ writes its transcoder decoder row to layer ℓ and a
-    random row of norm 0.25 to every later layer; ``b_dec`` per output layer from the transcoders."""
+    random row of norm 0.25 to every later layer; ``b_dec`` per output layer from the transcoders. With
+    ``input_site="resid_mid"``, ``tcs`` carries encoder biases calibrated on the residual before ``ln_2``."""
     from workers.dictionaries.crosslayer.module import CLTConfig, CrossLayerTranscoder
 
     layers = []
@@ -261,20 +293,20 @@ def build_clt(tcs: dict[int, dict[str, torch.Tensor]], seed: int):
             W_dec[:, m - layer] = 0.25 * w / w.norm(dim=-1, keepdim=True)
         layers.append({"W_enc": tcs[layer]["W_enc"], "b_enc": tcs[layer]["b_enc"], "W_dec": W_dec,
                        "b_dec": tcs[layer]["b_dec"]})
-    cfg = CLTConfig(n_layers=N_LAYERS, d_model=D_MODEL, d_dict=D_TC, activation="relu", input_site="mlp_in",
-                    extra={"source": "bench/make_bench_model.py"})
+    cfg = CLTConfig(n_layers=N_LAYERS, d_model=D_MODEL, d_dict=D_TC, activation="relu",
+                    input_site=input_site, extra={"source": "bench/make_bench_model.py"})  # type: ignore[arg-type]
     return CrossLayerTranscoder.from_layer_tensors(cfg, layers)
 
 
-def write_clt(clt, out: Path, model_hash: str) -> None:
-    """The CLT in circuit-tracer's layout (``clt_ct/``, input hook ``mlp.hook_in``: ln_2 is the identity)
-    and in ours (``clt_dictionaries/``)."""
+def write_clt(clt, out: Path, model_hash: str, prefix: str = "clt") -> None:
+    """The CLT in circuit-tracer's layout (``{prefix}_ct/``; the input hook follows its input site:
+    ``mlp.hook_in``, with ln_2 the identity, or ``hook_resid_mid``) and in ours (``{prefix}_dictionaries/``)."""
     from workers.dictionaries.crosslayer.module import CLTDictionarySet
     from workers.dictionaries.formats import save_dictionary_set, write_circuit_tracer_clt
 
     ds = CLTDictionarySet({}, model_name="bench/gpt2-4l-d128", model_hash=model_hash, clt=clt)
-    write_circuit_tracer_clt(ds, out / "clt_ct", model_name="gpt2")
-    save_dictionary_set(ds, out / "clt_dictionaries")
+    write_circuit_tracer_clt(ds, out / f"{prefix}_ct", model_name="gpt2")
+    save_dictionary_set(ds, out / f"{prefix}_dictionaries")
 
 
 def sha256_file(path: Path) -> str:
@@ -299,10 +331,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calib-prompts", type=int, default=64)
     ap.add_argument("--calib-len", type=int, default=128)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: the shared 2-core machine)")
+    ap.add_argument("--d-tc", type=int, default=None,
+                    help="transcoder width (default: the shape's; another width writes to <shape>-tc<N>)")
+    ap.add_argument("--dictionaries-only", action="store_true",
+                    help="write the model, our native transcoders (one layer in memory at a time) and the prompts "
+                         "only: no circuit-tracer set, CLT or reference (for wide sets: bench/lazy_memory.py)")
     args = ap.parse_args(argv)
     global N_LAYERS, D_MODEL, N_HEADS, D_TC, PROMPT_LENGTHS
     shape = SHAPES[args.shape]
     N_LAYERS, D_MODEL, N_HEADS, D_TC = shape["n_layers"], shape["d_model"], shape["n_heads"], shape["d_tc"]
+    if args.d_tc is not None and args.d_tc != D_TC:
+        D_TC = args.d_tc
+        args.out = args.out or default_out_dir(f"{args.shape}-tc{D_TC}")
     PROMPT_LENGTHS = shape["lengths"]
     if args.target_active is None:
         args.target_active = shape["target_active"]
@@ -326,11 +366,38 @@ def main(argv: list[str] | None = None) -> int:
     tok_cfg_path.write_text(json.dumps(tok_cfg, indent=2))
     model_hash = sha256_file(model_dir / "model.safetensors")
 
+    if args.dictionaries_only:
+        from workers.dictionaries.formats.native import save_native_streaming
+
+        transcoders = iter_transcoders(model, args.seed, args.vocab, args.target_active, args.calib_prompts,
+                                       args.calib_len)
+        save_native_streaming((native_transcoder(layer, t) for layer, t in transcoders), out / "dictionaries",
+                              model_name=f"bench/{args.shape}", model_hash=model_hash)
+        prompts = {str(n): random_prompt(args.seed, f"bench/{n}", n, args.vocab) for n in PROMPT_LENGTHS}
+        (out / "prompts.json").write_text(json.dumps(prompts))
+        manifest = {"what": "random GPT-2 + ReLU transcoders, dictionaries only (bench/README.md)",
+                    "shape": args.shape, "seed": args.seed, "vocab_size": args.vocab, "n_layers": N_LAYERS,
+                    "d_model": D_MODEL, "n_heads": N_HEADS, "d_transcoder": D_TC, "activation": "relu",
+                    "target_active_per_token_per_layer": args.target_active,
+                    "calibration": {"prompts": args.calib_prompts, "length": args.calib_len},
+                    "prompt_lengths_incl_bos": list(PROMPT_LENGTHS),
+                    "hashes": {"model.safetensors": model_hash}}
+        (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        print(f"wrote {out} in {time.time() - t0:.1f}s (model, native dictionaries, prompts)")
+        return 0
     tcs = build_transcoders(model, args.seed, args.vocab, args.target_active, args.calib_prompts,
                             args.calib_len)
     write_circuit_tracer_set(tcs, out / "transcoders_ct")
     native_writer = write_native_set(tcs, out / "dictionaries", model_hash)
     write_clt(build_clt(tcs, args.seed), out, model_hash)
+    # the resid_mid CLT: the same unit encoder rows, biases calibrated on the residual before ln_2
+    calib = calibration_prompts(args.seed, args.vocab, args.calib_prompts, args.calib_len)
+    resid_calib, _ = mlp_inputs(model, calib, resid_mid=True)
+    q = 1.0 - args.target_active / D_TC
+    tcs_resid = {layer: {**t, "b_enc": calibrated_bias(resid_calib[layer], t["W_enc"], q).contiguous()}
+                 for layer, t in tcs.items()}
+    del resid_calib
+    write_clt(build_clt(tcs_resid, args.seed, "resid_mid"), out, model_hash, prefix="clt_resid")
 
     # Benchmark prompts (held out from the calibration prompts), their logits and activations.
     prompts = {str(n): random_prompt(args.seed, f"bench/{n}", n, args.vocab) for n in PROMPT_LENGTHS}
@@ -343,6 +410,10 @@ def main(argv: list[str] | None = None) -> int:
         acts[:, 0] = 0.0  # BOS: circuit-tracer zeroes position 0, and so should the engine
         reference[f"logits_last/{n}"] = logits[0, -1].contiguous()
         reference[f"activations/{n}"] = acts.contiguous()
+        rs, _ = mlp_inputs(model, torch.tensor([ids]), resid_mid=True)
+        acts_resid = torch.stack([encode(tcs_resid[layer], rs[layer][0]) for layer in range(N_LAYERS)])
+        acts_resid[:, 0] = 0.0
+        reference[f"clt_resid_activations/{n}"] = acts_resid.contiguous()
         active_stats[n] = [float((acts[layer, 1:] > 0).sum(-1).float().mean()) for layer in range(N_LAYERS)]
     save_file(reference, str(out / "reference.safetensors"))
 

@@ -7,6 +7,8 @@ venv::
 
 With ``--clt`` (issue #19) the cross-layer transcoder of ``clt_dictionaries/`` against circuit-tracer's graph
 of ``clt_ct/`` (``run.py --clt --dump-npz``): a CLT feature is one node in both, whatever layers it writes to.
+``--clt-resid``: the CLT reading ``hook_resid_mid`` (``clt_resid_dictionaries/`` against ``clt_resid_ct/``'s
+graph, ``run.py --clt-resid --dump-npz``).
 
 Both graphs are matched by node identity (feature = (layer, pos, index), error = (layer, pos), token
 embedding = pos, logit = token id) and every edge that circuit-tracer's graph can express is compared:
@@ -124,12 +126,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bench-dir", type=Path, default=DEFAULT_BENCH_DIR)
     ap.add_argument("--npz", type=Path, default=None,
                     help="circuit-tracer's graph (default: <bench-dir>/../ct_graph_16.npz, with --clt "
-                         "<bench-dir>/../ct_clt_graph_16.npz)")
-    ap.add_argument("--clt", action="store_true", help="compare the cross-layer transcoder (clt_dictionaries/)")
+                         "<bench-dir>/../ct_clt_graph_16.npz, with --clt-resid <bench-dir>/../ct_clt_resid_graph_16.npz)")
+    ap.add_argument("--clt", dest="clt", action="store_const", const="clt",
+                    help="compare the cross-layer transcoder (clt_dictionaries/)")
+    ap.add_argument("--clt-resid", dest="clt", action="store_const", const="clt_resid",
+                    help="compare the cross-layer transcoder reading hook_resid_mid (clt_resid_dictionaries/)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    npz = args.npz or args.bench_dir.parent / ("ct_clt_graph_16.npz" if args.clt else "ct_graph_16.npz")
-    print(json.dumps(compare(args.bench_dir, npz, "clt_dictionaries" if args.clt else "dictionaries"), indent=2))
+    npz = args.npz or args.bench_dir.parent / (f"ct_{args.clt}_graph_16.npz" if args.clt else "ct_graph_16.npz")
+    print(json.dumps(compare(args.bench_dir, npz, f"{args.clt}_dictionaries" if args.clt else "dictionaries"),
+                     indent=2))
     return 0
 
 

@@ -83,9 +83,9 @@ def reset_hwm() -> None:
 # worker side: one subprocess per measurement
 # --------------------------------------------------------------------------------------------------
 
-def load_replacement_model(bench_dir: Path, clt: bool = False):
+def load_replacement_model(bench_dir: Path, clt: str | None = None):
     """circuit-tracer's TransformerLens ReplacementModel of the bench model, loaded offline; with ``clt``
-    the cross-layer transcoder of ``clt_ct/`` instead of the transcoder set."""
+    ("clt" or "clt_resid") the cross-layer transcoder of ``{clt}_ct/`` instead of the transcoder set."""
     import torch
     import yaml
     from circuit_tracer import ReplacementModel
@@ -94,7 +94,7 @@ def load_replacement_model(bench_dir: Path, clt: bool = False):
     from transformers import AutoTokenizer, GPT2LMHeadModel
 
     model_dir = (bench_dir / "model").resolve()
-    tc_dir = (bench_dir / ("clt_ct" if clt else "transcoders_ct")).resolve()
+    tc_dir = (bench_dir / (f"{clt}_ct" if clt else "transcoders_ct")).resolve()
     for p in (model_dir / "config.json", tc_dir / "config.yaml"):
         if not p.exists():
             raise SystemExit(f"{p} is missing: build the benchmark model first with the MAIN venv: "
@@ -147,7 +147,7 @@ def graph_stats(graph, n_layers: int) -> dict:
 
 
 def worker_time(bench_dir: Path, length: int, batch_size: int, repeats: int,
-                max_feature_nodes: int | None = None, clt: bool = False) -> dict:
+                max_feature_nodes: int | None = None, clt: str | None = None) -> dict:
     """Warm-up + ``repeats`` timed ``attribute`` calls on the LEN-token prompt at batch size BS (``repeats``
     0: the first call is the timed one)."""
     import torch
@@ -202,7 +202,7 @@ def worker_time(bench_dir: Path, length: int, batch_size: int, repeats: int,
     }
 
 
-def worker_verify(bench_dir: Path, npz_path: Path | None, clt: bool = False) -> dict:
+def worker_verify(bench_dir: Path, npz_path: Path | None, clt: str | None = None) -> dict:
     """Check TransformerLens + circuit-tracer against the HF reference; optionally dump a graph."""
     import numpy as np
     import torch
@@ -216,7 +216,9 @@ def worker_verify(bench_dir: Path, npz_path: Path | None, clt: bool = False) -> 
     ok = True
     for n, ids in prompts.items():
         logits, acts = model.get_activations(torch.tensor(ids), sparse=False)  # acts [L, pos, d_tc]
-        ref_logits, ref_acts = ref[f"logits_last/{n}"], ref[f"activations/{n}"]
+        # the resid_mid CLT has its own reference activations; the mlp_in CLT shares the transcoders' encoders
+        ref_logits = ref[f"logits_last/{n}"]
+        ref_acts = ref[f"clt_resid_activations/{n}" if clt == "clt_resid" else f"activations/{n}"]
         logit_err = float((logits[0, -1] - ref_logits).abs().max())
         act_err = float((acts - ref_acts).abs().max())
         # Gates must agree exactly except where a pre-activation sits within float noise of zero.
@@ -295,7 +297,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="dump circuit-tracer's 16-token graph (default path: %(const)s)")
     ap.add_argument("--skip-verify", action="store_true", help="skip the same-function check")
     ap.add_argument("--max-feature-nodes", type=int, default=None, help="circuit-tracer's node budget")
-    ap.add_argument("--clt", action="store_true", help="the cross-layer transcoder (clt_ct/, issue #19) instead "
+    ap.add_argument("--clt-resid", dest="clt", action="store_const", const="clt_resid",
+                    help="the cross-layer transcoder reading hook_resid_mid (clt_resid_ct/) instead of the "
+                    "per-layer transcoders")
+    ap.add_argument("--clt", dest="clt", action="store_const", const="clt",
+                    help="the cross-layer transcoder (clt_ct/, issue #19) instead "
                     "of the per-layer transcoders")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -314,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         # Skip interpreter teardown: circuit-tracer's ReplacementModel.__del__ raises during it.
         os._exit(0)
 
-    common = ["--bench-dir", str(args.bench_dir), "--threads", str(args.threads), *(["--clt"] if args.clt else [])]
+    common = ["--bench-dir", str(args.bench_dir), "--threads", str(args.threads), *([f"--{args.clt.replace('_', '-')}"] if args.clt else [])]
     report: dict = {
         "tool": "circuit-tracer", "versions": versions(), "python": platform.python_version(),
         "bench_dir": str(args.bench_dir), "threads": args.threads, "cpu_count": os.cpu_count(), "clt": args.clt,

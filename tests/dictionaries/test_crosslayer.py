@@ -88,6 +88,24 @@ def test_set_refuses_per_layer_transcoders_beside_a_clt():
     assert clt_of(ds) is ds.clt and [k for k, _ in ds] == [(0, "attn")]
 
 
+def test_len_counts_the_sites_replaced_as_for_a_per_site_set(tmp_path: Path):
+    """len of a set = the sites it replaces (the registry's n_dictionaries): attention SAEs on every layer plus
+    a CLT replace as many sites as attention SAEs plus a transcoder per layer; a CLT alone, one per layer."""
+    saes = {(i, "attn"): random_dictionary(kind="sae", d_in=D, layer=i, seed=i) for i in range(L)}
+    tcs = {(i, "mlp"): random_dictionary(d_in=D, layer=i, seed=10 + i) for i in range(L)}
+    per_site, with_clt = DictionarySet({**saes, **tcs}), CLTDictionarySet(saes, clt=random_clt())
+    assert len(per_site) == len(with_clt) == 2 * L
+    assert len(CLTDictionarySet({}, clt=random_clt())) == L
+    assert len(CLTDictionarySet({}, clt=random_clt(n_layers=5))) == 5
+    # read back from either format, the count is the same
+    save_dictionary_set(with_clt, tmp_path / "native")
+    assert len(load_dictionary_set(tmp_path / "native")) == 2 * L
+    write_circuit_tracer_clt(CLTDictionarySet({}, clt=random_clt()), tmp_path / "ct")
+    assert len(load_dictionary_set(tmp_path / "ct")) == L
+    with pytest.raises(ValueError, match="holds only the CLT"):
+        write_circuit_tracer_clt(with_clt, tmp_path / "ct2")
+
+
 # -- circuit-tracer's layout ---------------------------------------------------------------------
 
 def ct_clt_fixture(path: Path, jumprelu: bool, input_hook: str = "hook_resid_mid", skip: bool = False) -> list[dict]:
@@ -126,7 +144,7 @@ def test_circuit_tracer_clt_reader_matches_its_formula(tmp_path: Path, jumprelu,
     assert detect_format(tmp_path / "ct") == "circuit-tracer"
     ds = load_dictionary_set(tmp_path / "ct")
     clt = clt_of(ds)
-    assert isinstance(ds, CLTDictionarySet) and clt is not None and len(ds) == 0
+    assert isinstance(ds, CLTDictionarySet) and clt is not None and not ds.dictionaries and len(ds) == L
     assert (clt.cfg.activation, clt.cfg.input_site, ds.model_name) == ("jumprelu" if jumprelu else "relu",
                                                                      "resid_mid", "toy-gpt2")
     assert len(clt.cfg.extra["ignored_tensors"]) == (L if skip else 0)  # skip weights ignored, as circuit-tracer does

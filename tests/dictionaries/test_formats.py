@@ -25,6 +25,8 @@ from workers.dictionaries.formats import (
     write_circuit_tracer,
     write_saelens,
 )
+from workers.dictionaries.formats.lazy import is_mapped
+from workers.dictionaries.formats.native import save_native_streaming
 from workers.dictionaries.modules import DictionarySet
 
 D, S = 8, 24  # d_model, d_sae
@@ -260,6 +262,59 @@ def test_ln2_hook_normalized_is_folded_with_the_model(tmp_path: Path):
         with torch.no_grad():
             assert torch.allclose(ds[(i, "mlp")](mlp_in), circuit_tracer_formula(w, normalized, "relu"), atol=1e-4)
     assert ds[(0, "mlp")].cfg.extra["input_space"] == "site"
+
+
+# -- lazy loading (formats/lazy.py) -------------------------------------------------------------
+
+@pytest.mark.parametrize("activation,skip", [("relu", False), ("jumprelu", True), ("topk", False)])
+def test_lazy_circuit_tracer_load_is_mapped_and_matches_the_formula(tmp_path: Path, activation, skip):
+    layers = circuit_tracer_fixture(tmp_path / "ct", 2, activation, skip)
+    lazy, eager = load_dictionary_set(tmp_path / "ct", lazy=True), load_dictionary_set(tmp_path / "ct")
+    x = x_batch() - 1.0
+    for i, w in enumerate(layers):
+        d = lazy[(i, "mlp")]
+        assert is_mapped(d.W_enc) and is_mapped(d.W_dec) and (d.W_skip is None or is_mapped(d.W_skip))
+        assert d.cfg == eager[(i, "mlp")].cfg
+        assert torch.allclose(d(x), circuit_tracer_formula(w, x, activation), atol=1e-4)
+    assert lazy.content_hash() == eager.content_hash()
+
+
+def test_lazy_fold_writes_to_memory_not_to_the_file(tmp_path: Path):
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=16, n_embd=D, n_layer=2, n_head=2)).eval()
+    with torch.no_grad():
+        for blk in model.transformer.h:
+            blk.ln_2.weight.uniform_(0.5, 1.5)
+            blk.ln_2.bias.normal_()
+    circuit_tracer_fixture(tmp_path / "ct", 2, "relu", True, input_hook="ln2.hook_normalized")
+    before = [(tmp_path / "ct" / f"layer_{i}.safetensors").read_bytes() for i in range(2)]
+    lazy = load_dictionary_set(tmp_path / "ct", model=model, lazy=True)
+    eager = load_dictionary_set(tmp_path / "ct", model=model)
+    assert [(tmp_path / "ct" / f"layer_{i}.safetensors").read_bytes() for i in range(2)] == before
+    x = x_batch()
+    for key, d in eager:
+        assert torch.equal(lazy[key](x), d(x))
+
+
+def test_lazy_load_of_other_dtypes_reads_and_converts(tmp_path: Path):
+    layers = circuit_tracer_fixture(tmp_path / "ct", 1, "relu", False)
+    save_file({k: v.to(torch.bfloat16) for k, v in layers[0].items()}, str(tmp_path / "ct" / "layer_0.safetensors"))
+    d = load_dictionary_set(tmp_path / "ct", lazy=True)[(0, "mlp")]
+    assert not is_mapped(d.W_dec) and d.W_dec.dtype == torch.float32
+    assert torch.equal(d.W_dec.detach(), layers[0]["W_dec"].to(torch.bfloat16).float())
+
+
+def test_streaming_native_writer_writes_what_save_native_writes(tmp_path: Path):
+    members = {(0, "attn"): random_dictionary("topk", kind="sae", d_in=D, d_dict=S, k=4, seed=1),
+               (0, "mlp"): random_dictionary("jumprelu", skip=True, d_in=D, d_dict=S, seed=2),
+               (1, "mlp"): random_dictionary("relu", d_in=D, d_dict=S, seed=3, layer=1)}
+    ds = DictionarySet(members, model_name="toy", model_hash="abc")
+    save_dictionary_set(ds, tmp_path / "a")
+    save_native_streaming((members[k] for k in [(1, "mlp"), (0, "attn"), (0, "mlp")]), tmp_path / "b", "toy", "abc")
+    for f in sorted(p.name for p in (tmp_path / "a").iterdir()):
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+    with pytest.raises(ValueError, match="same"):
+        save_native_streaming([members[(0, "mlp")], members[(0, "mlp")]], tmp_path / "c")
 
 
 # -- lm-saes -----------------------------------------------------------------------------------

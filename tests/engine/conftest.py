@@ -148,13 +148,28 @@ PROMPTS = [
 MAKERS = {"gpt2": make_gpt2, "llama": make_llama, "gemma3": make_gemma3}
 
 
-# every identity test runs on per-layer transcoders and on a cross-layer transcoder ("+clt")
-@pytest.fixture(scope="module", params=[*MAKERS, "gpt2+clt", "llama+clt", "gemma3+clt"])
-def lin(request) -> Linearised:
+def lazily_loaded(lin: Linearised, where) -> Linearised:
+    """``lin`` with its dictionary set written in the native format and loaded back lazily (memory-mapped)."""
+    from workers.dictionaries.formats import load_dictionary_set, save_dictionary_set
+
+    save_dictionary_set(lin.dictionaries, where)
+    return Linearised(lin.model, load_dictionary_set(where, lazy=True))
+
+
+# every identity test runs on per-layer transcoders and on cross-layer transcoders: "+clt" reads the MLP
+# input, "+clt-resid" the residual before the pre-MLP norm (hook_resid_mid, circuit-tracer's default); and on
+# GPT-2 with its dictionaries memory-mapped ("+lazy": load_dictionary_set(lazy=True))
+CLT_SITES = {"clt": "mlp_in", "clt-resid": "resid_mid"}
+
+
+@pytest.fixture(scope="module",
+                params=[*MAKERS, *(f"{a}+{c}" for c in CLT_SITES for a in MAKERS), "gpt2+lazy", "gpt2+clt+lazy"])
+def lin(request, tmp_path_factory) -> Linearised:
     n_layer, d = 3, 64
-    arch, _, clt = request.param.partition("+")
+    arch, *variants = request.param.split("+")
     model = MAKERS[arch](n_layer, d)
-    dicts = make_clt_dicts(n_layer, d) if clt else make_dicts(model, n_layer, d)
+    clt = next((CLT_SITES[v] for v in variants if v in CLT_SITES), None)
+    dicts = make_clt_dicts(n_layer, d, input_site=clt) if clt else make_dicts(model, n_layer, d)
     lin = Linearised(model, dicts)
     calibrate(lin, PROMPTS[0])
-    return lin
+    return lazily_loaded(lin, tmp_path_factory.mktemp("lazy")) if "lazy" in variants else lin

@@ -65,3 +65,13 @@ def test_cli_device_and_dtype(run_cli, tmp_path):  # noqa: ANN001
     if not torch.cuda.is_available():  # on a GPU machine 'cuda' is valid; the refusal is for a machine without one
         nogpu = run_cli("--device", "cuda")
         assert nogpu.exit_code != 0 and "sees no CUDA device" in nogpu.output
+
+
+def test_cli_lazy_and_eager_dictionaries_give_the_same_graph(run_cli, tmp_path):  # noqa: ANN001
+    for mode in ("--lazy", "--eager"):
+        res = run_cli(mode, "--max-feature-nodes", "8", "--out", str(tmp_path / mode))
+        assert res.exit_code == 0, res.output
+    lazy, eager = Graph.load(tmp_path / "--lazy"), Graph.load(tmp_path / "--eager")
+    assert lazy.node_ids == eager.node_ids
+    assert torch.equal(lazy.adjacency.to_dense(), eager.adjacency.to_dense())
+    assert lazy.provenance["dictionary_hash"] == eager.provenance["dictionary_hash"]

@@ -290,9 +290,42 @@ def test_live_intervention_runs_and_matches_clean(lin):
     live = live_values(lin, tr, tg, [{}])[0]
     assert (frozen - live).abs().max() < _tol(frozen)
     rec = tr.sites[(0, "mlp")]
-    node = ids.feat_id(0, "mlp", int(rec.pos_idx[0]), int(rec.feat_idx[0]))
+    j = int(rec.acts.argmax())  # the strongest feature: a weak one's effect can round away in fp32
+    node = ids.feat_id(0, "mlp", int(rec.pos_idx[j]), int(rec.feat_idx[j]))
     ablated = live_values(lin, tr, tg, [{node: 0.0}])[0]
     assert not torch.equal(ablated, live)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("input_site", ["resid_mid", "mlp_in"])
+def test_clt_reads_its_input_site(arch, input_site):
+    """A CLT reading ``resid_mid`` reads the residual before the pre-MLP norm: with no norm between the
+    attention's output and that residual (GPT-2, Llama), the edge from layer ℓ's attention error node at
+    position p to a feature f of source layer ℓ at p is exactly ``err · W_enc[f]``. One reading the MLP
+    input sees that error through the frozen norm (``s · P(γ ⊙ W_enc[f])``): the same formula is then off."""
+    from tests.engine.conftest import MAKERS, calibrate, make_clt_dicts
+    from workers.engine.linearise import Linearised
+
+    lin = Linearised(MAKERS[arch](3, 64), make_clt_dicts(3, 64, input_site=input_site))
+    calibrate(lin, PROMPTS[0])
+    assert lin.reads_resid_mid == (input_site == "resid_mid")
+    tr = lin.trace(PROMPTS[0])
+    g = build_graph(lin, tr, T.top_logits(lin, tr))
+    A = g.dense()
+    checked, worst, scale = 0, 0.0, 0.0
+    for layer in range(1, 3):
+        rec, err = tr.sites[(layer, "mlp")], tr.sites[(layer, "attn")].err
+        W_enc = rec.dictionary.W_enc.detach()
+        for p, f in zip(rec.pos_idx.tolist(), rec.feat_idx.tolist(), strict=True):
+            edge = A[g.index(ids.feat_id(layer, "mlp", p, f)), g.index(ids.err_id(layer, "attn", p))]
+            expected = err[p] @ W_enc[f]
+            worst, scale = max(worst, abs(float(edge - expected))), max(scale, abs(float(expected)))
+            checked += 1
+    assert checked > 20 and scale > 0.1
+    if input_site == "resid_mid":
+        assert worst < _tol(scale), worst
+    else:
+        assert worst > 0.1 * scale
 
 
 def test_save_load_roundtrip_and_neuronpedia(graphs, tmp_path):

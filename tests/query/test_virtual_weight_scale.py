@@ -15,7 +15,7 @@ import time
 import pytest
 import torch
 
-from tests.engine.conftest import calibrate, make_clt_dicts, make_dicts, make_gpt2, make_llama
+from tests.engine.conftest import CLT_SITES, calibrate, make_clt_dicts, make_dicts, make_gpt2, make_llama
 from workers.analysis.virtual_weights import average_norm_scales, norm_gains, pre_mlp_norms, virtual_weights
 from workers.dictionaries.crosslayer.module import clt_of
 from workers.engine.attribution import attribute
@@ -50,12 +50,13 @@ def _residual_edges(g, dset_id: str) -> list[tuple[str, str, int, float, float]]
     return out
 
 
-@pytest.fixture(scope="module", params=["gpt2", "llama", "gpt2+clt", "llama+clt"])
+@pytest.fixture(scope="module", params=["gpt2", "llama", "gpt2+clt", "llama+clt", "gpt2+clt-resid", "llama+clt-resid"])
 def spliced(request):  # noqa: ANN001, ANN201
     arch, _, clt = request.param.partition("+")
     model = {"gpt2": make_gpt2, "llama": make_llama}[arch](N_LAYER + (1 if clt else 0), D)
-    # a CLT over three layers, so that a layer-0 feature reaches layer 2 through two writes
-    dicts = (make_clt_dicts(N_LAYER + 1, D, d_dict=D_DICT) if clt
+    # a CLT over three layers, so that a layer-0 feature reaches layer 2 through two writes; "clt-resid"
+    # reads the residual before the pre-MLP norm (no norm on the read path: VW·a is the edge at every position)
+    dicts = (make_clt_dicts(N_LAYER + 1, D, d_dict=D_DICT, input_site=CLT_SITES[clt]) if clt
              else make_dicts(model, N_LAYER, D, d_dict=D_DICT, skip=False))
     lin = Linearised(model, dicts)
     calibrate(lin, torch.tensor(PROMPT))
@@ -101,7 +102,7 @@ def test_vw_times_activation_is_the_edge_when_the_scale_is_the_average(spliced):
     tol = 1e-6 * max(1.0, max(abs(e[4]) for e in edges))
     for src, tgt, pos, act, w in edges:
         layer = int(tgt.split("/L")[1].split(".")[0])
-        ratio = float(mult[layer][pos]) * avg[layer].sigma
+        ratio = 1.0 if lin.reads_resid_mid else float(mult[layer][pos]) * avg[layer].sigma
         assert act * vw[(src, tgt)] * ratio == pytest.approx(w, rel=1e-4, abs=tol), (src, tgt, pos)
 
 

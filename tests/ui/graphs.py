@@ -29,7 +29,10 @@ def _random_dictionary(layer: int, site: str, d_model: int, d_dict: int, gen: to
     return d
 
 
-def build_record(n_layer: int = 3, d_model: int = 48, d_dict: int = 128, seed: int = 0) -> GraphRecord:
+def build_record(n_layer: int = 3, d_model: int = 48, d_dict: int = 128, seed: int = 0,
+                 clt: str | None = None) -> GraphRecord:
+    """``clt``: an input site ("mlp_in" / "resid_mid"): attention SAEs plus one random cross-layer transcoder
+    (tests/engine/conftest.py's, encoder biases calibrated on the prompt) instead of per-layer transcoders."""
     torch.manual_seed(seed)
     tok = build_tokenizer()
     cfg = GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=d_model, n_layer=n_layer, n_head=4,
@@ -37,9 +40,18 @@ def build_record(n_layer: int = 3, d_model: int = 48, d_dict: int = 128, seed: i
                      eos_token_id=tok.eos_token_id)
     model = GPT2LMHeadModel(cfg).eval()
     gen = torch.Generator().manual_seed(seed)
-    dicts = {(layer, site): _random_dictionary(layer, site, d_model, d_dict, gen)
-             for layer in range(n_layer) for site in ("attn", "mlp")}
-    lin = Linearised(model, DictionarySet(dicts, model_name="ui-test-gpt2"))
+    if clt is not None:
+        from tests.engine.conftest import calibrate, random_clt
+        from workers.dictionaries.crosslayer.module import CLTDictionarySet
+
+        attn = {(layer, "attn"): _random_dictionary(layer, "attn", d_model, d_dict, gen) for layer in range(n_layer)}
+        lin = Linearised(model, CLTDictionarySet(attn, model_name="ui-test-gpt2", clt=random_clt(
+            n_layer, d_model, d_dict, gen, input_site=clt)))
+        calibrate(lin, torch.tensor(tok(PROMPT)["input_ids"]), target_active=4.0)
+    else:
+        dicts = {(layer, site): _random_dictionary(layer, site, d_model, d_dict, gen)
+                 for layer in range(n_layer) for site in ("attn", "mlp")}
+        lin = Linearised(model, DictionarySet(dicts, model_name="ui-test-gpt2"))
     graph = attribute(lin, PROMPT, ["top"], tokenizer=tok)
     tag = uuid.uuid4().hex[:10]
     return graph_to_record(graph, graph_id=f"ui-{tag}", prompt_id=f"ui-p-{tag}", corpus_id=f"ui-c-{tag}",

@@ -311,3 +311,45 @@ def test_global_circuit_page(browser, api_url, api, stored_graph, artifacts_dir)
     assert shown["upstream"] == expected["upstream"] and shown["downstream"] == expected["downstream"]
     assert shown["circles"] == 1 + len(expected["upstream"]) + len(expected["downstream"])
     browser.save_screenshot(str(artifacts_dir / "global_circuit.png"))
+
+
+@pytest.fixture(scope="module")
+def clt_graph(neo4j_driver, settings):  # noqa: ANN001, ANN201 - GraphRecord
+    """A graph of attention SAEs plus a cross-layer transcoder reading hook_resid_mid, stored by the writer."""
+    import torch
+
+    from tests.ui.graphs import build_record
+    from workers.store.writer import delete_graph, write_graph
+
+    torch.set_num_threads(1)
+    rec = build_record(clt="resid_mid")
+    write_graph(neo4j_driver, rec, database=settings.neo4j_database)
+    yield rec
+    delete_graph(neo4j_driver, rec.graph_id, database=settings.neo4j_database)
+
+
+def test_clt_features_are_drawn_at_their_source_layer(browser, api_url, api, clt_graph, artifacts_dir) -> None:  # noqa: ANN001
+    """Issue 19: a CLT feature is one node, drawn in the row of the MLP site of its source layer (the layer
+    whose residual it reads), whatever later layers it writes to; everything the API serves is drawn."""
+    rec = clt_graph
+    top = len(rec.nodes)
+    shown = open_graph(browser, api_url, rec.graph_id, top)
+    expected = api_circuit(api, rec.graph_id, max_nodes=top)
+    assert (shown["nodes"], shown["edges"]) == (len(expected["nodes"]), len(expected["edges"]))
+    assert shown["nodes"] == top
+    drawn = dict(browser.execute_script("""
+        const L = window.atlas.graph.scene.layout;
+        return [...L.index.entries()].map(([id, i]) => {
+            const row = L.rows.find(r => L.y[i] >= r.top && L.y[i] < r.top + r.height);
+            return [id, row ? row.label : null];
+        });"""))
+    clt_feats = [n for n in rec.nodes if n.kind == "feature" and n.dictionary.endswith(".mlp")]
+    assert {n.layer for n in clt_feats} == {0, 1, 2} and len(clt_feats) > 20
+    for n in clt_feats:
+        assert drawn[n.node_id] == f"L{n.layer}.mlp", (n.node_id, drawn[n.node_id])
+    # each feature once (one node id per CLT feature), and edges from a source layer's features to features
+    # two layers up are among those drawn (the CLT writes there directly)
+    assert len({n.node_id for n in clt_feats}) == len(clt_feats)
+    layer_of = {n.node_id: n.layer for n in clt_feats}
+    assert any(layer_of.get(e["source"]) == 0 and layer_of.get(e["target"]) == 2 for e in expected["edges"])
+    browser.save_screenshot(str(artifacts_dir / "graph_clt.png"))

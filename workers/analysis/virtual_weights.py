@@ -23,7 +23,9 @@ the attribution graphs use.
 
 A cross-layer transcoder feature of source layer ℓ is one source whose ``W_dec[s]`` is the sum of its writes
 to the MLP outputs of layers ℓ..l−1 (those before the target's MLP at layer l), and one target like a
-transcoder feature (its encoder reads the MLP input).
+transcoder feature when its encoder reads the MLP input. A CLT reading ``resid_mid`` (the residual before the
+pre-MLP norm) has no norm on its read path: ``VW[s, t] = W_dec[s] · W_enc[t]``, no gain, centring or scale,
+and ``a_s · VW[s, t]`` is the residual-only edge at every position.
 
 Attention OV paths are not included (they depend on the prompt's attention pattern). Sources must come
 earlier in the residual stream: attn of layer l and MLP of layer l' < l feed the MLP of layer l.
@@ -97,11 +99,13 @@ def virtual_weights(dset: DictionarySet, dictionary_set_id: str, *, top_k: int =
         if st != "mlp":
             continue
         reader = tgt.W_enc.detach().float()  # [d_t, d_model]
-        if gamma is not None and lt in gamma:
-            reader = reader * gamma[lt].detach().float()[None, :]
-        if centre:  # after the gain: the gradient of W·(γ ⊙ (x − mean x)) is P(γ ⊙ W)
-            reader = reader - reader.mean(dim=1, keepdim=True)
-        reader = reader / float((scale or {}).get(lt, 1.0))
+        reads_resid = isinstance(tgt, SourceLayer) and tgt.clt.cfg.input_site == "resid_mid"
+        if not reads_resid:  # read through the frozen pre-MLP norm
+            if gamma is not None and lt in gamma:
+                reader = reader * gamma[lt].detach().float()[None, :]
+            if centre:  # after the gain: the gradient of W·(γ ⊙ (x − mean x)) is P(γ ⊙ W)
+                reader = reader - reader.mean(dim=1, keepdim=True)
+            reader = reader / float((scale or {}).get(lt, 1.0))
         sources = [(key, d) for key, d in members if _feeds(key, (lt, st))]
         if not sources:
             continue

@@ -25,7 +25,9 @@ position-diagonal factor ``s_q · (·) F`` between the residual and the sublayer
 the position maps (``diag(s_post)·pattern·diag(s_pre)``), the feature maps (``F_post · W_O W_V``, a skip
 ``F_post · W_skip · F_pre``) and the read-out of the sites' leaves (the δ leaves sit at the sublayers'
 outputs, before the post-norms). QK-norm and Gemma's scaled embeddings only change frozen quantities (the
-patterns, the embedding leaf's value), not the transpose. QK targets use autograd. ``AdjointModel.build``
+patterns, the embedding leaf's value), not the transpose. A cross-layer transcoder reading ``resid_mid``
+reads the mid-point residual itself: its rows start there, without the pre-MLP norm's factor. QK targets
+use autograd. ``AdjointModel.build``
 checks itself numerically against autograd once per model and dictionary set, so an unrecognised
 architecture falls back instead of giving wrong edges.
 """
@@ -282,10 +284,10 @@ class AdjointModel:
         elif t.kind == "resid":
             assert t.layer is not None
             k, nrm = t.layer, None
-        elif t.site == "mlp":  # in:L{l}.mlp
+        elif t.site == "mlp":  # in:L{l}.mlp: the MLP's input, behind the frozen pre-MLP norm, or M_l itself
             assert t.layer is not None
             k = t.layer
-            nrm, at_mid = self.ln2[k], True
+            nrm, at_mid = (None if self.lin.reads_resid_mid else self.ln2[k]), True
         else:  # in:L{l}.attn: the gradient enters the attention of layer l at its output
             assert t.layer is not None
             layer = t.layer

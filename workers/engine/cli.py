@@ -21,9 +21,10 @@ from workers.vocabulary.defaults import EDGE_THRESHOLD, NODE_THRESHOLD
 console = Console()
 
 
-def load(model_dir: Path, dictionaries_dir: Path, placement: Placement | None = None):
+def load(model_dir: Path, dictionaries_dir: Path, placement: Placement | None = None, lazy: bool = True):
     """(Linearised, tokenizer or None) from a local Hugging Face model directory and a dictionary set, on
-    ``placement``'s device and dtype (default: ATLAS_DEVICE / ATLAS_DTYPE)."""
+    ``placement``'s device and dtype (default: ATLAS_DEVICE / ATLAS_DTYPE); ``lazy``: the dictionaries' matrices
+    memory-mapped (``load_dictionary_set(lazy=True)``; moving them to another device or dtype copies them)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -42,7 +43,7 @@ def load(model_dir: Path, dictionaries_dir: Path, placement: Placement | None = 
         tok = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     except (OSError, ValueError):
         tok = None
-    dicts = load_dictionary_set(dictionaries_dir, model)
+    dicts = load_dictionary_set(dictionaries_dir, model, lazy=lazy)
     return Linearised(model, dicts).place(placement), tok
 
 
@@ -61,6 +62,9 @@ def attribute(
              "and position; rows stay complete). Default: every active feature"),
     device: str | None = typer.Option(None, help="cpu | cuda | cuda:N (default: ATLAS_DEVICE, else cpu)"),
     dtype: str | None = typer.Option(None, help="weights' dtype: fp32 | bf16 (default: ATLAS_DTYPE, else fp32)"),
+    lazy: bool = typer.Option(True, "--lazy/--eager",
+                              help="memory-map the dictionaries' matrices (native and circuit-tracer transcoder sets): "
+                                   "decoder rows are read for active features only, as reclaimable page cache"),
     node_threshold: float = typer.Option(NODE_THRESHOLD, help="influence pruning: node threshold"),
     edge_threshold: float = typer.Option(EDGE_THRESHOLD, help="influence pruning: edge threshold"),
     top: int = typer.Option(15, help="nodes to list"),
@@ -77,7 +81,7 @@ def attribute(
         placement = Placement(device or default.device, dtype or default.dtype)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
-    lin, tok = load(model, dictionaries, placement)
+    lin, tok = load(model, dictionaries, placement, lazy=lazy)
     if ids_input:
         text_or_ids: str | list[int] = [int(x) for x in prompt.split(",") if x.strip()]
     else:

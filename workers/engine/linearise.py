@@ -14,7 +14,8 @@ function registered in transformers' attention interface (so no model's forward 
 
 Readable tensors of a frozen run, each laid out ``[batch, pos, D]``:
   ``in:L{l}.{site}``  the dictionary's input at that site (a feature's pre-activation is
-                       ``W_enc[f]·x + b_enc[f]``); for ``attn`` this is the attention output
+                       ``W_enc[f]·x + b_enc[f]``); for ``attn`` this is the attention output; for ``mlp``
+                       under a CLT reading ``resid_mid``, the residual entering the pre-MLP norm
   ``resid:L{l}``      the residual stream after block l
   ``final``           the last hidden state after the final norm (the unembedding's input)
   ``q:L{l}``/``k:L{l}`` queries / keys (after rotary and QK-norm), heads flattened: ``[B, pos, h*hd]``
@@ -32,6 +33,7 @@ import torch
 from torch import nn
 
 from workers.dictionaries.crosslayer.module import SourceLayer, clt_of
+from workers.dictionaries.formats.hooks import pre_mlp_norm_module
 from workers.dictionaries.modules import Dictionary, DictionarySet
 from workers.engine.norms import NormRecord, fit_norm, frozen_norm_output, is_norm
 from workers.models import sites as model_sites
@@ -146,6 +148,8 @@ class _Run:
     # a cross-layer transcoder's features per source layer, kept for the later layers they write to:
     # record / live: dense activations [..., pos, d_dict]; frozen with ``gate``: (positions, features, a [B, n])
     clt_acts: dict[int, object] = field(default_factory=dict)
+    # record / live, a CLT reading ``resid_mid``: per layer, the residual entering its pre-MLP norm [1, P, d]
+    clt_inputs: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
 def _repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
@@ -260,11 +264,17 @@ class Linearised:
             if self.clt.n_layers != self.n_layers:
                 raise ValueError(f"the cross-layer transcoder spans {self.clt.n_layers} layers; the model has "
                                  f"{self.n_layers}")
-            if self.clt.cfg.input_site != "mlp_in":
+            if self.clt.cfg.input_site not in ("mlp_in", "resid_mid"):
                 raise ValueError(f"the cross-layer transcoder reads {self.clt.cfg.input_site!r}; the engine splices "
-                                 "CLTs that read the MLP input (input_site 'mlp_in'; a file reading "
-                                 "ln2.hook_normalized is folded into it when loaded with model=)")
+                                 "CLTs that read the MLP input ('mlp_in') or the residual before the pre-MLP norm "
+                                 "('resid_mid'); a file reading ln2.hook_normalized is folded into 'mlp_in' when "
+                                 "loaded with model=")
             self._clt_layers = {i: SourceLayer(self.clt, i) for i in range(self.n_layers)}
+        # a CLT reading ``resid_mid``: its features read the input of each block's pre-MLP norm (frozen in the
+        # linearised model, so this is a linear site like the MLP input), caught by a pre-hook on that norm
+        self._resid_reads: dict[int, nn.Module] = {}
+        if self.clt is not None and self.clt.cfg.input_site == "resid_mid":
+            self._resid_reads = {b.index: pre_mlp_norm_module(b.module) for b in self.blocks}
         self.base = model.base_model
         self.embed = model.get_input_embeddings()
         self.pos_embed = self._find_pos_embedding()
@@ -303,6 +313,12 @@ class Linearised:
         self.W_U, self.lm_bias = out_emb.weight, getattr(out_emb, "bias", None)
         return self
 
+    @property
+    def reads_resid_mid(self) -> bool:
+        """Whether ``in:L{l}.mlp`` is the residual entering the pre-MLP norm (a CLT reading ``resid_mid``)
+        rather than the MLP's input."""
+        return bool(self._resid_reads)
+
     def site_dictionary(self, layer: int, site: str) -> Dictionary | SourceLayer | None:
         """The dictionary at a site: the set's, or for an MLP the CLT's source layer (``SourceLayer``)."""
         if site == "mlp" and self._clt_layers:
@@ -335,6 +351,8 @@ class Linearised:
                 elif run.mode == "frozen":
                     m.forward = self._frozen_norm_forward(name, m)  # type: ignore[method-assign]
                     patched.append(m)
+            for layer, norm in self._resid_reads.items():
+                handles.append(norm.register_forward_pre_hook(self._resid_read_hook(layer)))
             for b in self.blocks:
                 handles.append(b.module.register_forward_hook(self._block_hook(b.index)))
                 handles.append(b.attn.register_forward_hook(self._attn_site_hook(b.index)))
@@ -413,6 +431,23 @@ class Linearised:
 
         return forward
 
+    def _resid_read_hook(self, layer: int):
+        """A CLT reading ``resid_mid``: keep the pre-MLP norm's input of ``layer``, the features' input (frozen:
+        the readable ``in:L{layer}.mlp``, so rows flow back through the residual, not through the norm)."""
+        def hook(module, args):
+            run = _active()
+            if run is None:
+                return None
+            if not args:
+                raise RuntimeError(f"the pre-MLP norm of layer {layer} was called without a positional input")
+            if run.mode == "frozen":
+                run.tensors[tn.site_input(layer, "mlp")] = args[0]
+            else:
+                run.clt_inputs[layer] = args[0]
+            return None
+
+        return hook
+
     def _block_hook(self, layer: int):
         def hook(module, args, output):
             run = _active()
@@ -453,7 +488,7 @@ class Linearised:
             run = _active()
             if run is None:
                 return None
-            x = args[0]
+            x = run.clt_inputs[layer] if self._resid_reads else args[0]  # what the features read
             d = self.site_dictionary(layer, "mlp")
             if run.mode == "record":
                 assert run.record is not None
@@ -472,7 +507,8 @@ class Linearised:
         def forward(x, *args, **kwargs):
             run = _active()
             assert run is not None
-            run.tensors[tn.site_input(layer, "mlp")] = x
+            if not self._resid_reads:  # else the pre-MLP norm's pre-hook has set it
+                run.tensors[tn.site_input(layer, "mlp")] = x
             d = self.site_dictionary(layer, "mlp")
             return self._spliced(run, (layer, "mlp"), d, x)
 
@@ -497,7 +533,8 @@ class Linearised:
             # live features with frozen gates: a = pre for every active feature, gradient gated
             m = rec.pos_idx < p
             pi, fi = rec.pos_idx[m], rec.feat_idx[m]
-            pre = (x[:, pi] * d.W_enc[fi]).sum(-1) + d.b_enc[fi]  # [B, n]
+            read = run.tensors[tn.site_input(*key)]  # x, or a resid_mid CLT's residual
+            pre = (read[:, pi] * d.W_enc[fi]).sum(-1) + d.b_enc[fi]  # [B, n]
             a = run.gate(key, pre)  # type: ignore[operator]
             inj = torch.zeros(run.batch, p, out.shape[-1], dtype=out.dtype, device=out.device)
             if isinstance(d, SourceLayer):  # this layer's features and every earlier layer's write here
@@ -711,11 +748,38 @@ def _site_record(layer: int, site: str, d: Dictionary | None, x: torch.Tensor, o
     gate = d.gate(pre)
     acts = pre * gate
     pos_idx, feat_idx = gate.nonzero(as_tuple=True)
-    recon = d.decode(acts)
+    recon = decode_active(d, acts)
     skip = d.skip_out(x)
     if skip is not None:
         recon = recon + skip
     return SiteRecord(layer, site, d, x, out, pos_idx, feat_idx, acts[pos_idx, feat_idx], out - recon)
+
+
+DECODE_CHUNK = 4096  # decoder rows gathered at a time by decode_active (10 MB at d_out 640)
+
+
+def decode_active(d: Dictionary, acts: torch.Tensor) -> torch.Tensor:
+    """``d.decode(acts)`` from the decoder rows of the nonzero activations only: acts [..., d_dict] -> [..., d_out].
+
+    The dense ``acts @ W_dec`` reads every row of the decoder; this gathers ``W_dec[f]`` for the active f, a chunk
+    at a time (``gather_decode``), so a lazily loaded dictionary (``load_dictionary_set(lazy=True)``) pages in only
+    those rows and the gathered copy stays O(chunk · d_out)."""
+    return gather_decode(d.W_dec, acts) + d.b_dec
+
+
+def gather_decode(W: torch.Tensor, acts: torch.Tensor) -> torch.Tensor:
+    """``acts @ W`` from the rows of W of the nonzero activations, ``DECODE_CHUNK`` rows at a time: acts [..., F],
+    W [F, d] (any strides: a CLT's ``decoder(source, target)`` view) -> [..., d] in acts' dtype. Summed in fp32 (a
+    bf16 dictionary's rows too, as a matmul accumulates), position by position in feature order: equal to the dense
+    product to round-off."""
+    flat = acts.reshape(-1, acts.shape[-1])
+    rows, feats = flat.nonzero(as_tuple=True)
+    W = W.detach()
+    out = torch.zeros(flat.shape[0], W.shape[1], dtype=torch.float32, device=acts.device)
+    for i in range(0, len(rows), DECODE_CHUNK):
+        r, f = rows[i:i + DECODE_CHUNK], feats[i:i + DECODE_CHUNK]
+        out.index_add_(0, r, (flat[r, f, None] * W[f]).float())
+    return out.to(acts.dtype).reshape(*acts.shape[:-1], W.shape[1])
 
 
 def _clt_site_record(run: _Run, d: SourceLayer, x: torch.Tensor, out: torch.Tensor) -> SiteRecord:
@@ -737,8 +801,8 @@ def _clt_site_record(run: _Run, d: SourceLayer, x: torch.Tensor, out: torch.Tens
 def _clt_writes(run: _Run, d: SourceLayer) -> torch.Tensor:
     """b_dec[ℓ] + Σ_{s ≤ ℓ} a_s W_dec[s → ℓ] from the dense activations of ``run.clt_acts``."""
     out = d.b_dec
-    for src in range(d.layer + 1):
-        out = out + run.clt_acts[src] @ d.clt.decoder(src, d.layer)  # type: ignore[operator]
+    for src in range(d.layer + 1):  # gathered: a lazily loaded CLT pages in the active features' rows only
+        out = out + gather_decode(d.clt.decoder(src, d.layer), run.clt_acts[src])  # type: ignore[arg-type]
     return out
 
 
@@ -754,9 +818,8 @@ def _live_site_output(
     if isinstance(d, SourceLayer):
         run.clt_acts[key[0]] = acts
         return _clt_writes(run, d) + run.trace.sites[key].err[None, : x.shape[1]]
-    new = d.decode(acts)
+    new = decode_active(d, acts)
     skip = d.skip_out(x)
     if skip is not None:
         new = new + skip
-    assert run.trace is not None
     return new + run.trace.sites[key].err[None, : x.shape[1]]

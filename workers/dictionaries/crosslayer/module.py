@@ -308,6 +308,14 @@ class CLTDictionarySet(DictionarySet):
             raise ValueError(f"per-layer transcoders at {both} and a cross-layer transcoder would both replace "
                              "those MLP outputs; keep one of them")
 
+    def __len__(self) -> int:
+        """The number of sites the set replaces, as for a per-site set (one dictionary per (layer, site)):
+        its attention SAEs plus one per CLT source layer, each the dictionary of its MLP site
+        (``SourceLayer``, ``Linearised.site_dictionary``). Iteration still yields only the per-site members
+        (``dictionaries``); the CLT is ``clt``."""
+        assert self.clt is not None
+        return len(self.dictionaries) + self.clt.n_layers
+
     def content_hash(self) -> str:
         """sha256 over the per-site members' hash and the CLT's."""
         assert self.clt is not None

@@ -81,8 +81,12 @@ def detect_format(path: Path) -> FormatName:
     )
 
 
-def load_dictionary_set(path: Path, model: nn.Module | None = None) -> DictionarySet:
+def load_dictionary_set(path: Path, model: nn.Module | None = None, lazy: bool = False) -> DictionarySet:
     """Load a dictionary set in any supported layout (see the module docstring).
+
+    ``lazy``: dictionaries of the native and circuit-tracer layouts get their float32 matrices (a cross-layer
+    transcoder: its decoders) memory-mapped from their files, not read (``formats/lazy.py``: rows are paged in when
+    touched, as reclaimable page cache); SAELens and lm-saes layouts are read whole.
 
     With ``model``, dictionaries reading ``ln2.hook_normalized`` get the model's pre-MLP norm folded in,
     and every dictionary's d_in is checked against the model's hidden size.
@@ -90,9 +94,9 @@ def load_dictionary_set(path: Path, model: nn.Module | None = None) -> Dictionar
     path = Path(path)
     fmt = detect_format(path)
     if fmt == "native":
-        ds = load_native(path)
+        ds = load_native(path, lazy=lazy)
     elif fmt == "circuit-tracer":
-        ds = read_circuit_tracer(path)
+        ds = read_circuit_tracer(path, lazy=lazy)
     elif fmt in ("saelens", "lm-saes"):
         d = _single(path)
         assert d is not None

@@ -38,6 +38,7 @@ from safetensors.torch import save_file
 
 from workers.dictionaries.crosslayer.module import CLTConfig, CLTDictionarySet, CrossLayerTranscoder, clt_of
 from workers.dictionaries.formats.hooks import clt_input_site, clt_output_hook_ok, parse_hook
+from workers.dictionaries.formats.lazy import lazy_clt, lazy_dictionary, map_safetensors
 from workers.dictionaries.formats.tensors_io import need, read_safetensors, take
 from workers.dictionaries.modules import Dictionary, DictionaryConfig, DictionarySet
 
@@ -72,7 +73,9 @@ def _layer_files(path: Path, cfg: dict[str, Any], cfg_path: Path) -> list[Path]:
     return [path / f"layer_{i}.safetensors" for i in range(max(layers) + 1)]
 
 
-def read_circuit_tracer(path: Path) -> DictionarySet:
+def read_circuit_tracer(path: Path, lazy: bool = False) -> DictionarySet:
+    """Read a transcoder set or CLT; ``lazy``: a transcoder set's matrices, a CLT's decoders, memory-mapped
+    (``formats/lazy.py``)."""
     path = Path(path)
     cfg_path = path / CONFIG
     if not cfg_path.is_file():
@@ -80,7 +83,7 @@ def read_circuit_tracer(path: Path) -> DictionarySet:
     cfg = yaml.safe_load(cfg_path.read_text()) or {}
     kind = need(cfg, "model_kind", cfg_path)
     if kind == "cross_layer_transcoder":
-        return _read_clt(path, cfg, cfg_path)
+        return _read_clt(path, cfg, cfg_path, lazy)
     if kind != "transcoder_set":
         raise ValueError(f"{cfg_path}: model_kind {kind!r} is not supported (transcoder_set or "
                          "cross_layer_transcoder)")
@@ -92,7 +95,7 @@ def read_circuit_tracer(path: Path) -> DictionarySet:
         site_out = parse_hook(f"blocks.{layer}.{hook_out}" if "blocks." not in hook_out else hook_out, "out")
         if site_in.site != "mlp" or site_out.site != "mlp":
             raise ValueError(f"{cfg_path}: {hook_in!r} -> {hook_out!r} is not an MLP transcoder")
-        t = read_safetensors(f)
+        t = map_safetensors(f) if lazy else read_safetensors(f)
         d_tc, d_model = take(t, "b_enc", f).shape[0], take(t, "b_dec", f).shape[0]
         tensors = {"W_enc": take(t, "W_enc", f, (d_tc, d_model)), "W_dec": take(t, "W_dec", f, (d_tc, d_model)),
                    "b_enc": t["b_enc"], "b_dec": t["b_dec"]}
@@ -120,7 +123,7 @@ def read_circuit_tracer(path: Path) -> DictionarySet:
             extra={"source_format": "circuit-tracer", "source": str(f), "feature_input_hook": hook_in,
                    "feature_output_hook": hook_out, "input_space": site_in.space},
         )
-        dicts[(layer, "mlp")] = Dictionary.from_tensors(dcfg, tensors, source=str(f))
+        dicts[(layer, "mlp")] = (lazy_dictionary if lazy else Dictionary.from_tensors)(dcfg, tensors, source=str(f))
     return DictionarySet(dicts, model_name=str(cfg.get("model_name", "")))
 
 
@@ -165,7 +168,7 @@ def write_circuit_tracer(ds: DictionarySet, out_dir: Path, model_name: str | Non
     return out_dir
 
 
-def _read_clt(path: Path, cfg: dict[str, Any], cfg_path: Path) -> CLTDictionarySet:
+def _read_clt(path: Path, cfg: dict[str, Any], cfg_path: Path, lazy: bool = False) -> CLTDictionarySet:
     """A circuit-tracer cross-layer transcoder directory (module doc) -> a set holding the CLT."""
     hook_in, hook_out = need(cfg, "feature_input_hook", cfg_path), need(cfg, "feature_output_hook", cfg_path)
     input_site = clt_input_site(str(hook_in))
@@ -191,7 +194,7 @@ def _read_clt(path: Path, cfg: dict[str, Any], cfg_path: Path) -> CLTDictionaryS
     ignored: list[str] = []
     for i in range(n_layers):
         fe, fd = path / f"W_enc_{i}.safetensors", path / f"W_dec_{i}.safetensors"
-        te, td = read_safetensors(fe), read_safetensors(fd)
+        te, td = read_safetensors(fe), (map_safetensors(fd) if lazy else read_safetensors(fd))
         t = {"W_enc": take(te, f"W_enc_{i}", fe, (d_dict, d_model)), "b_enc": take(te, f"b_enc_{i}", fe, (d_dict,)),
              "b_dec": take(te, f"b_dec_{i}", fe, (d_model,)),
              "W_dec": take(td, f"W_dec_{i}", fd, (d_dict, n_layers - i, d_model))}
@@ -215,7 +218,7 @@ def _read_clt(path: Path, cfg: dict[str, Any], cfg_path: Path) -> CLTDictionaryS
                      activation="jumprelu" if jumprelu else "relu", input_site=input_site,
                      extra={"source_format": "circuit-tracer", "source": str(path), "feature_input_hook": hook_in,
                             "feature_output_hook": hook_out, "ignored_tensors": ignored})
-    clt = CrossLayerTranscoder.from_layer_tensors(ccfg, per_layer, sources)
+    clt = (lazy_clt if lazy else CrossLayerTranscoder.from_layer_tensors)(ccfg, per_layer, sources)
     return CLTDictionarySet({}, model_name=str(cfg.get("model_name", "")), clt=clt)
 
 
@@ -228,7 +231,7 @@ def write_circuit_tracer_clt(ds: DictionarySet, out_dir: Path, model_name: str |
     clt = clt_of(ds)
     if clt is None:
         raise ValueError("the dictionary set has no cross-layer transcoder to write")
-    if len(ds):
+    if ds.dictionaries:
         raise ValueError(f"a circuit-tracer CLT directory holds only the CLT; this set also has {[k for k, _ in ds]}")
     if clt.cfg.activation == "topk":
         raise ValueError("circuit-tracer's cross-layer transcoders are ReLU or JumpReLU; this CLT is TopK")
