@@ -167,7 +167,7 @@ def lexical_check(query: str, limits: CypherLimits) -> None:
 # row by row (by UNWIND) only with literal bounds of at most max_range_items elements. Rows (UNWIND, MATCH,
 # aggregation) stay unlimited here: the timeout and the memory pool stop them.
 _LOOP_START = re.compile(r"(?i)(\[\s*|(?<![\w.:$])(?:all|any|none|single)\s*\(\s*)(\w+)\s+IN\b\s*")
-_LOOP_SOURCE = re.compile(r"(?i)(?:(?:keys|labels|nodes|relationships|range)\s*\(|\[|\$\w)")
+_LOOP_SOURCE = re.compile(r"(?i)(?:(?:keys|labels|nodes|relationships|range)\s*\(|\[|\$\w+)")
 _RANGE = re.compile(r"(?i)(?<![\w.:$])range\s*\(")
 _RANGE_ARGS = re.compile(r"\(\s*(-?\s*\d+)\s*,\s*(-?\s*\d+)\s*(?:,\s*(-?\s*\d+)\s*)?\)")
 _UNWIND_BEFORE = re.compile(r"(?i)\bUNWIND\s*$")
@@ -202,10 +202,10 @@ def expression_check(text: str, limits: CypherLimits) -> None:
     if re.search(r"(?i)(?<![\w.:$])reduce\s*\(", text):
         raise CypherRefused("expression-loop", "reduce() is not allowed: Neo4j cannot stop a loop inside one "
                                                f"expression at the timeout; {hint}")
-    loops = [(m.start(), _closing(text, m.start() + len(m.group(1).rstrip()) - 1), m.end())
+    loops = [(m.start(), _closing(text, m.start() + len(m.group(1).rstrip()) - 1), m.end(), m.group(2))
              for m in _LOOP_START.finditer(text)]
-    for (start, end, source_at), m in zip(loops, _LOOP_START.finditer(text), strict=True):
-        if any(start < other < end for other, _, _ in loops):
+    for start, end, source_at, variable in loops:
+        if any(start < other < end for other, _, _, _ in loops):
             raise CypherRefused("expression-loop", "a list comprehension or predicate inside another is not "
                                                    f"allowed: Neo4j cannot stop it at the timeout; {hint}")
         source = _LOOP_SOURCE.match(text, source_at)
@@ -213,12 +213,9 @@ def expression_check(text: str, limits: CypherLimits) -> None:
             raise CypherRefused("expression-loop", "a list comprehension or predicate (x IN list) may only loop "
                                                    "over keys(), labels(), nodes(), relationships(), a range() "
                                                    f"with literal bounds, a list literal or a parameter; {hint}")
-        opened = source.end() - 1
-        if text[opened] in "([":
-            body_at = _closing(text, opened)
-        else:  # a parameter
-            body_at = re.compile(r"\$\w+").match(text, source_at).end()  # type: ignore[union-attr]
-        _check_loop_body(text, body_at, end - 1, m.group(2), hint)
+        # the body starts after the source: its closing bracket, or the end of the parameter's name
+        body_at = _closing(text, source.end() - 1) if text[source.end() - 1] in "([" else source.end()
+        _check_loop_body(text, body_at, end - 1, variable, hint)
     for m in _RANGE.finditer(text):
         if _UNWIND_BEFORE.search(text, 0, m.start()):
             continue  # streamed row by row: the timeout stops it
