@@ -122,6 +122,18 @@ def api_url(settings, services) -> Iterator[str]:  # noqa: ANN001
     thread.join(timeout=10)
 
 
+@pytest.fixture(scope="session")
+def gemma():  # noqa: ANN201 - (Gemma3ForCausalLM, tokenizer)
+    """Gemma 3 270M (fp32) and its tokenizer, loaded once per session (about a minute; slow tests only).
+    Shared: no test modifies it."""
+    import torch
+
+    from workers.models.gguf import load_gemma3_270m
+
+    torch.set_num_threads(1)
+    return load_gemma3_270m()
+
+
 @pytest.fixture
 def unique_id() -> str:
     """A fresh id for data a test writes, so tests sharing the database never see each other's rows."""

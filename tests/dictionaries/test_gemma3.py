@@ -1,44 +1,19 @@
 """A real model: Gemma 3 270M from PyPI (GGUF, dequantised by transformers), IOI and dictionary training
-at smoke size on a named layer. Loading takes about a minute on one core, hence ``slow``."""
+at smoke size on a named layer. Loading takes about a minute on one core, hence ``slow`` (the ``gemma`` fixture
+is the session's, tests/conftest.py)."""
 
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import pytest
 import torch
 
+from workers.case_studies.ioi import template_sentences
 from workers.dictionaries.training import TrainConfig, train_dictionaries
-from workers.models.gguf import load_gemma3_270m
 
 pytestmark = pytest.mark.slow
-
-NAMES = ["Mary", "John", "Alice", "Bob", "Sarah", "David", "Emma", "James", "Laura", "Peter"]
-PLACES = ["store", "park", "school", "office", "market", "library", "beach", "station"]
-OBJECTS = ["drink", "book", "letter", "ball", "flower", "key", "gift", "ticket"]
-
-
-def generated_text(n: int, seed: int = 0) -> list[str]:
-    """Sentences from templates (no dataset download): IOI-style, plus plain descriptive ones."""
-    rng = random.Random(seed)
-    out = []
-    for i in range(n):
-        a, b = rng.sample(NAMES, 2)
-        place, obj = rng.choice(PLACES), rng.choice(OBJECTS)
-        if i % 2 == 0:
-            out.append(f"When {a} and {b} went to the {place}, {b} gave a {obj} to {a}.")
-        else:
-            out.append(f"{a} walked to the {place} in the morning and bought a {obj} for {b}.")
-    return out
-
-
-@pytest.fixture(scope="module")
-def gemma():
-    torch.set_num_threads(1)
-    return load_gemma3_270m()
-
 
 def test_gemma3_answers_ioi(gemma):
     model, tok = gemma
@@ -63,8 +38,8 @@ def test_transcoder_training_on_gemma3_layer6_smoke(gemma, tmp_path: Path):
             out.append(enc.input_ids[:, : int(lengths.min())])  # no padding reaches the activations
         return out
 
-    train = batches(generated_text(384), 16)
-    held = batches(generated_text(32, seed=1), 16)
+    train = batches(template_sentences(384), 16)
+    held = batches(template_sentences(32, seed=1), 16)
     tc = TrainConfig(d_dict=512, k=32, steps=250, batch_size=256, lr=2e-3)
     ds, report = train_dictionaries(model, train, [(6, "mlp")], tmp_path, train_cfg=tc, heldout_batches=held,
                                     drop_positions=1, model_name="gemma-3-270m", splice_per_site=False,
