@@ -8,17 +8,19 @@ import pytest
 import torch
 
 from tests.engine.conftest import PROMPTS
+from tests.engine.identities import (
+    assert_adjoint_matches_autograd,
+    assert_frozen_ablation_matches_edges,
+    assert_rows_complete,
+    assert_splice_identity,
+)
+from tests.engine.identities import tol as _tol
 from workers.engine import targets as T
 from workers.engine.attribution import AttributionSettings, build_graph
 from workers.engine.graph import Graph
 from workers.engine.hierarchical import hierarchical
 from workers.engine.interventions import frozen_values, live_values
 from workers.vocabulary import ids
-
-
-def _tol(x: torch.Tensor | float) -> float:
-    scale = float(x.abs().max()) if isinstance(x, torch.Tensor) else abs(x)
-    return 2e-5 * max(scale, 1.0)
 
 
 def _targets(lin, tr):
@@ -42,35 +44,14 @@ def graphs(lin):
 
 def test_splice_identity(lin):
     for prompt in PROMPTS:
-        tr = lin.trace(prompt)
-        plain = lin.model(prompt[None]).logits[0]
-        assert torch.allclose(tr.logits, plain, atol=1e-5)
-        run = lin.frozen_forward(tr, require_grad=False)
-        final = run.tensors["final"][0]
-        assert (final - tr.final).abs().max() < _tol(tr.final)
-        logits = lin.model.get_output_embeddings()(final)
-        cap = getattr(lin.model.config, "final_logit_softcapping", None)
-        if cap:  # Gemma: logits are soft-capped after the unembedding; graphs attribute them pre-cap
-            logits = cap * torch.tanh(logits / cap)
-        assert (logits - plain).abs().max() < _tol(plain)
-        # a prefix run (causal cone) agrees with the full run on its positions
-        short = lin.frozen_forward(tr, 5, require_grad=False).tensors["final"][0]
-        assert (short - final[:5]).abs().max() < _tol(final)
+        assert_splice_identity(lin, prompt)
 
 
 def test_completeness_every_row(graphs):
     """Every row (feature pre-activation or target) equals the sum of its incoming edges, including the
     bias, error and embedding leaves."""
     for _, _, g in graphs:
-        A = g.dense()
-        rows = ~torch.isnan(g.value)
-        assert rows.sum() > 50
-        err = (A.sum(1)[rows] - g.value[rows]).abs().max()
-        assert err < _tol(g.value[rows]), err
-        # feature rows' values are their (active) activations
-        feats = g.nodes_of_kind("feat")
-        active = feats[g.activation[feats] > 0]
-        assert torch.allclose(g.value[active], g.activation[active], atol=_tol(g.activation))
+        assert_rows_complete(g, min_rows=50)
 
 
 def test_structure(graphs, lin):
@@ -110,17 +91,7 @@ def test_frozen_ablation_matches_edges(graphs, lin):
         feats = feats[g.activation[feats] > 0]
         pick = feats[torch.randperm(len(feats), generator=gen)[:6]].tolist()
         pick += g.nodes_of_kind("err")[-3:].tolist() + g.nodes_of_kind("emb")[:2].tolist()
-        base = frozen_values(lin, tr, tg, [{}])[0]
-        after = frozen_values(lin, tr, tg, [{g.node_ids[i]: 0.0} for i in pick])
-        A = g.dense()
-        rows = torch.tensor([g.index(t.node_id) for t in tg])
-        expected = -A[rows][:, pick].T  # [n_pick, n_targets]
-        assert expected.abs().max() > 1e-3
-        assert (after - base - expected).abs().max() < _tol(base)
-        # setting a feature to twice its value adds its edge once more
-        i = pick[0]
-        twice = frozen_values(lin, tr, tg, [{g.node_ids[i]: 2 * float(g.activation[i])}])[0]
-        assert (twice - base - A[rows, i]).abs().max() < _tol(base)
+        assert_frozen_ablation_matches_edges(lin, tr, tg, g, pick)
 
 
 def _total_from_direct(g: Graph, t: int) -> torch.Tensor:
@@ -205,22 +176,10 @@ def test_adjoint_matches_autograd(lin):
     logit differences, residual directions, MLP and attention-SAE features (with the fixtures' skip
     transcoders: the position-diagonal skip term). GPT-2, Llama and Gemma 3 (post-norms, QK-norm, scaled
     embeddings) all use the adjoint."""
-    from workers.engine.adjoint import AdjointModel
-
     tr = lin.trace(PROMPTS[2])
     tg = _targets(lin, tr) + [_attn_feature_target(lin, tr)]
-    assert AdjointModel.build(lin, tr) is not None
-    a = build_graph(lin, tr, tg, AttributionSettings(cone_chunk=5, batch_size=9))
-    b = build_graph(lin, tr, tg, AttributionSettings(backward="vmap", cone_chunk=4))
-    assert a.node_ids == b.node_ids
-    assert torch.equal(a.adjacency.crow_indices(), b.adjacency.crow_indices())
-    assert torch.equal(a.adjacency.col_indices(), b.adjacency.col_indices())
-    va, vb = a.adjacency.values(), b.adjacency.values()
-    assert (va - vb).abs().max() < 1e-5 * max(1.0, float(vb.abs().max()))
-    # completeness of every row on the adjoint's graph, targets of every kind included
-    rows = ~torch.isnan(a.value)
-    err = (a.dense().sum(1)[rows] - a.value[rows]).abs().max()
-    assert err < _tol(a.value[rows]), err
+    a = assert_adjoint_matches_autograd(lin, tr, tg)
+    assert_rows_complete(a)  # on the adjoint's graph, targets of every kind included
 
 
 def test_adjoint_self_check_rejects_a_wrong_transpose(lin):
