@@ -64,18 +64,22 @@ def process_redis() -> redis.Redis:
 
 def process_model_cache() -> ModelCache:
     """This process's one model cache (``ATLAS_PIPELINE_CACHE_SIZE`` entries), loading on the process's
-    ``ATLAS_DEVICE`` in ``ATLAS_DTYPE``. The first call also applies ``ATLAS_PIPELINE_TORCH_THREADS``."""
+    ``ATLAS_DEVICE`` in ``ATLAS_DTYPE``, dictionaries memory-mapped from ``<ATLAS_STATE_DIR>/snapshots`` unless
+    ``ATLAS_PIPELINE_LAZY_DICTIONARIES=false``. The first call also applies ``ATLAS_PIPELINE_TORCH_THREADS``."""
     state = _process_state()
     with _lock:
         if "cache" not in state:
             from workers.models.placement import Placement
             from workers.pipeline.compute import ModelCache
             from workers.pipeline.config import get_pipeline_settings
+            from workers.settings import get_settings
 
             cfg = get_pipeline_settings()
             if cfg.torch_threads > 0:
                 import torch
 
                 torch.set_num_threads(cfg.torch_threads)
-            state["cache"] = ModelCache(cfg.cache_size, Placement.from_settings())  # ATLAS_DEVICE / ATLAS_DTYPE
+            snapshots = get_settings().state_dir / "snapshots" if cfg.lazy_dictionaries else None
+            state["cache"] = ModelCache(cfg.cache_size, Placement.from_settings(),  # ATLAS_DEVICE / ATLAS_DTYPE
+                                        snapshots=snapshots)
         return state["cache"]

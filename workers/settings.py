@@ -64,6 +64,10 @@ class PipelineSettings(BaseSettings):
     fold_every: int = 64
     # Models and dictionary sets kept loaded per worker process (least recently used one is dropped).
     cache_size: int = 2
+    # Workers placed on the CPU in fp32 memory-map dictionary matrices instead of reading them (a 65,536-feature
+    # set of Gemma 3 270M's shape is 6 GB), from read-only copies under <state_dir>/snapshots, one per content hash
+    # (workers/pipeline/snapshots.py). False: every worker reads each set whole.
+    lazy_dictionaries: bool = True
     # CPU threads torch uses in each worker process (0: torch's default, one per core). One thread per
     # process and one process per core is fastest on CPU: several processes' OpenMP pools spin against
     # each other otherwise (measured 10x slower per prompt on a loaded 2-core machine).

@@ -25,6 +25,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import redis as redis_lib
@@ -33,6 +34,7 @@ from neo4j import Driver
 from workers.models.placement import Placement
 from workers.pipeline import jobs, registry
 from workers.pipeline.config import PipelineSettings
+from workers.pipeline.snapshots import snapshot
 from workers.store.writer import GraphBusy, discard_unfinished, lease_left_s, write_graph
 from workers.vocabulary.defaults import EDGE_THRESHOLD, NODE_THRESHOLD
 
@@ -69,10 +71,17 @@ class ModelCache:
 
     Before every use the files' cheap fingerprint is compared with the one taken when they were hashed;
     if it changed they are re-hashed, and a hash that differs from the registered one is refused.
+
+    With ``snapshots`` (a directory; the workers' cache: ``ATLAS_PIPELINE_LAZY_DICTIONARIES``), dictionary sets
+    placed on the CPU in fp32 are loaded lazily: their matrices are memory-mapped, from a read-only copy of the
+    registered files made once per content hash (``snapshots.py``: never the registered files themselves), so a
+    worker holds only the rows it gathers. Otherwise, and for any other placement (which copies the matrices
+    anyway), they are read whole.
     """
 
-    def __init__(self, size: int = 2, placement: Placement | None = None) -> None:
+    def __init__(self, size: int = 2, placement: Placement | None = None, snapshots: Path | None = None) -> None:
         self.size = size
+        self.snapshots = snapshots
         # where models and dictionaries are loaded (the gpu queue's workers: ATLAS_DEVICE / ATLAS_DTYPE);
         # default the CPU in fp32 (the API's and analyses' caches)
         self.placement = placement or Placement()
@@ -106,8 +115,6 @@ class ModelCache:
 
         t0 = time.perf_counter()
         if model.format == "gguf":
-            from pathlib import Path
-
             from workers.models.gguf import load_gguf_model
 
             hf, tok = load_gguf_model(Path(model.path))
@@ -115,11 +122,14 @@ class ModelCache:
             hf = AutoModelForCausalLM.from_pretrained(model.path, dtype=torch.float32, local_files_only=True,
                                                       use_safetensors=True).eval()  # never unpickle weights
             tok = load_tokenizer(model)
-        ds = load_dictionary_set(dset.path, hf)
+        lazy = self.snapshots is not None and self.placement == Placement()
+        ds = load_dictionary_set(snapshot(dset.path, dset.content_hash, self.snapshots) if lazy else Path(dset.path),
+                                 hf, lazy=lazy)
         lin = Linearised(hf, ds).place(self.placement)
         self.loads += 1
-        log.info("loaded %s + %s on %s (%s) in %.1fs", model.model_id, dset.dictionary_set_id, self.placement.device,
-                 self.placement.dtype, time.perf_counter() - t0)
+        log.info("loaded %s + %s on %s (%s%s) in %.1fs", model.model_id, dset.dictionary_set_id,
+                 self.placement.device, self.placement.dtype, ", dictionaries mapped" if lazy else "",
+                 time.perf_counter() - t0)
         return Loaded(lin, tok, model, dset, fps)
 
 

@@ -53,7 +53,7 @@ def check_registrable(path: str | Path, roots: list[Path]) -> Path:
     if not any(p == root or p.is_relative_to(root) for root in roots):
         raise PathNotAllowed("path", f"{p} is outside the directories models and dictionaries may be registered "
                                      f"from: {', '.join(map(str, roots))} (ATLAS_REGISTRY_ROOTS)")
-    pickled = [f for f in _files(p) if f.suffix.lower() in PICKLE_SUFFIXES] if p.exists() else []
+    pickled = [f for f in files_of(p) if f.suffix.lower() in PICKLE_SUFFIXES] if p.exists() else []
     if pickled:
         raise RegistryError("path", f"{p} holds pickled weights ({', '.join(f.name for f in pickled[:3])}), which "
                                     "are never loaded (unpickling runs code): convert them to safetensors")
@@ -64,7 +64,8 @@ class RegisteredFilesChanged(RuntimeError):
     """The files of a registered model or dictionary set no longer match their registered hash."""
 
 
-def _files(path: Path) -> list[Path]:
+def files_of(path: Path) -> list[Path]:
+    """The files a registration covers: ``path`` itself, or every file under it but dotfiles, sorted."""
     if path.is_file():
         return [path]
     return sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
@@ -74,7 +75,7 @@ def content_hash(path: Path) -> str:
     """sha256 over (relative path, size, bytes) of every file under ``path`` (or of the file itself)."""
     path = Path(path)
     h = hashlib.sha256()
-    for f in _files(path):
+    for f in files_of(path):
         rel = f.name if path.is_file() else str(f.relative_to(path))
         h.update(rel.encode() + b"\0" + str(f.stat().st_size).encode() + b"\0")
         with f.open("rb") as fh:
@@ -86,7 +87,7 @@ def content_hash(path: Path) -> str:
 def fingerprint(path: Path) -> tuple:
     """Cheap change detector: (relative path, size, mtime_ns) of every file."""
     path = Path(path)
-    return tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in _files(path))
+    return tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files_of(path))
 
 
 @dataclass(frozen=True)
