@@ -171,9 +171,12 @@ def _unauthorized(message: str) -> HTTPException:
     return HTTPException(401, message, headers={"WWW-Authenticate": "Bearer"})
 
 
-def key_responses(scope: str, more: dict[int, dict] | None = None) -> dict[int, dict]:
-    """The OpenAPI ``responses`` of a route behind ``require_scope(scope)``: its 401 and 403, plus the route's own."""
-    return {401: {"description": "No or invalid API key"}, 403: {"description": f"Key lacks '{scope}'"}, **(more or {})}
+def key_responses(scope: str, more: dict[int, dict] | None = None, *,
+                  also_forbidden: str | None = None) -> dict[int, dict]:
+    """The OpenAPI ``responses`` of a route behind ``require_scope(scope)``: its 401 and 403, plus the route's own
+    (``more``). ``also_forbidden`` names another reason the route answers 403 (``"the path is outside ..."``)."""
+    forbidden = f"Key lacks '{scope}'" + (f", or {also_forbidden}" if also_forbidden else "")
+    return {401: {"description": "No or invalid API key"}, 403: {"description": forbidden}, **(more or {})}
 
 
 def require_scope(scope: str) -> Callable[[Request], ApiKey]:

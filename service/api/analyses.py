@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, HTTPException
 from fastapi.responses import Response
 
 from service.api.deps import DatabaseDep, DriverDep
-from service.auth import ApiKey, require_scope
+from service.auth import ApiKey, key_responses, require_scope
 from service.schemas.analyses import AnalysisOut, AnalysisRequest
 from workers.analysis import jobs
 
@@ -29,7 +29,7 @@ def enqueue_analysis(driver: neo4j.Driver, db: str | None, body: AnalysisRequest
 
 
 @router.post("", response_model=AnalysisOut, status_code=202,
-             responses={401: {"description": "No or invalid API key"}, 403: {"description": "Key lacks 'write'"}})
+             responses=key_responses("write"))
 def create_analysis(body: AnalysisRequest, key: Annotated[ApiKey, Depends(require_scope("write"))],
                     driver: DriverDep, db: DatabaseDep) -> AnalysisOut:
     """Queue an analysis; poll GET /analyses/{analysis_id} until status is done or failed."""

@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, Response
 from service.api.analyses import enqueue_analysis
 from service.api.deps import DatabaseDep, DriverDep
 from service.api.pagination import Offset, paginate
-from service.auth import ApiKey, require_scope
+from service.auth import ApiKey, key_responses, require_scope
 from service.query import circuits as q
 from service.query.labels import labels_version
 from service.query.paths import MAX_HOPS_LIMIT, graph_paths
@@ -107,8 +107,7 @@ def get_paths(
 
 
 @router.post("/{graph_id}/local-circuits", response_model=AnalysisOut, status_code=202,
-             responses={401: {"description": "No or invalid API key"}, 403: {"description": "Key lacks 'write'"},
-                        404: {"description": "Unknown graph"}})
+             responses=key_responses("write", {404: {"description": "Unknown graph"}}))
 def request_local_circuit(graph_id: str, body: LocalCircuitRequest,
                           key: Annotated[ApiKey, Depends(require_scope("write"))], driver: DriverDep,
                           db: DatabaseDep) -> AnalysisOut:

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from service.api.deps import DatabaseDep, DriverDep, PipelineDep, tokenizer_for
 from service.api.pagination import Offset, paginate
-from service.auth import ApiKey, require_scope
+from service.auth import ApiKey, key_responses, require_scope
 from service.query import corpora as q
 from service.schemas.corpora import (
     CorpusAccepted,
@@ -81,8 +81,7 @@ def validate_request(driver, req: CorpusRequest, tokenizer_of, cfg, database: st
 
 
 @router.post("", response_model=CorpusAccepted, status_code=202,
-             responses={400: {}, 401: {"description": "No or invalid API key"},
-                        403: {"description": "Key lacks 'write'"}, 413: {}, 422: {}, 503: {}},
+             responses=key_responses("write", {400: {}, 413: {}, 422: {}, 503: {}}),
              openapi_extra={"requestBody": {"content": {
                  "application/json": {"schema": inlined_schema(CorpusRequest)},
                  "application/x-ndjson": {"schema": {"type": "string"}}}, "required": True}})

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from service.api.deps import DriverDep, RedisDep, SettingsDep
-from service.auth import ApiKey, require_scope
+from service.auth import ApiKey, key_responses, require_scope
 from service.query.user_cypher import CypherLimits, CypherRefused, CypherRunner, SharedSlots
 from service.schemas.cypher import CypherOut, CypherRefusal, CypherRequest
 
@@ -34,16 +34,15 @@ def cypher_runner(request: Request, settings: SettingsDep, driver: DriverDep, r:
 
 
 @router.post("/cypher", response_model=CypherOut,
-             responses={401: {"description": "No or invalid API key"}, 403: {"description": "Key lacks 'cypher'"},
-                        422: {"description": "Refused: names the rule; or the body is invalid (FastAPI's "
-                                             "validation error)",
-                              "content": {"application/json": {"schema": {"anyOf": [
-                                  {"$ref": "#/components/schemas/CypherRefusal"},
-                                  {"$ref": "#/components/schemas/HTTPValidationError"}]}}}},
-                        408: {"model": CypherRefusal, "description": "Timed out"},
-                        429: {"model": CypherRefusal, "description": "Concurrency cap (across all API processes); "
-                                                                     "Retry-After in seconds"},
-                        503: {"model": CypherRefusal, "description": "The cap cannot be checked (Redis down)"}})
+             responses=key_responses("cypher", {
+                 422: {"description": "Refused: names the rule; or the body is invalid (FastAPI's validation error)",
+                       "content": {"application/json": {"schema": {"anyOf": [
+                           {"$ref": "#/components/schemas/CypherRefusal"},
+                           {"$ref": "#/components/schemas/HTTPValidationError"}]}}}},
+                 408: {"model": CypherRefusal, "description": "Timed out"},
+                 429: {"model": CypherRefusal, "description": "Concurrency cap (across all API processes); "
+                                                              "Retry-After in seconds"},
+                 503: {"model": CypherRefusal, "description": "The cap cannot be checked (Redis down)"}}))
 def run_cypher(body: CypherRequest, key: Annotated[ApiKey, Depends(require_scope("cypher"))],  # noqa: ANN201
                runner: Annotated[CypherRunner, Depends(cypher_runner)]):
     """Run a read-only query. Refusals answer ``{"rule", "message"}``; results are capped in rows and bytes

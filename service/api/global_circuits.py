@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query
 from service.api.analyses import enqueue_analysis
 from service.api.deps import DatabaseDep, DriverDep
 from service.api.pagination import Offset, paginate
-from service.auth import ApiKey, require_scope
+from service.auth import ApiKey, key_responses, require_scope
 from service.query import global_circuits as q
 from service.query.paths import MAX_HOPS_LIMIT, feature_paths
 from service.schemas.analyses import AnalysisOut, AnalysisRequest
@@ -71,7 +71,7 @@ def virtual_weights_provenance(driver: DriverDep, db: DatabaseDep, dictionary_se
 
 
 @router.post("/virtual-weights", response_model=AnalysisOut, status_code=202,
-             responses={401: {"description": "No or invalid API key"}, 403: {"description": "Key lacks 'write'"}})
+             responses=key_responses("write"))
 def compute_virtual_weights(body: VirtualWeightsRequest, key: Annotated[ApiKey, Depends(require_scope("write"))],
                             driver: DriverDep, db: DatabaseDep) -> AnalysisOut:
     """Queue the virtual-weight job of a registered dictionary set (a worker measures the norm scale on the

@@ -11,7 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from service.api.deps import DatabaseDep, DriverDep, RedisDep
 from service.api.pagination import Offset, paginate
-from service.auth import ApiKey, authorize_corpus, require_scope
+from service.auth import ApiKey, authorize_corpus, key_responses, require_scope
 from service.query import corpora as q
 from service.schemas.jobs import JobPageOut, JobStatus, JobTimelineOut
 from workers.pipeline import jobs
@@ -51,8 +51,7 @@ def get_job_timeline(job_id: str, driver: DriverDep, db: DatabaseDep,
 
 
 @router.delete("/{job_id}", response_model=JobStatus, status_code=202,
-               responses={401: {"description": "No or invalid API key"},
-                          403: {"description": "Key lacks 'write' or does not own the job's corpus"}, 404: {}})
+               responses=key_responses("write", {404: {}}, also_forbidden="does not own the job's corpus"))
 async def cancel_job(job_id: str, key: Annotated[ApiKey, Depends(require_scope("write"))], driver: DriverDep,
                      db: DatabaseDep, r: RedisDep) -> JobStatus:
     """Cancel: queued prompts are dropped at once, running ones stop at their next stage boundary and

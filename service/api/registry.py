@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends
 from fastapi.concurrency import run_in_threadpool
 
 from service.api.deps import DatabaseDep, DriverDep, SettingsDep
-from service.auth import ApiKey, require_scope
+from service.auth import ApiKey, key_responses, require_scope
 from service.schemas.registry import (
     DictionarySetOut,
     DictionarySetRegistration,
@@ -22,12 +22,11 @@ from service.schemas.registry import (
 from workers.pipeline import registry
 
 router = APIRouter(prefix="/registry", tags=["registry"])
+_REGISTRATION_RESPONSES = key_responses("write", {422: {}}, also_forbidden="the path is outside ATLAS_REGISTRY_ROOTS")
 
 
 @router.post("/models", response_model=ModelOut, status_code=201,
-             responses={401: {"description": "No or invalid API key"},
-                        403: {"description": "Key lacks 'write', or the path is outside ATLAS_REGISTRY_ROOTS"},
-                        422: {}})
+             responses=_REGISTRATION_RESPONSES)
 async def register_model(body: ModelRegistration, key: Annotated[ApiKey, Depends(require_scope("write"))],
                          driver: DriverDep, db: DatabaseDep, settings: SettingsDep) -> ModelOut:
     """Register (or re-register after its files changed) a model under ``model_id``."""
@@ -37,9 +36,7 @@ async def register_model(body: ModelRegistration, key: Annotated[ApiKey, Depends
 
 
 @router.post("/dictionary-sets", response_model=DictionarySetOut, status_code=201,
-             responses={401: {"description": "No or invalid API key"},
-                        403: {"description": "Key lacks 'write', or the path is outside ATLAS_REGISTRY_ROOTS"},
-                        422: {}})
+             responses=_REGISTRATION_RESPONSES)
 async def register_dictionary_set(body: DictionarySetRegistration,
                                   key: Annotated[ApiKey, Depends(require_scope("write"))], driver: DriverDep,
                                   db: DatabaseDep, settings: SettingsDep) -> DictionarySetOut:

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from typing import get_type_hints
+
+from pydantic import BaseModel, Field, create_model
 
 from service.schemas.request import RequestBody
-from workers.pipeline.registry import ID_PATTERN
+from workers.pipeline.registry import ID_PATTERN, RegisteredDictionarySet, RegisteredModel
 
 # The registry's own id rule, declared in the schema (so that a request the schema allows is never refused for
 # its id).
@@ -25,23 +27,14 @@ class DictionarySetRegistration(RequestBody):
     model_id: str = Field(pattern=_ID, description="The registered model these dictionaries splice into.")
 
 
-class ModelOut(BaseModel):
-    model_id: str
-    path: str
-    format: str
-    content_hash: str
-    n_ctx: int | None
-    registered_at: float
+def _response_of(name: str, record: type) -> type[BaseModel]:
+    """A response model with exactly the fields (names, types, order) of the registry's own record, so that the
+    field list has one home: ``workers/pipeline/registry.py``."""
+    return create_model(name, **{field: (hint, ...) for field, hint in get_type_hints(record).items()})
 
 
-class DictionarySetOut(BaseModel):
-    dictionary_set_id: str
-    path: str
-    format: str
-    content_hash: str
-    model_id: str
-    n_dictionaries: int
-    registered_at: float
+ModelOut = _response_of("ModelOut", RegisteredModel)
+DictionarySetOut = _response_of("DictionarySetOut", RegisteredDictionarySet)
 
 
 class RegistryOut(BaseModel):

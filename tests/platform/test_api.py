@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import re
 import socket
 
+from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
+import service.api
 from service.app import create_app
 from service.runtime import neo4j as neo4j_runtime
 
@@ -36,6 +40,26 @@ def test_openapi_and_docs_are_served(settings, services):
         spec = client.get("/openapi.json").json()
         assert {"/healthz", "/readyz"} <= set(spec["paths"])
         assert client.get("/docs").status_code == 200
+
+
+def _scopes_required(dependant) -> set[str]:  # noqa: ANN001 - fastapi.dependencies.models.Dependant
+    names = {getattr(d.call, "__name__", "") for d in dependant.dependencies}
+    found = {m.group(1) for n in names if (m := re.fullmatch(r"require_(\w+)_scope", n))}
+    return found.union(*(_scopes_required(d) for d in dependant.dependencies))
+
+
+def test_every_keyed_route_documents_its_401_and_403_naming_its_scope(settings):
+    routers = [m.router for info in pkgutil.iter_modules(service.api.__path__)
+               if hasattr(m := importlib.import_module(f"service.api.{info.name}"), "router")]
+    keyed = [(route, scopes) for router in routers for route in router.routes
+             if isinstance(route, APIRoute) and (scopes := _scopes_required(route.dependant))]
+    assert len(keyed) >= 12  # corpora, jobs, registry (2), analyses, cypher, circuits, global, qk, interventions, labels
+    spec = create_app(settings, run_migrations=False).openapi()
+    for route, scopes in keyed:
+        for method in route.methods:
+            responses = spec["paths"][route.path_format][method.lower()]["responses"]
+            assert responses["401"]["description"] == "No or invalid API key", (route.path, method)
+            assert all(f"Key lacks '{s}'" in responses["403"]["description"] for s in scopes), (route.path, method)
 
 
 def test_healthz_503_names_redis_when_redis_is_unreachable(settings, services):

@@ -13,6 +13,7 @@ import torch
 
 from workers.engine.linearise import Linearised, Trace
 from workers.engine.targets import Target
+from workers.vocabulary.tensors import site_name
 
 
 def bias_groups(lin: Linearised) -> dict[str, list[torch.Tensor]]:
@@ -26,10 +27,10 @@ def bias_groups(lin: Linearised) -> dict[str, list[torch.Tensor]]:
         g = f"L{m.group(1)}.{m.group(2)}" if m else name.rsplit(".", 2)[-2]
         groups.setdefault(g, []).append(p)
     for (layer, site), d in lin.dictionaries:
-        groups.setdefault(f"L{layer}.{site}.dict", []).extend([d.b_enc, d.b_dec])
+        groups.setdefault(f"{site_name(layer, site)}.dict", []).extend([d.b_enc, d.b_dec])
     if lin.clt is not None:  # a CLT's encoder bias of source layer ℓ and decoder bias of output layer ℓ
         for layer in range(lin.clt.n_layers):
-            groups.setdefault(f"L{layer}.mlp.dict", []).extend([lin.clt.b_enc[layer], lin.clt.b_dec[layer]])
+            groups.setdefault(f"{site_name(layer, 'mlp')}.dict", []).extend([lin.clt.b_enc[layer], lin.clt.b_dec[layer]])
     return groups
 
 

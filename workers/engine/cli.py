@@ -17,6 +17,7 @@ from rich.table import Table
 
 from workers.models.placement import Placement
 from workers.vocabulary.defaults import EDGE_THRESHOLD, NODE_THRESHOLD
+from workers.vocabulary.kinds import OUTPUT_KINDS, STORE_KIND
 
 console = Console()
 
@@ -108,7 +109,7 @@ def attribute(
     for c in ("node", "kind", "pos", "token", "activation", "influence"):
         nt.add_column(c)
     infl = pr.influence.clone()
-    infl[[i for i, k in enumerate(g.kinds) if k in ("logit", "target", "bias")]] = -1
+    infl[[i for i, k in enumerate(g.kinds) if STORE_KIND[k] in (*OUTPUT_KINDS, "bias")]] = -1
     for i in infl.argsort(descending=True)[:top].tolist():
         p = int(g.pos[i])
         nt.add_row(g.node_ids[i], g.kinds[i], str(p), tokens[p] if 0 <= p < len(tokens) else "",

@@ -22,6 +22,7 @@ import torch
 from workers.engine.linearise import Linearised, Trace
 from workers.engine.targets import Target
 from workers.vocabulary import ids
+from workers.vocabulary import tensors as tn
 
 
 @dataclass
@@ -68,7 +69,7 @@ def bias_parameters(lin: Linearised) -> list[tuple[str, torch.Tensor]]:
     """Every bias of the model and the dictionaries (named ``…bias``, ``b_enc``, ``b_dec``)."""
     out = [(n, p) for n, p in lin.model.named_parameters() if n.endswith("bias")]
     for (layer, site), d in lin.dictionaries:
-        out += [(f"L{layer}.{site}.dict.b_enc", d.b_enc), (f"L{layer}.{site}.dict.b_dec", d.b_dec)]
+        out += [(f"{tn.site_name(layer, site)}.dict.b_enc", d.b_enc), (f"{tn.site_name(layer, site)}.dict.b_dec", d.b_dec)]
     if lin.clt is not None:
         out += [("clt.b_enc", lin.clt.b_enc), ("clt.b_dec", lin.clt.b_dec)]
     return out
@@ -107,11 +108,11 @@ def hierarchical(
             for p in range(P):
                 res.leaves[make(p)] = float(contrib[p])
         else:
-            layer, site = name.split(":", 1)[1][1:].split(".")
-            key = (int(layer), site)
-            contrib = (g * trace.sites[key].err[:P]).sum(-1)
+            leaf = tn.parse_tensor(name)  # a site's output leaf, delta:L{l}.{site}
+            assert leaf.layer is not None and leaf.site is not None
+            contrib = (g * trace.sites[(leaf.layer, leaf.site)].err[:P]).sum(-1)
             for p in range(P):
-                res.leaves[ids.err_id(key[0], site, p)] = float(contrib[p])
+                res.leaves[ids.err_id(leaf.layer, leaf.site, p)] = float(contrib[p])
     bias_total = target.offset
     for (_, p), g in zip(biases, grads[len(names):], strict=True):
         if g is not None:

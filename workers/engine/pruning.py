@@ -24,6 +24,7 @@ import torch
 
 from workers.engine.graph import Graph
 from workers.vocabulary.defaults import EDGE_THRESHOLD, NODE_THRESHOLD
+from workers.vocabulary.kinds import OUTPUT_KINDS, STORE_KIND, TOKEN_KINDS
 
 
 @dataclass
@@ -83,7 +84,7 @@ def scores(g: Graph, idx: torch.Tensor, val: torch.Tensor, w: torch.Tensor) -> d
     kinds = g.kinds
     nv = _normalised(idx, val, g.n_nodes)
     I = influence(idx, nv, w)
-    tok = torch.tensor([k in ("emb", "pos") for k in kinds])
+    tok = torch.tensor([STORE_KIND[k] in TOKEN_KINDS for k in kinds])
     err = torch.tensor([k == "err" for k in kinds])
     unexp = torch.tensor([k == "unexp" for k in kinds])
     ti, ei, ui = float(I[tok].sum()), float(I[err].sum()), float(I[unexp].sum())
@@ -108,7 +109,7 @@ def prune(g: Graph, node_threshold: float = NODE_THRESHOLD, edge_threshold: floa
     w = target_weights(g)
     nv = _normalised(idx, val, n)
     I = influence(idx, nv, w)
-    always = torch.tensor([k in ("emb", "pos", "logit", "target") for k in g.kinds]) | (w > 0)
+    always = torch.tensor([STORE_KIND[k] in TOKEN_KINDS + OUTPUT_KINDS for k in g.kinds]) | (w > 0)
     node_score = I.clone()
     node_score[always | ~not_bias] = 0
     node_mask = (node_score >= _threshold(node_score[~always & not_bias], node_threshold)) & not_bias

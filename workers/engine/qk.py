@@ -22,6 +22,8 @@ from workers.engine.linearise import Linearised, Trace
 from workers.engine.nodes import SiteColumns, read_against
 from workers.engine.targets import Target
 from workers.vocabulary import ids
+from workers.vocabulary.kinds import STORE_KIND, TOKEN_KINDS
+from workers.vocabulary.tensors import SITES
 
 
 @dataclass
@@ -145,8 +147,8 @@ def circuit_heads(lin: Linearised, trace: Trace, g: Graph, top_edges: int = 50, 
     best: dict[tuple[int, int], tuple[float, int, int]] = {}
     for i in order.tolist():
         t, s, w = int(r[i]), int(c[i]), float(v[i])
-        lo = int(g.layer[s]) + (1 if g.site[s] in ("mlp", "attn") else 0)
-        if g.kinds[s] in ("emb", "pos"):
+        lo = int(g.layer[s]) + (1 if g.site[s] in SITES else 0)
+        if STORE_KIND[g.kinds[s]] in TOKEN_KINDS:
             lo = 0
         hi = min(int(g.layer[t]), lin.n_layers - 1)
         qp, kp = int(g.pos[t]), int(g.pos[s])

@@ -15,7 +15,8 @@ import torch
 
 from workers.store.records import GraphRecord, NodeRow
 from workers.vocabulary import ids
-from workers.vocabulary.kinds import STORE_KIND
+from workers.vocabulary.kinds import STORE_KIND, TOKEN_KINDS
+from workers.vocabulary.tensors import site_name
 
 if TYPE_CHECKING:  # the store does not import the engine at run time (no torch model code needed)
     from workers.engine.graph import Graph
@@ -136,10 +137,10 @@ def graph_to_record(
             layer=int(layer[i]),
             pos=p if p >= 0 else None,
             feature=int(feat[i]) if is_feature else None,
-            dictionary=f"L{int(layer[i])}.{g.site[i]}" if is_feature else None,  # leaves appended: not features
+            dictionary=site_name(int(layer[i]), g.site[i]) if is_feature else None,  # leaves appended: not features
             activation=float(act[i]),
             influence=None if infl is None else float(infl[i]),
-            token=token_strings[p] if 0 <= p < len(token_strings) and kind in ("emb", "pos") else None,
+            token=token_strings[p] if 0 <= p < len(token_strings) and STORE_KIND[kind] in TOKEN_KINDS else None,
         ))
     ids = node_ids
     return GraphRecord(
