@@ -67,3 +67,20 @@ def assert_each_graph_once(driver, corpus_id: str) -> None:  # noqa: ANN001
         "RETURN g.graph_id AS g, g.n_nodes AS want_n, nodes, g.n_edges AS want_e, count(r) AS edges", c=corpus_id).records
     for r in sizes:
         assert (r["nodes"], r["edges"]) == (r["want_n"], r["want_e"]), dict(r)
+
+
+def assert_stored_rows_complete(driver, graph_id: str) -> int:  # noqa: ANN001
+    """In a graph stored unpruned, each target's in-edges sum to its value and each expanded feature's (one with
+    in-edges) to its activation. Returns the number of rows checked."""
+    import json
+
+    g = driver.execute_query("MATCH (g:Graph {graph_id: $g}) RETURN g.target AS t", g=graph_id).records[0]
+    rows = [(f"{graph_id}|{t['node_id']}", t["value"]) for t in json.loads(g["t"])["targets"]]
+    rows += [(r["u"], r["a"]) for r in driver.execute_query(
+        "MATCH (n:Feat {graph_id: $g}) WHERE EXISTS { (n)<-[:ATTR]-() } RETURN n.uid AS u, n.activation AS a",
+        g=graph_id).records]
+    for uid, value in rows:
+        total = driver.execute_query("MATCH (:Node)-[e:ATTR]->(t:Node {uid: $u}) RETURN sum(e.w) AS w",
+                                     u=uid).records[0]["w"]
+        assert abs(total - value) < 1e-4 * max(1.0, abs(value)), (uid, total, value)
+    return len(rows)
