@@ -1,4 +1,5 @@
-"""Issue #16: the IO-position check on Gemma 3 270M with the error-only graph (no dictionary spliced in).
+"""Issue #16: the IO-position check on Gemma 3 270M with the error-only graph (no dictionary spliced in), or with
+the suite's trained slice of dictionaries spliced in (``--dictionaries slice``).
 
 For each generated IOI prompt (workers/case_studies/ioi.py: names that are one Gemma token, 9 templates, ABBA and
 BABA alternating), target logit(IO) − logit(S); the check passes when the IO name's position carries the largest
@@ -7,7 +8,7 @@ ground-truth test). Prints the pass rate, Gemma's own accuracy (IO − S > 0), t
 gets right, per template, and where the misses put their largest share.
 
     ~/.cache/circuit-atlas/venv/bin/python bench/gemma_ioi_positions.py [--n 200] [--seed 0] [--threads 1]
-        [--json FILE]
+        [--dictionaries none|slice] [--json FILE]
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", type=Path, help="also write every prompt's result here")
+    ap.add_argument("--dictionaries", choices=("none", "slice"), default="none",
+                    help="none: the error-only graph; slice: the suite's trained slice spliced in "
+                         "(workers/dictionaries/gemma/slice.py; trained first if not cached)")
     args = ap.parse_args()
 
     import torch
@@ -45,12 +49,20 @@ def main() -> None:
     loaded = time.perf_counter()
     names = single_token_names(tok)
     prompts = ioi_prompts(args.n, names, seed=args.seed)
-    lin = Linearised(model, DictionarySet({}))
+    if args.dictionaries == "slice":
+        from workers.dictionaries.formats import load_dictionary_set
+        from workers.dictionaries.gemma.slice import ensure_gemma_slice
+
+        dictionaries = load_dictionary_set(ensure_gemma_slice(model=model, tokenizer=tok), model)
+    else:
+        dictionaries = DictionarySet({})
+    lin = Linearised(model, dictionaries)
     scores = list(tqdm(score_ioi(lin, tok, prompts), total=len(prompts), desc="prompts", file=sys.stderr))
     done = time.perf_counter()
 
     summary = IOIPositionSummary.of(scores)
-    print(f"Gemma 3 270M, error-only graph, {summary.n} IOI prompts (seed {args.seed}), {len(names)} single-token "
+    graph = "error-only graph" if args.dictionaries == "none" else f"slice spliced in ({len(dictionaries)} dictionaries)"
+    print(f"Gemma 3 270M, {graph}, {summary.n} IOI prompts (seed {args.seed}), {len(names)} single-token "
           f"names; load {loaded - started:.0f} s, {(done - loaded) / summary.n:.2f} s per prompt "
           f"({args.threads} thread{'s' * (args.threads > 1)})")
     print(f"  IO position carries the largest positive share: {summary.hit_rate:.1%}")

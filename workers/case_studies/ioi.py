@@ -17,23 +17,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-# Common English first names; a tokenizer keeps those that are one token after a space.
+from workers.zoo.vocab import NAMES as ZOO_NAMES
+from workers.zoo.vocab import OBJECTS, PLACES
+
+# The zoo's names (its IOI task's, workers/zoo/vocab.py) and more common English first names; a tokenizer keeps
+# those that are one token after a space. Places and objects are the zoo's.
 NAMES: tuple[str, ...] = (
-    "Mary", "John", "Alice", "Bob", "Anna", "Tom", "Sarah", "James", "Emma", "David",
-    "Lucy", "Peter", "Laura", "Mark", "Julia", "Paul", "Kate", "Sam", "Rose", "Jack",
-    "Clara", "Henry", "Grace", "Leo", "Ella", "Oscar", "Nina", "Victor", "Ruth", "Adam",
-    "Helen", "Ben", "Irene", "Carl", "Diana", "Eric", "Fiona", "Hugo", "Olga", "Ivan",
+    *ZOO_NAMES,
     "Michael", "Robert", "William", "Thomas", "Daniel", "Andrew", "Joseph", "Kevin", "George", "Edward",
     "Richard", "Steven", "Elizabeth", "Jennifer", "Linda", "Susan", "Jessica", "Karen", "Lisa", "Emily",
     "Rachel", "Amy", "Jane", "Alex", "Max", "Mike", "Dan", "Tim", "Frank", "Ryan",
-)  # fmt: skip
-PLACES: tuple[str, ...] = (
-    "store", "park", "school", "garden", "station", "office", "market", "beach", "library",
-    "museum", "kitchen", "hospital", "restaurant", "theatre", "church", "river", "farm",
-)  # fmt: skip
-OBJECTS: tuple[str, ...] = (
-    "drink", "book", "ring", "letter", "ball", "gift", "key", "pen", "hat",
-    "cake", "flower", "bag", "coin", "map", "lamp", "cup", "ticket",
 )  # fmt: skip
 
 # {A} and {B} are introduced in that order; {S} repeats one of them; the prompt ends where the other (the

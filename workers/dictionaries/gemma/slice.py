@@ -6,10 +6,10 @@ engine's identities and the pipeline to run on a real pretrained LM, not a quali
 explained variance, L0, dead fraction and the CE increase with the slice spliced in).
 
 Cached like the zoo's CLT, under ``<zoo_dir>/gemma-slice/<key>/`` (a registrable root): the key hashes this
-module, the dictionary code it trains with (the top-level ``workers/dictionaries/*.py``, as the zoo's key does),
-the recipe and the corpus' build key (which covers the tokenizer's and the GGUF package's versions). Built into
-``<key>.partial/`` under a file lock and renamed when complete. A cold build takes a few CPU minutes; the corpus
-slice is built first if it is not cached.
+module, the dictionary code it trains with (the top-level ``workers/dictionaries/*.py`` and ``workers/models/sites.py``,
+as the zoo's key does), the recipe and the corpus' build key (which covers the tokenizer's and the GGUF package's
+versions). Built into ``<key>.partial/`` under a file lock and renamed when complete. A cold build takes a few CPU
+minutes; the corpus slice is built first if it is not cached.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ class GemmaSliceSpec:
 
 def slice_key(spec: GemmaSliceSpec, corpus_key: str) -> str:
     h = hashlib.sha256()
-    for p in [Path(__file__), *sorted(_DICTIONARIES.glob("*.py"))]:
+    for p in [Path(__file__), *sorted(_DICTIONARIES.glob("*.py")), _DICTIONARIES.parent / "models" / "sites.py"]:
         h.update(p.name.encode() + b"\0" + p.read_bytes() + b"\0")
     h.update(json.dumps({"spec": asdict(spec), "corpus": corpus_key}, sort_keys=True).encode())
     return h.hexdigest()[:16]
