@@ -50,7 +50,7 @@ def main() -> int:
             held = isinstance(layout.site_cols[0].vectors, torch.Tensor)
             terms = memory_terms(n, (budget + len(targets)) * n, [tuple(sc.vectors.shape) for sc in layout.site_cols],
                                  held, trace.n_pos, lin.n_layers, lin.n_heads, lin.d_model, len(layout.site_cols),
-                                 a.batch_size)
+                                 a.batch_size, trace.nbytes())
             active = sum(k == "feat" for k in layout.nodes.kinds)
             print(f"{length:5d} tokens, budget {budget}: {active:,} active features, {n:,} nodes; formula ≤ "
                   f"{terms['total'] / 1e9:.2f} GB above the loaded model (" + ", ".join(

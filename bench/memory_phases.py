@@ -8,7 +8,8 @@ Phases, in the order they run: the clean trace (``lin.trace``, what the frozen p
 outputs, attention patterns, queries and keys), the targets, then ``build_graph`` (nodes, then bias / edges /
 ranking interleaved per expansion batch, then the fold into unexpanded leaves and the CSR: one phase here, its
 split in time is the provenance's ``timings_s``). Reports each phase's peak above the loaded model, what the trace
-itself holds once it returns (its tensors' bytes, counted), and the formula's terms on the run's counts.
+itself holds once it returns (RssAnon, and its tensors' bytes: ``Trace.nbytes``, the formula's "trace" term),
+and the formula's terms on the run's counts.
 """
 
 from __future__ import annotations
@@ -48,28 +49,6 @@ class Sampler(threading.Thread):
         self.phase = phase
 
 
-def _tensor_bytes(obj: object, seen: set[int]) -> int:
-    """Bytes of the distinct tensor storages reachable from ``obj`` (dataclasses, dicts, lists), each counted once."""
-    import dataclasses
-
-    import torch
-
-    if isinstance(obj, torch.Tensor):
-        storage = obj.untyped_storage()
-        if storage.data_ptr() in seen or obj.device.type != "cpu":
-            return 0
-        seen.add(storage.data_ptr())
-        return storage.nbytes()
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return sum(_tensor_bytes(getattr(obj, f.name), seen) for f in dataclasses.fields(obj)
-                   if f.name != "dictionary")  # a site's dictionary is the loaded set, not the trace's
-    if isinstance(obj, dict):
-        return sum(_tensor_bytes(v, seen) for v in obj.values())
-    if isinstance(obj, (list, tuple)):
-        return sum(_tensor_bytes(v, seen) for v in obj)
-    return 0
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bench", type=Path, default=CACHE / "bench" / "gpt2-18l-d640")
@@ -98,7 +77,7 @@ def main() -> None:
     sampler.enter("trace")
     trace = lin.trace(ids, fold_first=True)  # as attribute() does
     trace_held = _status_gb("RssAnon") - loaded
-    trace_bytes = _tensor_bytes(trace, set())
+    trace_bytes = trace.nbytes()
     sampler.enter("targets")
     targets = top_logits(lin, trace)
     sampler.enter("build_graph")
@@ -115,7 +94,6 @@ def main() -> None:
         "trace_held_above_load_gb": trace_held, "trace_tensor_gb": trace_bytes / 1e9,
         "timings_s": g.provenance["timings_s"], "nodes": g.n_nodes, "active_features": budget.get("active_features"),
         "formula_gb": formula,
-        "formula_plus_trace_gb": formula.get("total", 0.0) + trace_bytes / 1e9,
     }, indent=1))
 
 

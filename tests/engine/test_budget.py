@@ -189,3 +189,6 @@ def test_budget_memory_pieces(lin):
     mem = g.provenance["budget"]["memory_bytes"]
     assert mem["rows_held"] == 4 * g.provenance["budget"]["held_entries"] > 0
     assert mem["total"] == sum(v for k, v in mem.items() if k != "total")
+    patterns = sum(r.pattern.numel() * r.pattern.element_size() for r in tr.attn.values())
+    site_tensors = sum(t.numel() * t.element_size() for r in tr.sites.values() for t in (r.x, r.out, r.err))
+    assert mem["trace"] == tr.nbytes() >= patterns + site_tensors > 0

@@ -146,7 +146,7 @@ def budgeted_graph(
                       "memory_bytes": memory_terms(n_full, held_entries, [tuple(sc.vectors.shape) for sc in site_cols],
                                                    isinstance(site_cols[0].vectors, torch.Tensor) if site_cols else True,
                                                    trace.n_pos, lin.n_layers, lin.n_heads, lin.d_model,
-                                                   len(site_cols), settings.batch_size)}
+                                                   len(site_cols), settings.batch_size, trace.nbytes())}
     return assemble(lin, trace, targets, new_nodes, new_index, adj, new_value, settings, prov, timings, t0)
 
 
@@ -160,11 +160,13 @@ READOUT_BYTES_PER_ROW_SOURCE = 25
 
 
 def memory_terms(n_nodes: int, held_entries: int, operand_shapes: list[tuple[int, int, int]], held_operands: bool,
-                 n_pos: int, n_layers: int, n_heads: int, d_model: int, n_sites: int, batch_size: int) -> dict[str, int]:
+                 n_pos: int, n_layers: int, n_heads: int, d_model: int, n_sites: int, batch_size: int,
+                 trace_bytes: int) -> dict[str, int]:
     """The node budget's working memory in bytes, beyond the loaded model and dictionaries (README "Memory under a
     budget"), from the counts of one run: ``held_entries`` the entries of every computed row (a source upstream of
     it each), ``operand_shapes`` each site's read-out operand [P, 1 + K_s, d]: all held (``held_operands``), or
-    built per batch (the largest one at a time, and 12 bytes per slot for the features' indices and activations)."""
+    built per batch (the largest one at a time, and 12 bytes per slot for the features' indices and activations);
+    ``trace_bytes`` what the clean run's record holds (``Trace.nbytes``), alive for the whole attribution."""
     sizes = [p * k * d for p, k, d in operand_shapes]
     terms = {
         "rows_held": 4 * held_entries,
@@ -174,6 +176,7 @@ def memory_terms(n_nodes: int, held_entries: int, operand_shapes: list[tuple[int
         "adjoint": 4 * n_layers * (2 * n_heads * d_model**2 + 3 * n_heads * n_pos**2),
         "per_batch": 4 * (n_sites + 1) * n_pos * batch_size * d_model + READOUT_BYTES_PER_ROW_SOURCE * batch_size * n_nodes,
         "ranking": 16 * n_nodes,
+        "trace": trace_bytes,
     }
     terms["total"] = sum(terms.values())
     return terms

@@ -111,6 +111,30 @@ class Trace:
         """Sites in forward order (layer, then attn before mlp)."""
         return [self.sites[k] for k in sorted(self.sites, key=site_order)]
 
+    def nbytes(self) -> int:
+        """Bytes of the tensors this record holds (each storage once; the sites' dictionaries, which belong to the
+        loaded set, not counted): the engine README's memory term "trace"."""
+        seen: set[int] = set()
+
+        def walk(obj: object) -> int:
+            if isinstance(obj, torch.Tensor):
+                ptr = obj.untyped_storage().data_ptr()
+                if ptr in seen:
+                    return 0
+                seen.add(ptr)
+                return obj.untyped_storage().nbytes()
+            if isinstance(obj, (Dictionary, nn.Module)):
+                return 0
+            if isinstance(obj, dict):
+                return sum(walk(v) for v in obj.values())
+            if isinstance(obj, (list, tuple)):
+                return sum(walk(v) for v in obj)
+            if hasattr(obj, "__dataclass_fields__"):
+                return sum(walk(getattr(obj, name)) for name in obj.__dataclass_fields__)
+            return 0
+
+        return walk(self)
+
 
 def site_order(key: tuple[int, str]) -> tuple[int, int]:
     return (key[0], tn.SITES.index(key[1]))
