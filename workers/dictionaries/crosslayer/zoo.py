@@ -15,19 +15,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 
+from workers.cached_build import build_once
 from workers.dictionaries.activations import collect_activations
 from workers.dictionaries.crosslayer.module import CLTDictionarySet
 from workers.dictionaries.crosslayer.training import clt_reconstruction_stats, clt_spliced, train_clt
 from workers.dictionaries.formats import load_dictionary_set, save_dictionary_set
 from workers.dictionaries.metrics import cross_entropy, reconstruction_stats, spliced
 from workers.dictionaries.training import ZOO_MAX_TOKENS, ZOO_MLP, write_report
-from workers.zoo.build import MARKER, BuildSpec, ZooPaths, _exclusive, dictionary_token_batches, ensure_zoo
+from workers.zoo.build import BuildSpec, ZooPaths, dictionary_token_batches, ensure_zoo
 from workers.zoo.corpus import train_examples
 from workers.zoo.tokenizer import build_tokenizer
 
@@ -48,23 +48,7 @@ def ensure_zoo_clt(zoo: ZooPaths | None = None, progress: bool = False) -> Path:
     zoo = zoo or ensure_zoo(progress=progress)
     if zoo.dictionaries is None:
         raise RuntimeError(f"the zoo at {zoo.root} has no per-layer dictionaries to compare a CLT with")
-    root = zoo.root.parent / "clt"
-    out = root / clt_key(zoo)
-    if (out / MARKER).is_file():
-        return out
-    root.mkdir(parents=True, exist_ok=True)
-    with _exclusive(root / f"{out.name}.lock"):
-        if (out / MARKER).is_file():
-            return out
-        partial = root / f"{out.name}.partial"
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-        train_zoo_clt(zoo, partial, progress=progress)
-        (partial / MARKER).write_text(out.name + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        partial.rename(out)
-    return out
+    return build_once(zoo.root.parent / "clt", clt_key(zoo), lambda partial: train_zoo_clt(zoo, partial, progress=progress))
 
 
 def train_zoo_clt(zoo: ZooPaths, out_dir: Path, progress: bool = False) -> dict:

@@ -17,17 +17,16 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from workers.cached_build import build_once
 from workers.dictionaries.training import TrainConfig, train_dictionaries
 from workers.settings import Settings, get_settings
 from workers.text_corpus.build import TextCorpus, TextCorpusSpec, build_key, build_text_corpus
-from workers.zoo.build import MARKER, _exclusive
 
 MODEL_NAME = "gemma-3-270m"
 _DICTIONARIES = Path(__file__).resolve().parents[1]
@@ -70,28 +69,17 @@ def ensure_gemma_slice(spec: GemmaSliceSpec | None = None, *, model=None, tokeni
     spec = spec or GemmaSliceSpec()
     settings = settings or get_settings()
     corpus_key, _ = build_key(spec.corpus)
-    root = settings.zoo_dir / "gemma-slice"
-    out = root / slice_key(spec, corpus_key)
-    if (out / MARKER).is_file():
-        return out
-    root.mkdir(parents=True, exist_ok=True)
-    with _exclusive(root / f"{out.name}.lock"):
-        if (out / MARKER).is_file():
-            return out
+
+    def build(partial: Path) -> None:
+        nonlocal model, tokenizer
         if model is None or tokenizer is None:
             from workers.models.gguf import load_gemma3_270m
 
             model, tokenizer = load_gemma3_270m()
         corpus = build_text_corpus(spec.corpus, settings=settings, progress=progress)
-        partial = root / f"{out.name}.partial"
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
         train_gemma_slice(model, tokenizer, corpus, spec, partial, progress=progress)
-        (partial / MARKER).write_text(out.name + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        partial.rename(out)
-    return out
+
+    return build_once(settings.zoo_dir / "gemma-slice", slice_key(spec, corpus_key), build)
 
 
 def corpus_sequences(corpus: TextCorpus, split: str, n: int, seq_len: int, bos: int) -> torch.Tensor:
