@@ -151,8 +151,10 @@ def step_zoo(ctx: DemoContext) -> str:
 
 GEMMA_DEMO_PROMPTS = 6
 # A small node budget (the targets' rows complete, unexpanded features summed per site and position) keeps each
-# prompt to seconds on one CPU thread; the worker's torch threads are ATLAS_PIPELINE_TORCH_THREADS (1).
-GEMMA_CORPUS_SETTINGS: dict[str, Any] = {"max_feature_nodes": 64}
+# prompt to seconds on one CPU thread; the worker's torch threads are ATLAS_PIPELINE_TORCH_THREADS (1). Pruned at
+# 0.99: with dictionaries at three of 18 layers the error nodes carry most of the influence, and the default
+# thresholds (0.8 of the nodes' influence) leave about one feature per graph and no feature -> feature aggregates.
+GEMMA_CORPUS_SETTINGS: dict[str, Any] = {"max_feature_nodes": 64, "node_threshold": 0.99, "edge_threshold": 0.99}
 
 
 def step_gemma(ctx: DemoContext) -> str:
@@ -303,7 +305,7 @@ def read_circuit(driver: Any, corpus_id: str, database: str | None, top: int = 8
         g=r["g"], u=node_uid(r["g"], target["node_id"]), k=top, database_=database).records
     features = driver.execute_query(
         "MATCH (n:Feat {graph_id: $g}) RETURN n.node_id AS node, n.pos AS pos, n.fkey AS fkey, n.activation AS a, "
-        "n.influence AS i ORDER BY n.influence DESC LIMIT $k", g=r["g"], k=top, database_=database).records
+        "n.influence AS i ORDER BY coalesce(n.influence, -1.0) DESC, n.activation DESC LIMIT $k", g=r["g"], k=top, database_=database).records
     agg = driver.execute_query(
         "MATCH (a:Feature)-[e:AGG {corpus: $c}]->(b:Feature) RETURN a.fkey AS source, b.fkey AS target, e.sum_w AS sum_w, "
         "e.n AS n ORDER BY e.sum_abs_w DESC LIMIT $k", c=corpus_id, k=top, database_=database).records
@@ -327,13 +329,15 @@ def step_circuit(ctx: DemoContext) -> str:
 
     ctx.echo(f"    prompt: {c['prompt']!r}  targets {c['targets']}  (graph {c['graph_id']}; replacement "
              f"{metrics.get('replacement_pruned', float('nan')):.2f}, completeness {metrics.get('completeness_pruned', float('nan')):.2f})")
-    ctx.echo(f"    target {target['node_id']} ({target['label']}) = {target['value']:+.3f}")
+    ctx.echo(f"    target {target['label']} = {target['value']:+.3f}")
     ctx.echo("    strongest direct effects on it:")
     for e in c["into_target"]:
         ctx.echo(f"      {e['w']:+.3f}  {e['source']}{at(e['pos'])}")
-    ctx.echo("    most influential features:")
+    # an unpruned graph's nodes have no influence (it is computed by pruning): its features are ranked by activation
+    ctx.echo("    most influential features:" if any(f["i"] is not None for f in c["features"]) else "    most active features:")
     for f in c["features"]:
-        ctx.echo(f"      influence {f['i']:.3f}  activation {f['a']:.3f}  {f['node']}{at(f['pos'])}")
+        influence = "" if f["i"] is None else f"influence {f['i']:.3f}  "
+        ctx.echo(f"      {influence}activation {f['a']:.3f}  {f['node']}{at(f['pos'])}")
     ctx.echo("    corpus aggregates (feature -> feature, summed over the corpus):")
     for a in c["aggregates"]:
         ctx.echo(f"      sum_w {a['sum_w']:+.3f} over {a['n']} edges  {a['source']} -> {a['target']}")
