@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from workers.dictionaries.activations import _module_input
+from workers.dictionaries.activations import module_input
 from workers.dictionaries.modules import Dictionary, DictionarySet
 from workers.models.sites import site_module
 
@@ -69,7 +69,7 @@ def spliced(model: nn.Module, ds: DictionarySet, sites: Iterable[tuple[int, str]
 
         def hook(_m, args, kwargs, out, d=d, site=key[1]):
             y = out[0] if isinstance(out, tuple) else out
-            x = y if site == "attn" else _module_input(args, kwargs)
+            x = y if site == "attn" else module_input(args, kwargs)
             y_hat = d(x.to(d.W_enc.dtype)).to(y.dtype)
             return (y_hat, *out[1:]) if isinstance(out, tuple) else y_hat
 

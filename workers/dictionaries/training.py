@@ -73,6 +73,17 @@ class TrainHistory:
     seconds: float = 0.0
     pruned: int = 0  # features dropped by prune_dead
 
+    def log(self, tcfg: TrainConfig, step: int, loss: float, l0: float, dead_fraction: float) -> bool:
+        """Record ``step`` if it is one to log (every ``tcfg.log_every`` and the last); returns whether it was."""
+        if step % tcfg.log_every != 0 and step != tcfg.steps - 1:
+            return False
+        self.step.append(step)
+        self.loss.append(loss)
+        self.l0.append(l0)
+        self.explained_variance.append(1.0 - loss)
+        self.dead_fraction.append(dead_fraction)
+        return True
+
 
 class _JumpReLU(torch.autograd.Function):
     """pre·(pre > θ); dθ via the rectangle-kernel straight-through estimator."""
@@ -133,80 +144,97 @@ def _resample_(d: Dictionary, opt: torch.optim.Optimizer, dead: torch.Tensor, x:
                 state[key][idx] = 0.0
 
 
-def train_dictionary(
-    cfg: DictionaryConfig,
-    X: torch.Tensor,
-    Y: torch.Tensor,
-    tcfg: TrainConfig,
-    progress: bool = True,
-) -> tuple[Dictionary, TrainHistory]:
-    """Train one dictionary on inputs X [n, d_in] → targets Y [n, d_out] (X is Y for an SAE).
-
-    Returns the dictionary in canonical form (training scales folded back in) and its history.
-    """
-    if cfg.activation not in ("topk", "jumprelu"):
-        raise ValueError(f"training supports activation 'topk' or 'jumprelu', not {cfg.activation!r}")
-    if X.shape[0] != Y.shape[0] or X.shape[1] != cfg.d_in or Y.shape[1] != cfg.d_out:
-        raise ValueError(f"activations X {list(X.shape)} / Y {list(Y.shape)} do not fit {cfg.name}: "
-                         f"expected [n, {cfg.d_in}] / [n, {cfg.d_out}]")
-    t0 = time.time()
-    gen = torch.Generator().manual_seed(tcfg.seed)
-    n = X.shape[0]
-    # One scale per side so that training sees mean norm √d (lr and bandwidth then transfer across sites).
-    c_in = math.sqrt(cfg.d_in) / float(X[:65536].norm(dim=-1).mean().clamp_min(1e-12))
-    c_out = math.sqrt(cfg.d_out) / float(Y[:65536].norm(dim=-1).mean().clamp_min(1e-12))
-    d = Dictionary(cfg).init_weights_(gen)
-    with torch.no_grad():
-        xs, ys = X[:65536] * c_in, Y[:65536] * c_out
-        if d.W_skip is not None:
-            xc = xs - xs.mean(0)
-            sol = torch.linalg.lstsq(xc, ys - ys.mean(0)).solution  # [d_in, d_out]
-            d.W_skip.copy_(sol.T)
-            resid = ys - xs @ sol
-        else:
-            resid = ys
-        d.b_dec.copy_(resid.mean(0))
-        rows = torch.randint(0, xs.shape[0], (cfg.d_dict,), generator=gen)
-        dec = resid[rows] - resid.mean(0)
-        d.W_dec.copy_(dec / dec.norm(dim=-1, keepdim=True).clamp_min(1e-12))
-        if cfg.kind == "sae":
-            d.W_enc.copy_(d.W_dec)
-        else:
-            # Small encoder rows: features start quiet, so the skip path's fit is not drowned in noise.
-            enc = xs[rows] - xs.mean(0)
-            d.W_enc.copy_(0.1 * enc / enc.norm(dim=-1, keepdim=True).clamp_min(1e-12))
-        if cfg.activation == "jumprelu":
-            d.threshold.fill_(tcfg.init_threshold)
-    log_theta = None
-    params: list[torch.nn.Parameter] = [d.W_enc, d.b_enc, d.W_dec, d.b_dec]
-    if d.W_skip is not None:
-        params.append(d.W_skip)
-    if cfg.activation == "jumprelu":
-        log_theta = torch.nn.Parameter(d.threshold.detach().log())
-        params.append(log_theta)
-    opt = torch.optim.Adam(params, lr=tcfg.lr, betas=(0.9, 0.999))
+def decay_lr_(opt: torch.optim.Optimizer, tcfg: TrainConfig, step: int) -> None:
+    """The learning rate of ``step``: ``tcfg.lr``, decayed linearly to 0 over the last ``lr_decay_frac`` of the
+    steps (shared by every trainer here and the cross-layer one)."""
     decay_start = int(tcfg.steps * (1 - tcfg.lr_decay_frac))
-    last_fired = torch.zeros(cfg.d_dict, dtype=torch.long)  # tokens seen when each feature last fired
-    tokens_seen = 0
-    aux_k = min(tcfg.aux_k or cfg.d_out // 2, cfg.d_dict)
-    hist = TrainHistory()
-    bar = tqdm(range(tcfg.steps), desc=f"train {cfg.name}", disable=not progress, leave=False)
-    for step in bar:
-        idx_rows = torch.randint(0, n, (tcfg.batch_size,), generator=gen)
-        x, y = X[idx_rows] * c_in, Y[idx_rows] * c_out
+    if step >= decay_start:
+        for g in opt.param_groups:
+            g["lr"] = tcfg.lr * (tcfg.steps - step) / max(1, tcfg.steps - decay_start)
+
+
+class DictionaryTrainer:
+    """One dictionary's training, a step at a time: built from a sample of (X, Y) (the training scales and the
+    data-point initialisation come from its first 65,536 rows), fed batches with :meth:`step`, closed with
+    :meth:`finish`. :meth:`state_dict` / :meth:`from_state_dict` hold everything a step depends on (weights, Adam
+    state, ``last_fired``, tokens seen, the generator, the history, the step), so a resumed trainer continues
+    bit-identically. ``device``: where the weights and batches live (the generator stays on the CPU, so the
+    random draws are the same on every device). :func:`train_dictionary` is a loop over it."""
+
+    def __init__(self, cfg: DictionaryConfig, X: torch.Tensor, Y: torch.Tensor, tcfg: TrainConfig,
+                 device: torch.device | str = "cpu") -> None:
+        if cfg.activation not in ("topk", "jumprelu"):
+            raise ValueError(f"training supports activation 'topk' or 'jumprelu', not {cfg.activation!r}")
+        if X.shape[0] != Y.shape[0] or X.shape[1] != cfg.d_in or Y.shape[1] != cfg.d_out:
+            raise ValueError(f"activations X {list(X.shape)} / Y {list(Y.shape)} do not fit {cfg.name}: "
+                             f"expected [n, {cfg.d_in}] / [n, {cfg.d_out}]")
+        self.cfg, self.tcfg, self.device = cfg, tcfg, torch.device(device)
+        self._t0 = time.time()
+        self.seconds_before = 0.0
+        self.gen = torch.Generator().manual_seed(tcfg.seed)
+        X, Y = X[:65536].to(self.device), Y[:65536].to(self.device)
+        # One scale per side so that training sees mean norm √d (lr and bandwidth then transfer across sites).
+        self.c_in = math.sqrt(cfg.d_in) / float(X.norm(dim=-1).mean().clamp_min(1e-12))
+        self.c_out = math.sqrt(cfg.d_out) / float(Y.norm(dim=-1).mean().clamp_min(1e-12))
+        d = Dictionary(cfg).init_weights_(self.gen).to(self.device)
+        with torch.no_grad():
+            xs, ys = X * self.c_in, Y * self.c_out
+            if d.W_skip is not None:
+                xc = xs - xs.mean(0)
+                sol = torch.linalg.lstsq(xc, ys - ys.mean(0)).solution  # [d_in, d_out]
+                d.W_skip.copy_(sol.T)
+                resid = ys - xs @ sol
+            else:
+                resid = ys
+            d.b_dec.copy_(resid.mean(0))
+            rows = torch.randint(0, xs.shape[0], (cfg.d_dict,), generator=self.gen).to(self.device)
+            dec = resid[rows] - resid.mean(0)
+            d.W_dec.copy_(dec / dec.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+            if cfg.kind == "sae":
+                d.W_enc.copy_(d.W_dec)
+            else:
+                # Small encoder rows: features start quiet, so the skip path's fit is not drowned in noise.
+                enc = xs[rows] - xs.mean(0)
+                d.W_enc.copy_(0.1 * enc / enc.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+            if cfg.activation == "jumprelu":
+                d.threshold.fill_(tcfg.init_threshold)
+        self._setup(d)
+
+    def _setup(self, d: Dictionary) -> None:
+        cfg, tcfg = self.cfg, self.tcfg
+        self.d = d
+        self.log_theta: torch.nn.Parameter | None = None
+        params: list[torch.nn.Parameter] = [d.W_enc, d.b_enc, d.W_dec, d.b_dec]
+        if d.W_skip is not None:
+            params.append(d.W_skip)
+        if cfg.activation == "jumprelu":
+            self.log_theta = torch.nn.Parameter(d.threshold.detach().log())
+            params.append(self.log_theta)
+        self.opt = torch.optim.Adam(params, lr=tcfg.lr, betas=(0.9, 0.999))
+        self.last_fired = torch.zeros(cfg.d_dict, dtype=torch.long, device=self.device)  # tokens seen at last firing
+        self.tokens_seen = 0
+        self.aux_k = min(tcfg.aux_k or cfg.d_out // 2, cfg.d_dict)
+        self.hist = TrainHistory()
+        self.step_index = 0
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> bool:
+        """One Adam step on a batch of inputs x [b, d_in] and targets y [b, d_out] (unscaled). Returns whether
+        the step was logged in the history."""
+        cfg, tcfg, d, step = self.cfg, self.tcfg, self.d, self.step_index
+        x, y = x.to(self.device) * self.c_in, y.to(self.device) * self.c_out
         pre = x @ d.W_enc.T + d.b_enc
         base = d.b_dec if d.W_skip is None else d.b_dec + x @ d.W_skip.T
-        aux = torch.zeros(())
-        l0_pen = torch.zeros(())
+        aux = torch.zeros((), device=self.device)
+        l0_pen = torch.zeros((), device=self.device)
         if cfg.activation == "topk":
             vals, idx = pre.topk(cfg.k, dim=-1)
             vals = vals.clamp_min(0)
             y_hat = base + _decode_topk(idx, vals, d.W_dec)
-            active = torch.zeros(cfg.d_dict, dtype=torch.bool)
+            active = torch.zeros(cfg.d_dict, dtype=torch.bool, device=self.device)
             active[idx[vals > 0]] = True
             l0 = float((vals > 0).float().sum(-1).mean())
         else:
-            theta = log_theta.exp()  # type: ignore[union-attr]
+            theta = self.log_theta.exp()  # type: ignore[union-attr]
             acts = _JumpReLU.apply(pre, theta, tcfg.bandwidth)
             y_hat = base + acts @ d.W_dec
             l0_pen = _Step.apply(pre, theta, tcfg.bandwidth).sum(-1).mean()
@@ -215,13 +243,13 @@ def train_dictionary(
         err = y - y_hat
         denom = ((y - y.mean(0)) ** 2).sum().clamp_min(1e-12)
         loss = (err ** 2).sum() / denom
-        tokens_seen += tcfg.batch_size
-        last_fired[active] = tokens_seen
-        dead = (tokens_seen - last_fired) > tcfg.dead_after_tokens
+        self.tokens_seen += x.shape[0]
+        self.last_fired[active] = self.tokens_seen
+        dead = (self.tokens_seen - self.last_fired) > tcfg.dead_after_tokens
         n_dead = int(dead.sum())
         if n_dead > 0 and tcfg.aux_coef > 0:
             # AuxK: the top dead latents try to explain the residual the live ones leave.
-            k_aux = min(aux_k, n_dead)
+            k_aux = min(self.aux_k, n_dead)
             masked = pre.masked_fill(~dead, float("-inf"))
             a_vals, a_idx = masked.topk(k_aux, dim=-1)
             a_vals = a_vals.clamp_min(0)
@@ -229,42 +257,99 @@ def train_dictionary(
             resid = err.detach()
             aux = tcfg.aux_coef * ((resid - e_hat) ** 2).sum() / (resid ** 2).sum().clamp_min(1e-12)
         total = loss + aux + (tcfg.l0_coef * l0_pen if cfg.activation == "jumprelu" else 0.0)
-        opt.zero_grad(set_to_none=True)
+        self.opt.zero_grad(set_to_none=True)
         total.backward()
-        if step >= decay_start:
-            for g in opt.param_groups:
-                g["lr"] = tcfg.lr * (tcfg.steps - step) / max(1, tcfg.steps - decay_start)
-        opt.step()
+        decay_lr_(self.opt, tcfg, step)
+        self.opt.step()
         with torch.no_grad():
             d.W_dec.div_(d.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-12))
             if (n_dead and step > 0 and step % tcfg.resample_every == 0
                     and step < tcfg.resample_until * tcfg.steps):
-                _resample_(d, opt, dead, x, err.detach(), gen)
-                last_fired[dead] = tokens_seen
-        if step % tcfg.log_every == 0 or step == tcfg.steps - 1:
-            hist.step.append(step)
-            hist.loss.append(float(loss.detach()))
-            hist.l0.append(l0)
-            hist.explained_variance.append(1.0 - hist.loss[-1])
-            hist.dead_fraction.append(n_dead / cfg.d_dict)
-            bar.set_postfix(loss=f"{hist.loss[-1]:.4f}", l0=f"{l0:.1f}", dead=n_dead)
+                _resample_(d, self.opt, dead, x, err.detach(), self.gen)
+                self.last_fired[dead] = self.tokens_seen
+        self.step_index += 1
+        return self.hist.log(tcfg, step, float(loss.detach()), l0, n_dead / cfg.d_dict)
+
+    def finish(self, prune_X: torch.Tensor | None = None) -> tuple[Dictionary, TrainHistory]:
+        """The trained dictionary in canonical form (training scales folded back) on the CPU, and the history.
+        With ``tcfg.prune_dead``, ``prune_X`` (the training inputs) decides which features never fired."""
+        d, hist = self.d, self.hist
+        with torch.no_grad():
+            if self.log_theta is not None:
+                d.threshold.copy_(self.log_theta.exp())
+            # Fold the training scales back: pre(c_in·x) stays the same pre-activation (threshold unchanged);
+            # outputs are divided by c_out.
+            d.W_enc.mul_(self.c_in)
+            d.W_dec.div_(self.c_out)
+            d.b_dec.div_(self.c_out)
+            if d.W_skip is not None:
+                d.W_skip.mul_(self.c_in / self.c_out)
+        d = d.cpu()
+        for p in d.parameters():
+            p.requires_grad_(False)
+        if self.tcfg.prune_dead:
+            if prune_X is None:
+                raise ValueError(f"{self.cfg.name}: prune_dead needs the training inputs (prune_X)")
+            d, hist.pruned = prune_never_firing(d, prune_X)
+        hist.seconds = self.seconds_before + time.time() - self._t0
+        return d, hist
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the next steps depend on (tensors on the CPU; ``torch.save`` it)."""
+        return {"cfg": self.cfg.to_dict(), "tcfg": asdict(self.tcfg), "c_in": self.c_in, "c_out": self.c_out,
+                "weights": {k: v.detach().cpu().clone() for k, v in self.d.state_dict().items()},
+                "log_theta": None if self.log_theta is None else self.log_theta.detach().cpu().clone(),
+                "opt": self.opt.state_dict(), "last_fired": self.last_fired.cpu().clone(),
+                "tokens_seen": self.tokens_seen, "gen": self.gen.get_state(), "hist": asdict(self.hist),
+                "step": self.step_index, "seconds": self.seconds_before + time.time() - self._t0}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any], device: torch.device | str = "cpu") -> DictionaryTrainer:
+        """The trainer that :meth:`state_dict` described, ready to continue."""
+        self = cls.__new__(cls)
+        self.cfg = DictionaryConfig.from_dict(state["cfg"])
+        self.tcfg = TrainConfig(**state["tcfg"])
+        self.device = torch.device(device)
+        self._t0, self.seconds_before = time.time(), float(state["seconds"])
+        self.gen = torch.Generator()
+        self.gen.set_state(state["gen"])
+        self.c_in, self.c_out = state["c_in"], state["c_out"]
+        d = Dictionary(self.cfg)
+        d.load_state_dict(state["weights"])
+        self._setup(d.to(self.device))
+        if self.log_theta is not None:
+            with torch.no_grad():
+                self.log_theta.copy_(state["log_theta"])
+        self.opt.load_state_dict(state["opt"])
+        self.last_fired.copy_(state["last_fired"])
+        self.tokens_seen = int(state["tokens_seen"])
+        self.hist = TrainHistory(**state["hist"])
+        self.step_index = int(state["step"])
+        return self
+
+
+def train_dictionary(
+    cfg: DictionaryConfig,
+    X: torch.Tensor,
+    Y: torch.Tensor,
+    tcfg: TrainConfig,
+    progress: bool = True,
+) -> tuple[Dictionary, TrainHistory]:
+    """Train one dictionary on inputs X [n, d_in] → targets Y [n, d_out] (X is Y for an SAE), each step on
+    ``tcfg.batch_size`` rows drawn at random (with replacement).
+
+    Returns the dictionary in canonical form (training scales folded back in) and its history.
+    """
+    trainer = DictionaryTrainer(cfg, X, Y, tcfg)
+    n = X.shape[0]
+    bar = tqdm(range(tcfg.steps), desc=f"train {cfg.name}", disable=not progress, leave=False)
+    for _ in bar:
+        rows = torch.randint(0, n, (tcfg.batch_size,), generator=trainer.gen)
+        if trainer.step(X[rows], Y[rows]):
+            h = trainer.hist
+            bar.set_postfix(loss=f"{h.loss[-1]:.4f}", l0=f"{h.l0[-1]:.1f}", dead=round(h.dead_fraction[-1] * cfg.d_dict))
     bar.close()
-    with torch.no_grad():
-        if log_theta is not None:
-            d.threshold.copy_(log_theta.exp())
-        # Fold the training scales back: pre(c_in·x) stays the same pre-activation (threshold unchanged);
-        # outputs are divided by c_out.
-        d.W_enc.mul_(c_in)
-        d.W_dec.div_(c_out)
-        d.b_dec.div_(c_out)
-        if d.W_skip is not None:
-            d.W_skip.mul_(c_in / c_out)
-    for p in d.parameters():
-        p.requires_grad_(False)
-    if tcfg.prune_dead:
-        d, hist.pruned = prune_never_firing(d, X)
-    hist.seconds = time.time() - t0
-    return d, hist
+    return trainer.finish(prune_X=X)
 
 
 @torch.no_grad()

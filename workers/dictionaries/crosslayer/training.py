@@ -25,10 +25,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from workers.dictionaries.activations import _module_input
+from workers.dictionaries.activations import module_input
 from workers.dictionaries.crosslayer.module import CLTConfig, CrossLayerTranscoder
 from workers.dictionaries.formats.hooks import pre_mlp_norm_module
-from workers.dictionaries.training import TrainConfig, TrainHistory
+from workers.dictionaries.training import TrainConfig, TrainHistory, decay_lr_
 from workers.models.sites import blocks
 
 
@@ -72,7 +72,6 @@ def train_clt(X: list[torch.Tensor], Y: list[torch.Tensor], tcfg: TrainConfig, i
             clt.W_enc[i].copy_(0.1 * enc / enc.norm(dim=-1, keepdim=True).clamp_min(1e-12))
     params = list(clt.parameters())
     opt = torch.optim.Adam(params, lr=tcfg.lr, betas=(0.9, 0.999))
-    decay_start = int(tcfg.steps * (1 - tcfg.lr_decay_frac))
     last_fired = torch.zeros(L, F_, dtype=torch.long)
     tokens_seen = 0
     aux_k = min(tcfg.aux_k or d // 2, F_)
@@ -112,9 +111,7 @@ def train_clt(X: list[torch.Tensor], Y: list[torch.Tensor], tcfg: TrainConfig, i
             aux = aux + tcfg.aux_coef * ((resid - e_hat) ** 2).sum() / (resid ** 2).sum().clamp_min(1e-12) / L
         opt.zero_grad(set_to_none=True)
         (loss + aux).backward()
-        if step >= decay_start:
-            for g in opt.param_groups:
-                g["lr"] = tcfg.lr * (tcfg.steps - step) / max(1, tcfg.steps - decay_start)
+        decay_lr_(opt, tcfg, step)
         opt.step()
         with torch.no_grad():
             for i in range(L):
@@ -124,12 +121,7 @@ def train_clt(X: list[torch.Tensor], Y: list[torch.Tensor], tcfg: TrainConfig, i
                     and step < tcfg.resample_until * tcfg.steps):
                 _resample_(clt, opt, dead, xs, [e.detach() for e in errs], gen)
                 last_fired[dead] = tokens_seen
-        if step % tcfg.log_every == 0 or step == tcfg.steps - 1:
-            hist.step.append(step)
-            hist.loss.append(float(loss.detach()))
-            hist.l0.append(l0)
-            hist.explained_variance.append(1.0 - hist.loss[-1])
-            hist.dead_fraction.append(float(dead.float().mean()))
+        if hist.log(tcfg, step, float(loss.detach()), l0, float(dead.float().mean())):
             bar.set_postfix(loss=f"{hist.loss[-1]:.4f}", l0=f"{l0:.1f}", dead=int(dead.sum()))
     bar.close()
     with torch.no_grad():  # fold the training scales back
@@ -216,7 +208,7 @@ def clt_spliced(model: nn.Module, clt: CrossLayerTranscoder) -> Iterator[None]:
     handles = []
     for b in blocks(model):
         def read(_m, args, kwargs, layer=b.index):
-            x = _module_input(args, kwargs)
+            x = module_input(args, kwargs)
             acts[layer] = clt.encode(layer, x.to(clt.W_enc.dtype))
 
         def write(_m, args, kwargs, out, layer=b.index):
