@@ -24,6 +24,12 @@ app.add_typer(zoo_app, name="zoo")
 from workers.text_corpus.cli import app as data_app  # noqa: E402
 
 app.add_typer(data_app, name="data")
+
+from workers.dictionaries.gemma.cli import app as gemma_dictionaries_app  # noqa: E402
+
+dictionaries_app = typer.Typer(help="Trained dictionaries (SAEs and transcoders) of real models.", no_args_is_help=True)
+dictionaries_app.add_typer(gemma_dictionaries_app, name="gemma")
+app.add_typer(dictionaries_app, name="dictionaries")
 app.command("attribute", help="Compute one attribution graph and print its circuit.")(attribute_command)
 
 from atlas_client.cli import circuit_command, corpus_app  # noqa: E402 - the client's commands (over HTTP)

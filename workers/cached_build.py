@@ -12,8 +12,10 @@ from pathlib import Path
 from workers.zoo.build import MARKER, _exclusive
 
 
-def build_once(root: Path, key: str, build: Callable[[Path], object]) -> Path:
-    """``root / key``, calling ``build(partial_dir)`` first if no complete artefact has that key."""
+def build_once(root: Path, key: str, build: Callable[[Path], object], resume: bool = False) -> Path:
+    """``root / key``, calling ``build(partial_dir)`` first if no complete artefact has that key. ``resume``: keep
+    what a killed build of this key left in ``<key>.partial`` (a build that checkpoints there resumes from it);
+    otherwise the partial directory starts empty."""
     out = root / key
     if (out / MARKER).is_file():
         return out
@@ -22,8 +24,9 @@ def build_once(root: Path, key: str, build: Callable[[Path], object]) -> Path:
         if (out / MARKER).is_file():  # built by another process while this one waited
             return out
         partial = root / f"{key}.partial"
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
+        if not resume:
+            shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True, exist_ok=True)
         build(partial)
         (partial / MARKER).write_text(key + "\n")
         if out.exists():

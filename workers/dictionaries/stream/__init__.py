@@ -1,0 +1,1 @@
+"""Streaming, resumable training of many dictionaries at once (issue #16): ``train.py``."""
