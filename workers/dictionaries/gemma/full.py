@@ -48,7 +48,7 @@ class GemmaDictionarySpec:
     tokens: int = 8_000_000  # training tokens (BOS positions excluded); steps = tokens // batch_size
     batch_size: int = 1024
     lr: float = 2e-3
-    seq_len: int = 256  # BOS + 255 corpus tokens per sequence
+    seq_len: int = 257  # BOS + 256 corpus tokens: a forward pass of 8 sequences is 2 batches of 1,024, none left over
     sequences_per_batch: int = 8  # sequences per forward pass
     buffer_tokens: int = 16_384  # rows of each site's shuffle buffer
     heldout_sequences: int = 32  # held-out sequences (the start of the held-out split) for the metrics and the CE

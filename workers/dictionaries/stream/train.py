@@ -9,7 +9,8 @@
     rounded up to whole forward batches). It is filled, served in a random order (a permutation seeded by the
     fill's index), ``rows // batch_size`` batches, and refilled from the next sequences. Memory:
     ``rows × Σ_sites (d_in + d_out, or d for an SAE) × 4`` bytes (:func:`buffer_bytes`), whatever the tokens.
-    Every token is used once.
+    Every token is used once, except the last ``rows mod batch_size`` rows of each fill, which are dropped
+    (none when a forward pass holds whole batches: 8 × 256 tokens with batch 1,024).
   - **Every site trains with** ``training.DictionaryTrainer``, on the same rows of each batch; the first fill is
     the initialisation sample (scales, data-point initialisation).
   - **Checkpoints** every ``checkpoint_every`` steps into ``out_dir/checkpoint.pt`` (written whole, then renamed):
@@ -55,7 +56,7 @@ CHECKPOINT = "checkpoint.pt"
 
 @dataclass(frozen=True)
 class StreamConfig:
-    seq_len: int = 256  # BOS + seq_len − 1 corpus tokens per sequence
+    seq_len: int = 257  # BOS + seq_len − 1 corpus tokens per sequence (256: 8 sequences are 2 batches of 1,024)
     sequences_per_batch: int = 8  # sequences per forward pass
     buffer_tokens: int = 16_384  # rows of each site's shuffle buffer (rounded up to whole forward passes)
     checkpoint_every: int = 200  # steps
