@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from workers.cached_build import build_once
-from workers.dictionaries.gemma.slice import MODEL_NAME, corpus_sequences
+from workers.dictionaries.gemma.slice import MODEL_NAME
 from workers.dictionaries.stream.train import PackedSequences, StreamConfig, train_stream
 from workers.dictionaries.training import TrainConfig, check_quality_bar
 from workers.models.placement import Placement
@@ -51,7 +51,7 @@ class GemmaDictionarySpec:
     seq_len: int = 257  # BOS + 256 corpus tokens: a forward pass of 8 sequences is 2 batches of 1,024, none left over
     sequences_per_batch: int = 8  # sequences per forward pass
     buffer_tokens: int = 16_384  # rows of each site's shuffle buffer
-    heldout_sequences: int = 32  # held-out sequences (the start of the held-out split) for the metrics and the CE
+    heldout_sequences: int = 32  # held-out sequences (a seeded sample of the held-out split) for the metrics and the CE
     checkpoint_every: int = 200  # steps; not part of the key
     corpus: TextCorpusSpec = field(default_factory=TextCorpusSpec)
     seed: int = 0
@@ -114,8 +114,10 @@ def ensure_gemma_dictionaries(spec: GemmaDictionarySpec | None = None, *, settin
         model.to(device)
         bos = int(tokenizer.bos_token_id)
         seqs = PackedSequences(corpus.tokens("train"), spec.seq_len, bos, seed=spec.seed)
-        held = list(corpus_sequences(corpus, "heldout", spec.heldout_sequences, spec.seq_len, bos)
-                    .split(spec.sequences_per_batch))
+        # Held-out sequences drawn like the training ones (a seeded sample of the whole split, not its start, which
+        # is one source): the metrics then measure the training distribution.
+        held = list(PackedSequences(corpus.tokens("heldout"), spec.seq_len, bos, seed=spec.seed)
+                    .batch(0, spec.heldout_sequences).split(spec.sequences_per_batch))
         _, report = train_stream(model, seqs, spec.site_list(), spec.train_config(), spec.stream_config(), partial,
                                  held, tokens=spec.tokens, model_name=MODEL_NAME, device=device,
                                  log=_log if progress else (lambda _m: None))
