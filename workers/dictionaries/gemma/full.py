@@ -34,9 +34,11 @@ from workers.zoo.build import MARKER
 N_LAYERS = 18
 _DICTIONARIES = Path(__file__).resolve().parents[1]
 
-# The bar the full set must meet, on the held-out split (workers/dictionaries/README.md, "Gemma 3 270M", says
-# where it comes from: the two-layer pilot).
-GEMMA_BAR = {"min_ev": 0.80, "max_dead": 0.10, "max_ce": 0.35}
+# The bar the full set must meet on the held-out sample: EV ≥ 0.80 at every site, dead fraction < 0.25, CE increase
+# ≤ 35 % with all 36 sites spliced. Where it comes from (the two-layer pilot: EV 0.74–0.82, dead 0.44–0.67 on 8,192
+# held-out tokens, CE +4.3 % with 4 sites at 0.5 M tokens) and what it expects: workers/dictionaries/README.md,
+# "Pilot and quality bar".
+GEMMA_BAR = {"min_ev": 0.80, "max_dead": 0.25, "max_ce": 0.35}
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,7 @@ class GemmaDictionarySpec:
     seq_len: int = 257  # BOS + 256 corpus tokens: a forward pass of 8 sequences is 2 batches of 1,024, none left over
     sequences_per_batch: int = 8  # sequences per forward pass
     buffer_tokens: int = 16_384  # rows of each site's shuffle buffer
-    heldout_sequences: int = 32  # held-out sequences (a seeded sample of the held-out split) for the metrics and the CE
+    heldout_sequences: int = 128  # a seeded sample of the held-out split (32,768 tokens) for the metrics and the CE
     checkpoint_every: int = 200  # steps; not part of the key
     corpus: TextCorpusSpec = field(default_factory=TextCorpusSpec)
     seed: int = 0
