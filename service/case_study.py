@@ -58,6 +58,7 @@ class CaseStudyConfig:
     settings: dict[str, Any] = field(default_factory=lambda: dict(CASE_SETTINGS))
     error_only_ioi: bool = True  # also run the IOI corpus with no dictionaries
     viewer: str = VIEWER  # base URL of the viewer the write-up's feature links point at
+    model_id: str = MODEL_ID  # the registry id of the model (its sets: <id>-case-dicts, <id>-error-only)
     job_timeout_s: float = 6 * 3600
 
 
@@ -198,13 +199,25 @@ def summarise(task: str, prompts: Sequence[Any], corpus: dict, viewer: str) -> d
 
 
 def run_case_study(settings: Settings, echo: Callable[[str], None], config: CaseStudyConfig) -> dict:
-    """Services, dictionaries, corpora over REST, analyses read back; returns (and writes) the results."""
-    from workers.models.gguf import gemma3_270m_path, load_gemma3_270m_tokenizer
-
+    """Services up, schema migrated, then :func:`case_study`; returns (and writes, with ``config.out``) the
+    results with the total time."""
     started = time.monotonic()
     ctx = DemoContext(settings=settings, echo=echo)
     echo(f"services: {step_services(ctx)}")
     echo(f"migrate: {step_migrate(ctx)}")
+    results = case_study(settings, echo, config)
+    results["seconds_total"] = time.monotonic() - started
+    if config.out is not None:
+        write_outputs(results, Path(config.out))
+    return results
+
+
+def case_study(settings: Settings, echo: Callable[[str], None], config: CaseStudyConfig) -> dict:
+    """The core of :func:`run_case_study` on running services: dictionaries, prompts, an API and a worker of its
+    own, every corpus over REST and read back. Returns the results (not written)."""
+    from workers.models.gguf import gemma3_270m_path, load_gemma3_270m_tokenizer
+
+    started = time.monotonic()
     if config.dictionaries is None:
         from workers.dictionaries.gemma.slice import GemmaSliceSpec, ensure_gemma_slice
 
@@ -219,15 +232,16 @@ def run_case_study(settings: Settings, echo: Callable[[str], None], config: Case
     tokenizer = load_gemma3_270m_tokenizer()
     prompts = task_prompts(tokenizer, config.sizes, config.seed)
     echo("prompts: " + ", ".join(f"{t} {len(p)}" for t, p in prompts.items()))
-    dset_id, empty_id = f"{MODEL_ID}-case-dicts", f"{MODEL_ID}-error-only"
+    model_id = config.model_id
+    dset_id, empty_id = f"{model_id}-case-dicts", f"{model_id}-error-only"
     runs = [(task, dset_id, task) for task in prompts]
     if config.error_only_ioi and "ioi" in prompts:
         runs.append(("ioi-error-only", empty_id, "ioi"))
-    results: dict[str, Any] = {"model": MODEL_ID, "dictionaries": str(dictionaries), "settings": config.settings,
+    results: dict[str, Any] = {"model": model_id, "dictionaries": str(dictionaries), "settings": config.settings,
                                "seed": config.seed, "sizes": {t: len(p) for t, p in prompts.items()}, "tasks": {}}
     with api_session(settings, [model_path]) as http:
-        register(http, MODEL_ID, model_path, dset_id, dictionaries)
-        post_json(http, "/registry/dictionary-sets", {"dictionary_set_id": empty_id, "model_id": MODEL_ID,
+        register(http, model_id, model_path, dset_id, dictionaries)
+        post_json(http, "/registry/dictionary-sets", {"dictionary_set_id": empty_id, "model_id": model_id,
                                                       "path": str(empty)}, 201)
         registry = http.get("/registry").json()
         results["dictionary_set"] = next(d for d in registry["dictionary_sets"] if d["dictionary_set_id"] == dset_id)
@@ -237,7 +251,7 @@ def run_case_study(settings: Settings, echo: Callable[[str], None], config: Case
             from workers.case_studies.tasks import corpus_items
 
             accepted, job = submit_and_wait(http, echo, {
-                "model": MODEL_ID, "dictionary_set": dset, "name": f"case-study {name}",
+                "model": model_id, "dictionary_set": dset, "name": f"case-study {name}",
                 "prompts": corpus_items(prompts[task]), "settings": config.settings}, config.job_timeout_s)
             corpus = read_corpus(http, accepted["corpus_id"])
             summary = summarise(task, prompts[task], corpus, config.viewer)
@@ -250,9 +264,7 @@ def run_case_study(settings: Settings, echo: Callable[[str], None], config: Case
                 f["upstream_aggregates"] = page.json()["items"] if page.status_code == 200 else []
             results["tasks"][name] = summary
             echo(f"{name}: done in {summary['seconds']:.0f}s; best position by role {summary['best_role_fraction']}")
-    results["seconds_total"] = time.monotonic() - started
-    if config.out is not None:
-        write_outputs(results, Path(config.out))
+    results["seconds_corpora"] = time.monotonic() - started
     return results
 
 
