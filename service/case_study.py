@@ -272,8 +272,8 @@ def _rounded(x: Any, digits: int = 5) -> Any:
     """Floats to ``digits`` significant digits (the JSON stays small), recursively."""
     if isinstance(x, float):
         return float(f"{x:.{digits}g}")
-    if isinstance(x, dict):
-        return {k: _rounded(v, digits) for k, v in x.items()}
+    if isinstance(x, dict):  # times since the epoch (``*_at``) keep every digit
+        return {k: v if k.endswith("_at") else _rounded(v, digits) for k, v in x.items()}
     if isinstance(x, list):
         return [_rounded(v, digits) for v in x]
     return x
