@@ -212,9 +212,10 @@ def run_case_study(settings: Settings, echo: Callable[[str], None], config: Case
     return results
 
 
-def case_study(settings: Settings, echo: Callable[[str], None], config: CaseStudyConfig) -> dict:
+def case_study(settings: Settings, echo: Callable[[str], None], config: CaseStudyConfig, tokenizer: Any = None) -> dict:
     """The core of :func:`run_case_study` on running services: dictionaries, prompts, an API and a worker of its
-    own, every corpus over REST and read back. Returns the results (not written)."""
+    own, every corpus over REST and read back. Returns the results (not written). ``tokenizer``: Gemma's, if the
+    caller has it loaded (else it is built from the GGUF vocabulary, ~17 s)."""
     from workers.models.gguf import gemma3_270m_path, load_gemma3_270m_tokenizer
 
     started = time.monotonic()
@@ -229,7 +230,7 @@ def case_study(settings: Settings, echo: Callable[[str], None], config: CaseStud
         dictionaries = Path(config.dictionaries).expanduser().resolve()
     empty = error_only_set(settings)
     model_path = gemma3_270m_path()
-    tokenizer = load_gemma3_270m_tokenizer()
+    tokenizer = tokenizer if tokenizer is not None else load_gemma3_270m_tokenizer()
     prompts = task_prompts(tokenizer, config.sizes, config.seed)
     echo("prompts: " + ", ".join(f"{t} {len(p)}" for t, p in prompts.items()))
     model_id = config.model_id

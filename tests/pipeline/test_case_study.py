@@ -33,7 +33,7 @@ def test_case_study_core_end_to_end(settings, neo4j_driver, gemma, unique_id, tm
     lines: list[str] = []
     config = CaseStudyConfig(sizes=dict(SIZES), dictionaries=slice_dir, model_id=f"{unique_id}-gemma",
                              job_timeout_s=900)
-    res = case_study(settings, lines.append, config)
+    res = case_study(settings, lines.append, config, tokenizer=tok)
     prompts = task_prompts(tok, SIZES, config.seed)
     assert set(res["tasks"]) == {*SIZES, "ioi-error-only"}
     assert res["dictionary_set"]["n_dictionaries"] == 6 and res["dictionaries"] == str(slice_dir)
