@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import typer
 
 from service.runtime.processes import ServiceError
@@ -190,6 +193,40 @@ def demo_command(
         raise _fail(exc) from None
     typer.echo(f"ping: {ctx.results.get('ping')}")
     typer.echo(f"health: {ctx.results.get('health')}")
+
+
+@app.command("case-study")
+def case_study_command(
+    model: str = typer.Argument("gemma3-270m", help="The model: gemma3-270m (the only one so far)."),
+    dictionaries: Path | None = typer.Option(None, "--dictionaries", help=(
+        "A dictionary set directory for the model; default: the trained slice (built on first use).")),
+    ioi: int = typer.Option(200, "--ioi", help="IOI prompts (also run error-only, with no dictionaries)."),
+    induction: int = typer.Option(60, "--induction", help="Induction prompts."),
+    brackets: int = typer.Option(60, "--brackets", help="Bracket prompts."),
+    facts: int = typer.Option(60, "--facts", help="Factual-recall prompts."),
+    seed: int = typer.Option(0, "--seed"),
+    out: Path = typer.Option(Path("docs/case-studies/gemma-3-270m"), "--out", help="Where the JSON and plots go."),
+) -> None:
+    """The case studies of issue #16 through the product: corpora over REST, graphs computed by a real worker
+    into Neo4j, answers read back with the analyses API and Cypher; prints its total time."""
+    from service.case_study import CaseStudyConfig, run_case_study
+    from service.db.migrations import MigrationError
+    from service.demo import DemoError
+
+    if model != "gemma3-270m":
+        raise _fail(DemoError(f"unknown case-study model {model!r}: gemma3-270m"))
+    started = time.monotonic()
+    config = CaseStudyConfig(sizes={"ioi": ioi, "induction": induction, "brackets": brackets, "facts": facts},
+                             dictionaries=dictionaries, out=out, seed=seed)
+    try:
+        results = run_case_study(_settings(), _echo, config)
+    except (ServiceError, MigrationError, DemoError) as exc:
+        raise _fail(exc) from None
+    for name, s in results["tasks"].items():
+        check = s.get("io_position_check")
+        typer.echo(f"{name}: {s['n_graphs']} graphs, accuracy {s.get('accuracy')}, best-position roles "
+                   f"{s['best_role_fraction']}" + (f", IO-position check {check['fraction']:.3f}" if check else ""))
+    typer.echo(f"wrote {out}; total time {time.monotonic() - started:.1f}s")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ corpus and circuit steps read: paths, ids, prompts and the corpus settings.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -21,7 +22,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -214,55 +215,26 @@ def _wait_http(client: Any, path: str, timeout_s: float) -> None:
         time.sleep(0.5)
 
 
-def step_corpus(ctx: DemoContext) -> str:
-    """Over real HTTP: register, submit, watch the job to the end (uvicorn + one worker, both stopped after)."""
+@contextlib.contextmanager
+def api_session(settings: Settings, registry_roots: Sequence[Path] = (), worker_queues: str = "gpu,cpu"
+                ) -> Iterator[Any]:
+    """A uvicorn serving the API and one real worker, both started here and stopped after, and an ``httpx.Client``
+    on the API carrying a ``write`` + ``cypher`` key made for the session (revoked at the end)."""
     import httpx
 
     from service.auth import create_key, revoke_key
     from workers.connections.redis import redis_client
 
-    # The write routes need an API key: the demo makes its own, sends it, and revokes it at the end.
-    keys = redis_client(ctx.settings)
-    demo_key, demo_plain = create_key(keys, "demo", ("write",))
-    headers = {"Authorization": f"Bearer {demo_plain}"}
+    keys = redis_client(settings)
+    key, plain = create_key(keys, "demo", ("write", "cypher"))
     port = _free_port()
-    api = start_api_process(ctx.settings, port, ctx.results.get("registry_roots", []))
-    worker = start_worker_process(ctx.settings, queues="gpu,cpu")
+    api = start_api_process(settings, port, registry_roots)
+    worker = start_worker_process(settings, queues=worker_queues)
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120, headers=headers) as http:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120,
+                          headers={"Authorization": f"Bearer {plain}"}) as http:
             _wait_http(http, "/readyz", 120)
-            model_id, dset_id = ctx.results["model_id"], ctx.results["model_id"] + "-dicts"
-            for path, payload in (
-                ("/registry/models", {"model_id": model_id, "path": str(ctx.results["model_dir"])}),
-                ("/registry/dictionary-sets", {"dictionary_set_id": dset_id, "model_id": model_id,
-                                               "path": str(ctx.results["dictionaries_dir"])}),
-            ):
-                r = http.post(path, json=payload)
-                if r.status_code != 201:
-                    raise DemoError(f"POST {path} answered {r.status_code}: {r.text}")
-            r = http.post("/corpora", json={"model": model_id, "dictionary_set": dset_id, "name": "demo",
-                                            "prompts": ctx.results["prompts"],
-                                            "settings": ctx.results["corpus_settings"]})
-            if r.status_code != 202:
-                raise DemoError(f"POST /corpora answered {r.status_code}: {r.text}")
-            accepted = r.json()
-            ctx.results["corpus"] = accepted
-            last = ""
-            deadline = time.monotonic() + ctx.results.get("job_timeout_s", 900)
-            while True:
-                job = http.get(accepted["job_url"]).json()
-                line = (f"    job {job['job_id']}: {job['state']}, {job['done']}/{job['total']} done, {job['failed']} "
-                        f"failed" + (f", {job['throughput_per_min']:.1f} prompts/min" if job["throughput_per_min"] else "")
-                        + (f", ETA {job['eta_s']:.0f}s" if job["eta_s"] is not None else ""))
-                if line != last:
-                    ctx.echo(line)
-                    last = line
-                if job["state"] in ("complete", "complete_with_failures", "cancelled"):
-                    break
-                if time.monotonic() > deadline:
-                    raise DemoError(f"the job did not finish in time: {job}")
-                time.sleep(1.0)
-            ctx.results["job"] = job
+            yield http
     finally:
         stop_worker_process(worker)
         if api.poll() is None:
@@ -272,10 +244,58 @@ def step_corpus(ctx: DemoContext) -> str:
             except subprocess.TimeoutExpired:
                 os.killpg(api.pid, signal.SIGKILL)
                 api.wait()
-        revoke_key(keys, demo_key.key_id)  # its plaintext existed only in this process
+        revoke_key(keys, key.key_id)  # its plaintext existed only in this process
         keys.close()
+
+
+def post_json(http: Any, path: str, payload: dict, expect: int) -> dict:
+    r = http.post(path, json=payload)
+    if r.status_code != expect:
+        raise DemoError(f"POST {path} answered {r.status_code}: {r.text}")
+    return r.json()
+
+
+def register(http: Any, model_id: str, model_path: Path, dictionary_set_id: str, dictionaries_path: Path) -> None:
+    """``POST /registry/models`` and ``POST /registry/dictionary-sets``."""
+    post_json(http, "/registry/models", {"model_id": model_id, "path": str(model_path)}, 201)
+    post_json(http, "/registry/dictionary-sets", {"dictionary_set_id": dictionary_set_id, "model_id": model_id,
+                                                  "path": str(dictionaries_path)}, 201)
+
+
+def submit_and_wait(http: Any, echo: Callable[[str], None], body: dict, timeout_s: float = 900) -> tuple[dict, dict]:
+    """``POST /corpora`` with ``body``, then the job watched to its end (a line per change). Returns (the 202's
+    body, the final job); DemoError when it does not complete."""
+    accepted = post_json(http, "/corpora", body, 202)
+    last = ""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        job = http.get(accepted["job_url"]).json()
+        line = (f"    job {job['job_id']}: {job['state']}, {job['done']}/{job['total']} done, {job['failed']} "
+                f"failed" + (f", {job['throughput_per_min']:.1f} prompts/min" if job["throughput_per_min"] else "")
+                + (f", ETA {job['eta_s']:.0f}s" if job["eta_s"] is not None else ""))
+        if line != last:
+            echo(line)
+            last = line
+        if job["state"] in ("complete", "complete_with_failures", "cancelled"):
+            break
+        if time.monotonic() > deadline:
+            raise DemoError(f"the job did not finish in time: {job}")
+        time.sleep(1.0)
     if job["state"] != "complete":
         raise DemoError(f"the corpus ended {job['state']}: failures {job['failures']}")
+    return accepted, job
+
+
+def step_corpus(ctx: DemoContext) -> str:
+    """Over real HTTP: register, submit, watch the job to the end (uvicorn + one worker, both stopped after)."""
+    with api_session(ctx.settings, ctx.results.get("registry_roots", [])) as http:
+        model_id, dset_id = ctx.results["model_id"], ctx.results["model_id"] + "-dicts"
+        register(http, model_id, ctx.results["model_dir"], dset_id, ctx.results["dictionaries_dir"])
+        accepted, job = submit_and_wait(http, ctx.echo, {
+            "model": model_id, "dictionary_set": dset_id, "name": "demo", "prompts": ctx.results["prompts"],
+            "settings": ctx.results["corpus_settings"]}, ctx.results.get("job_timeout_s", 900))
+    ctx.results["corpus"] = accepted
+    ctx.results["job"] = job
     return f"{job['done']} graphs stored for corpus {accepted['corpus_id']} at {job['throughput_per_min']:.1f} prompts/min"
 
 

@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 from service.schemas.request import RequestBody
 
 AnalysisKind = Literal["recurring_features", "consensus_circuit", "circuit_difference", "cluster_prompts",
-                       "virtual_weights", "local_circuit"]
+                       "attribution_shares", "virtual_weights", "local_circuit"]
 
 
 class AnalysisRequest(RequestBody):
@@ -18,6 +18,8 @@ class AnalysisRequest(RequestBody):
         default_factory=dict,
         description="recurring_features / consensus_circuit / cluster_prompts: graph_ids or corpus_id (+ prompt_ids), "
                     "min_influence, and min_graphs | min_fraction | threshold; circuit_difference: graph_a, graph_b; "
+                    "attribution_shares: graph_ids or corpus_id (+ prompt_ids), target (index), top_features, "
+                    "corpus_features; "
                     "virtual_weights: dictionary_set_id, corpus_id, top_k, max_tokens; local_circuit: graph_id, node_id, prune.",
         examples=[{"corpus_id": "ioi-demo", "min_fraction": 0.8}],
     )

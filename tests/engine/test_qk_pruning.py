@@ -9,7 +9,7 @@ from tests.engine.conftest import PROMPTS
 from workers.engine import targets as T
 from workers.engine.attribution import build_graph
 from workers.engine.graph import Graph, TargetInfo
-from workers.engine.pruning import influence, prune
+from workers.engine.pruning import influence, prune, unpruned_scores
 from workers.engine.qk import circuit_heads, qk_attribution
 
 
@@ -77,6 +77,9 @@ def test_scores_on_a_graph_without_errors_and_with_only_errors():
     # completeness: only the logit row has error input (half); I + w = .25 for tokens and features,
     # 1 for the logit, .5 for the error
     assert r.scores["completeness_unpruned"] == pytest.approx((4 * 0.25 + 0.5 * 1.0 + 0.5) / 2.5)
+    # a graph stored unpruned gets the same scores (workers/pipeline/compute.py puts them in its metrics)
+    assert unpruned_scores(_toy_graph(A, kinds, {4: 1.0})) == {k: v for k, v in r.scores.items()
+                                                              if k.endswith("_unpruned")}
 
 
 def test_prune_keeps_tokens_targets_and_no_dangling(traced):

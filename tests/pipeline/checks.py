@@ -84,3 +84,49 @@ def assert_stored_rows_complete(driver, graph_id: str) -> int:  # noqa: ANN001
                                      u=uid).records[0]["w"]
         assert abs(total - value) < 1e-4 * max(1.0, abs(value)), (uid, total, value)
     return len(rows)
+
+
+def dense_attribution(nodes: list[dict], edges: list[tuple[str, str, float]], target: dict) -> dict[str, float]:
+    """Brute-force reference of the amount of ``target`` each node carries (workers/analysis/attribution_shares.py):
+    x solving (I − M)ᵀ x = value·e_target with M[t, s] = w(s → t) / value(t), over the target's row and the
+    rows of features (``nodes``: dicts with node_id, kind, activation; a feature's row sums to its activation)."""
+    import numpy as np
+
+    idx = {n["node_id"]: i for i, n in enumerate(nodes)}
+    m = np.zeros((len(nodes), len(nodes)))
+    for s, t, w in edges:
+        if t == target["node_id"]:
+            m[idx[t], idx[s]] += w / target["value"]
+        elif nodes[idx[t]]["kind"] == "feature":
+            m[idx[t], idx[s]] += w / nodes[idx[t]]["activation"]
+    e = np.zeros(len(nodes))
+    e[idx[target["node_id"]]] = target["value"]
+    x = np.linalg.solve((np.eye(len(nodes)) - m).T, e)
+    return {n["node_id"]: float(x[i]) for i, n in enumerate(nodes)}
+
+
+def stored_position_shares(driver, graph_id: str, target: int = 0) -> tuple[dict[int, float], float]:  # noqa: ANN001
+    """(position -> share, bias) of a stored graph's target, by :func:`dense_attribution` over its stored leaves
+    (nodes without in-edges)."""
+    import json
+
+    t = json.loads(driver.execute_query("MATCH (g:Graph {graph_id: $g}) RETURN g.target AS t",
+                                        g=graph_id).records[0]["t"])["targets"][target]
+    nodes = [dict(r) for r in driver.execute_query(
+        "MATCH (n:Node {graph_id: $g}) RETURN n.node_id AS node_id, n.kind AS kind, n.pos AS pos, "
+        "n.activation AS activation", g=graph_id).records]
+    edges = [(r["s"], r["t"], r["w"]) for r in driver.execute_query(
+        "MATCH (s:Node {graph_id: $g})-[e:ATTR]->(t:Node) RETURN s.node_id AS s, t.node_id AS t, e.w AS w",
+        g=graph_id).records]
+    x = dense_attribution(nodes, edges, t)
+    has_row = {t for _, t, _ in edges}
+    shares: dict[int, float] = {}
+    bias = 0.0
+    for n in nodes:
+        if n["node_id"] in has_row or n["node_id"] == t["node_id"]:
+            continue
+        if n["pos"] is None:
+            bias += x[n["node_id"]]
+        else:
+            shares[n["pos"]] = shares.get(n["pos"], 0.0) + x[n["node_id"]]
+    return shares, bias

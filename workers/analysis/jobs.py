@@ -39,6 +39,14 @@ def _cluster(driver: Driver, p: dict, db: str | None) -> dict:
                                         min_influence=p.get("min_influence", 0.0), database=db)
 
 
+def _attribution_shares(driver: Driver, p: dict, db: str | None) -> dict:
+    from workers.analysis.attribution_shares import attribution_shares
+
+    return attribution_shares(driver, _graphs(driver, p, db), target=int(p.get("target", 0)),
+                              top_features=int(p.get("top_features", 20)),
+                              corpus_features=int(p.get("corpus_features", 50)), database=db)
+
+
 def _virtual_weights(driver: Driver, p: dict, db: str | None) -> dict:
     from workers.analysis.virtual_weights import compute_and_store_for_registered
 
@@ -79,6 +87,7 @@ ANALYSES: dict[str, Callable[[Driver, dict, str | None], dict]] = {
     "consensus_circuit": _consensus,
     "circuit_difference": _difference,
     "cluster_prompts": _cluster,
+    "attribution_shares": _attribution_shares,
     "virtual_weights": _virtual_weights,
     "local_circuit": _local_circuit,
     "qk_pairs": _qk_pairs,

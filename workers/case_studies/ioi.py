@@ -15,8 +15,8 @@ import random
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
+from workers.case_studies.tasks import TaskPrompt, Tokenizer
 from workers.zoo.vocab import NAMES as ZOO_NAMES
 from workers.zoo.vocab import OBJECTS, PLACES
 
@@ -43,14 +43,6 @@ TEMPLATES: tuple[str, ...] = (
     "After the day at the {P}, {A} and {B} found a {O}. {S} gave the {O} to",
 )
 NAME_SLOT = re.compile(r"\{[ABS]\}")
-
-
-class Tokenizer(Protocol):
-    """What is used of a transformers tokenizer."""
-
-    bos_token_id: int | None
-
-    def encode(self, text: str, add_special_tokens: bool = ...) -> list[int]: ...
 
 
 @dataclass(frozen=True)
@@ -106,6 +98,15 @@ def tokenise(prompt: IOIPrompt, tokenizer: Tokenizer) -> IOITokens:
         raise ValueError(f"{prompt.text!r}: the IO name {prompt.io!r} is at token positions {io_positions} and the "
                          f"S name {prompt.s!r} at {s_positions}; expected one and two")
     return IOITokens(tuple(ids), io_id, s_id, io_positions, s_positions)
+
+
+def task_prompt(prompt: IOIPrompt, tokenizer: Tokenizer) -> TaskPrompt:
+    """The prompt as a case-study :class:`TaskPrompt`: target logit(IO) − logit(S); roles ``END``, ``IO``, ``S1``
+    (the subject's first occurrence) and ``S2`` (its repeat)."""
+    t = tokenise(prompt, tokenizer)
+    roles = {"END": (len(t.input_ids) - 1,), "IO": t.io_positions, "S1": t.s_positions[:1], "S2": t.s_positions[1:]}
+    return TaskPrompt("ioi", prompt.text, t.input_ids, t.io_id, t.s_id, roles,
+                      {"io": prompt.io, "s": prompt.s, "template": prompt.template})
 
 
 def corpus_items(prompts: Sequence[IOIPrompt], tokenizer: Tokenizer) -> list[dict]:

@@ -98,14 +98,26 @@ def scores(g: Graph, idx: torch.Tensor, val: torch.Tensor, w: torch.Tensor) -> d
     }
 
 
+def _edges_without_bias(g: Graph) -> tuple[torch.Tensor, torch.Tensor]:
+    """The adjacency's (target, source) indices and weights, minus edges out of bias leaves."""
+    idx, val = _coo(g)
+    keep = torch.tensor([k != "bias" for k in g.kinds])[idx[1]]
+    return idx[:, keep], val[keep]
+
+
+def unpruned_scores(g: Graph) -> dict[str, float]:
+    """The whole graph's scores (``replacement_unpruned``, ``completeness_unpruned``, ``unexpanded_unpruned``), as
+    :func:`prune` reports them, for a graph stored without pruning."""
+    idx, val = _edges_without_bias(g)
+    return {f"{k}_unpruned": v for k, v in scores(g, idx, val, target_weights(g)).items()}
+
+
 def prune(g: Graph, node_threshold: float = NODE_THRESHOLD, edge_threshold: float = EDGE_THRESHOLD) -> PruneResult:
     """Influence pruning of ``g`` (see the module doc). ``g`` is not modified: the influence is returned in
     the result (``g.influence = result.influence`` stores it with the graph)."""
-    idx, val = _coo(g)
+    idx, val = _edges_without_bias(g)
     n = g.n_nodes
     not_bias = torch.tensor([g.kinds[i] != "bias" for i in range(n)])
-    keep_e = not_bias[idx[1]]
-    idx, val = idx[:, keep_e], val[keep_e]
     w = target_weights(g)
     nv = _normalised(idx, val, n)
     I = influence(idx, nv, w)

@@ -239,6 +239,7 @@ def run_prompt(driver: Driver, r: redis_lib.Redis, cache: ModelCache, cfg: Pipel
     ``writer_token`` names this delivery (the Celery task id: the same across its retries); ``retry``: this is a
     Celery retry of a delivery that already started the prompt (its attempt is not counted again). Raises
     ``PromptBusy`` without changing anything when another delivery of the prompt is alive (module docstring)."""
+    from workers.engine.pruning import unpruned_scores
     from workers.store.from_engine import graph_to_record
 
     token = writer_token or uuid.uuid4().hex
@@ -303,7 +304,8 @@ def run_prompt(driver: Driver, r: redis_lib.Redis, cache: ModelCache, cfg: Pipel
             rec = graph_to_record(
                 g, graph_id=graph_id, prompt_id=prompt_id, corpus_id=work.corpus_id, model=work.model_id,
                 dictionary_set=work.dictionary_set_id, pruned=pr, max_features=work.settings.get("max_features"),
-                settings=work.settings, metrics={"seconds_attribution": g.provenance.get("timings_s", {}).get("total")})
+                settings=work.settings, metrics={"seconds_attribution": g.provenance.get("timings_s", {}).get("total"),
+                                                 **(unpruned_scores(g) if pr is None else {})})
             write_graph(driver, rec, database=database, should_stop=between_batches, token=token,
                         fold=False, lease_s=cfg.graph_lease_s,
                         in_edge_batch=(lambda: time.sleep(cfg.fault_tx_delay_s)) if cfg.fault_tx_delay_s > 0 else None)
