@@ -131,7 +131,8 @@ def _resample_(d: Dictionary, opt: torch.optim.Optimizer, dead: torch.Tensor, x:
     moments. The encoder row gets the token's input direction at 0.2× the mean live encoder norm."""
     idx = dead.nonzero().squeeze(1)
     weights = (err ** 2).sum(-1)
-    pick = torch.multinomial(weights / weights.sum(), idx.numel(), replacement=True, generator=gen)
+    # drawn on the CPU, where the trainers keep their generator (the same draws on every device)
+    pick = torch.multinomial((weights / weights.sum()).cpu(), idx.numel(), replacement=True, generator=gen).to(err.device)
     e, xi = err[pick], x[pick] - x.mean(0)
     live_norm = d.W_enc[~dead].norm(dim=-1).mean() if bool((~dead).any()) else torch.tensor(1.0)
     d.W_dec[idx] = e / e.norm(dim=-1, keepdim=True).clamp_min(1e-12)
