@@ -19,12 +19,12 @@ _D = GemmaDictionarySpec()
 
 
 def _spec(layers: str, sites: str, d_dict: int, k: int, tokens: int, batch_size: int, lr: float,
-          buffer_tokens: int, heldout_sequences: int, checkpoint_every: int) -> GemmaDictionarySpec:
+          resample_until: float, buffer_tokens: int, heldout_sequences: int, checkpoint_every: int) -> GemmaDictionarySpec:
     try:
         return GemmaDictionarySpec(
             layers=tuple(int(x) for x in layers.split(",")) if layers else _D.layers,
             sites=tuple(s.strip() for s in sites.split(",")), d_dict=d_dict, k=k, tokens=tokens, batch_size=batch_size,
-            lr=lr, buffer_tokens=buffer_tokens, heldout_sequences=heldout_sequences, checkpoint_every=checkpoint_every)
+            lr=lr, resample_until=resample_until, buffer_tokens=buffer_tokens, heldout_sequences=heldout_sequences, checkpoint_every=checkpoint_every)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from e
 
@@ -45,6 +45,8 @@ def _options(fn):  # noqa: ANN001, ANN202 - the same options on both commands
         inspect.Parameter("batch_size", inspect.Parameter.KEYWORD_ONLY, annotation=int,
                           default=typer.Option(_D.batch_size, help="tokens per step")),
         inspect.Parameter("lr", inspect.Parameter.KEYWORD_ONLY, annotation=float, default=typer.Option(_D.lr)),
+        inspect.Parameter("resample_until", inspect.Parameter.KEYWORD_ONLY, annotation=float,
+                          default=typer.Option(_D.resample_until, help="resample dead features in this first fraction of steps")),
         inspect.Parameter("buffer_tokens", inspect.Parameter.KEYWORD_ONLY, annotation=int,
                           default=typer.Option(_D.buffer_tokens, help="rows of each site's shuffle buffer")),
         inspect.Parameter("heldout_sequences", inspect.Parameter.KEYWORD_ONLY, annotation=int,

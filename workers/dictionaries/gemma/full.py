@@ -50,6 +50,7 @@ class GemmaDictionarySpec:
     tokens: int = 8_000_000  # training tokens (BOS positions excluded); steps = tokens // batch_size
     batch_size: int = 1024
     lr: float = 2e-3
+    resample_until: float = TrainConfig.resample_until  # dead features are resampled in this first fraction of steps
     seq_len: int = 257  # BOS + 256 corpus tokens: a forward pass of 8 sequences is 2 batches of 1,024, none left over
     sequences_per_batch: int = 8  # sequences per forward pass
     buffer_tokens: int = 16_384  # rows of each site's shuffle buffer
@@ -67,7 +68,7 @@ class GemmaDictionarySpec:
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(d_dict=self.d_dict, activation="topk", k=self.k, steps=self.tokens // self.batch_size,
-                           batch_size=self.batch_size, lr=self.lr, seed=self.seed)
+                           batch_size=self.batch_size, lr=self.lr, resample_until=self.resample_until, seed=self.seed)
 
     def stream_config(self) -> StreamConfig:
         return StreamConfig(seq_len=self.seq_len, sequences_per_batch=self.sequences_per_batch,
