@@ -241,9 +241,7 @@ def case_study(settings: Settings, echo: Callable[[str], None], config: CaseStud
     results: dict[str, Any] = {"model": model_id, "dictionaries": str(dictionaries), "settings": config.settings,
                                "seed": config.seed, "sizes": {t: len(p) for t, p in prompts.items()}, "tasks": {}}
     with api_session(settings, [model_path]) as http:
-        register(http, model_id, model_path, dset_id, dictionaries)
-        post_json(http, "/registry/dictionary-sets", {"dictionary_set_id": empty_id, "model_id": model_id,
-                                                      "path": str(empty)}, 201)
+        register(http, model_id, model_path, {dset_id: dictionaries, empty_id: empty})
         registry = http.get("/registry").json()
         results["dictionary_set"] = next(d for d in registry["dictionary_sets"] if d["dictionary_set_id"] == dset_id)
         for name, dset, task in runs:

@@ -255,11 +255,12 @@ def post_json(http: Any, path: str, payload: dict, expect: int) -> dict:
     return r.json()
 
 
-def register(http: Any, model_id: str, model_path: Path, dictionary_set_id: str, dictionaries_path: Path) -> None:
-    """``POST /registry/models`` and ``POST /registry/dictionary-sets``."""
+def register(http: Any, model_id: str, model_path: Path, dictionary_sets: dict[str, Path]) -> None:
+    """``POST /registry/models``, then ``POST /registry/dictionary-sets`` for each ``{set id: path}`` of the model."""
     post_json(http, "/registry/models", {"model_id": model_id, "path": str(model_path)}, 201)
-    post_json(http, "/registry/dictionary-sets", {"dictionary_set_id": dictionary_set_id, "model_id": model_id,
-                                                  "path": str(dictionaries_path)}, 201)
+    for dictionary_set_id, path in dictionary_sets.items():
+        post_json(http, "/registry/dictionary-sets", {"dictionary_set_id": dictionary_set_id, "model_id": model_id,
+                                                      "path": str(path)}, 201)
 
 
 def submit_and_wait(http: Any, echo: Callable[[str], None], body: dict, timeout_s: float = 900) -> tuple[dict, dict]:
@@ -290,7 +291,7 @@ def step_corpus(ctx: DemoContext) -> str:
     """Over real HTTP: register, submit, watch the job to the end (uvicorn + one worker, both stopped after)."""
     with api_session(ctx.settings, ctx.results.get("registry_roots", [])) as http:
         model_id, dset_id = ctx.results["model_id"], ctx.results["model_id"] + "-dicts"
-        register(http, model_id, ctx.results["model_dir"], dset_id, ctx.results["dictionaries_dir"])
+        register(http, model_id, ctx.results["model_dir"], {dset_id: ctx.results["dictionaries_dir"]})
         accepted, job = submit_and_wait(http, ctx.echo, {
             "model": model_id, "dictionary_set": dset_id, "name": "demo", "prompts": ctx.results["prompts"],
             "settings": ctx.results["corpus_settings"]}, ctx.results.get("job_timeout_s", 900))
