@@ -34,15 +34,16 @@ from workers.dictionaries.training import DictionaryTrainer, TrainConfig, train_
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("activation,skip", [("topk", True), ("jumprelu", False)])
-def test_the_stepper_saved_and_reloaded_mid_training_is_train_dictionary(activation, skip):
+@pytest.mark.parametrize("activation,skip,centre", [("topk", True, False), ("jumprelu", False, False), ("topk", True, True)])
+def test_the_stepper_saved_and_reloaded_mid_training_is_train_dictionary(activation, skip, centre):
     # The stepper's loop, with its state saved (torch.save) and a new trainer loaded from it after a resampling
     # step, ends bit-identical to train_dictionary: weights, history, dead features resampled on the way.
     g = torch.Generator().manual_seed(1)
     X = torch.randn(3000, 24, generator=g) @ torch.randn(24, 24, generator=g)
     Y = torch.tanh(X) @ torch.randn(24, 24, generator=g)
     tc = TrainConfig(d_dict=96, k=4, activation=activation, skip=skip, steps=240, batch_size=64,
-                     dead_after_tokens=500, resample_every=50, log_every=7)
+                     dead_after_tokens=500, resample_every=50, log_every=7, centre_inputs=centre,
+                     init="random" if centre else "data")
     cfg = DictionaryConfig(kind="transcoder", site="mlp", layer=0, d_in=24, d_out=24, d_dict=96, activation=activation,
                            k=4 if activation == "topk" else None, skip=skip)
     ref, ref_hist = train_dictionary(cfg, X, Y, tc, progress=False)

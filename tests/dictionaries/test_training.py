@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from workers.dictionaries.formats import load_dictionary_set
 from workers.dictionaries.metrics import cross_entropy, reconstruction_stats, splice_ce, spliced
 from workers.dictionaries.modules import Dictionary, DictionaryConfig, DictionarySet
 from workers.dictionaries.training import (
+    DictionaryTrainer,
     TrainConfig,
     check_quality_bar,
     prune_never_firing,
@@ -149,6 +151,50 @@ def test_skip_transcoder_starts_from_the_least_squares_map():
                            skip=True)
     d, _ = train_dictionary(cfg, X, Y, TrainConfig(d_dict=64, k=4, skip=True, steps=20, batch_size=256), progress=False)
     assert reconstruction_stats(d, X, Y).explained_variance > 0.999
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_centred_training_folds_the_mean_into_the_biases_exactly(skip):
+    # The trainer's own reconstruction (inputs scaled, centred) equals the finished dictionary's on the raw inputs.
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(4000, D, generator=g) + 20 * torch.randn(D, generator=g)
+    Y = torch.relu(X) @ torch.randn(D, D, generator=g) + 5
+    tc = TrainConfig(d_dict=64, k=4, skip=skip, steps=50, batch_size=256, init="random", centre_inputs=True)
+    cfg = DictionaryConfig(kind="transcoder", site="mlp", layer=0, d_in=D, d_out=D, d_dict=64, activation="topk", k=4,
+                           skip=skip)
+    trainer = DictionaryTrainer(cfg, X, Y, tc)
+    for i in range(tc.steps):
+        trainer.step(X[i * 64:i * 64 + 256], Y[i * 64:i * 64 + 256])
+    assert float(trainer.mu_in.norm()) > 0.5 * math.sqrt(D)  # the mean is a large part of these inputs
+    with torch.no_grad():
+        t = trainer.d
+        xs = X * trainer.c_in - trainer.mu_in
+        pre = xs @ t.W_enc.T + t.b_enc
+        vals, idx = pre.topk(4, dim=-1)
+        acts = torch.zeros_like(pre).scatter(-1, idx, vals.clamp_min(0))
+        inside = acts @ t.W_dec + t.b_dec + (xs @ t.W_skip.T if skip else 0)
+    d, _ = trainer.finish()
+    expected = inside / trainer.c_out  # float32 rounding differs in the last bits: tolerance relative to the scale
+    torch.testing.assert_close(d(X), expected, rtol=1e-4, atol=1e-5 * float(expected.abs().max()))
+
+
+def test_centring_keeps_topk_features_alive_where_a_large_mean_kills_them():
+    # Sparse ground truth on top of a constant 4× its size: uncentred, the mean dominates every pre-activation and
+    # TopK keeps picking the same features (here half of them die); centred, none dies, at the same EV (≈ 0.75 after
+    # 400 steps either way).
+    g = torch.Generator().manual_seed(4)
+    offset = torch.randn(D, generator=g)
+    X = sparse_ground_truth(12000, seed=2)
+    X = X + 4 * X.norm(dim=-1).mean() * offset / offset.norm()
+    cfg = DictionaryConfig(kind="sae", site="attn", layer=0, d_in=D, d_out=D, d_dict=64, activation="topk", k=4)
+    stats = {}
+    for centre in (False, True):
+        tc = TrainConfig(d_dict=64, k=4, steps=400, batch_size=512, lr=5e-3, init="random", centre_inputs=centre)
+        d, _ = train_dictionary(cfg, X[:10000], X[:10000], tc, progress=False)
+        stats[centre] = reconstruction_stats(d, X[10000:], X[10000:])
+    assert stats[True].dead_fraction < 0.05
+    assert stats[False].dead_fraction > stats[True].dead_fraction + 0.3
+    assert stats[True].explained_variance > 0.65
 
 
 def test_train_dictionaries_writes_a_loadable_set_with_reports(tmp_path: Path):

@@ -3,9 +3,17 @@
 Recipe (TopK: Gao et al. 2024; JumpReLU: Rajamanoharan et al. 2024):
   - inputs and targets are scaled to mean norm √d for training (one constant per side) and the
     scales are folded back into the weights afterwards, exactly, like lm-saes' dataset-wise norm;
-  - decoder rows are kept at unit norm after every Adam step; they start at random centred data
-    points (targets), the encoder rows at the matching inputs, the decoder bias at the target mean —
-    random directions would start outside the low-dimensional subspace tiny models use, and die;
+  - decoder rows are kept at unit norm after every Adam step; the decoder bias starts at the target mean;
+    ``init`` chooses where the features start:
+      "data": decoder rows at random centred data points (targets), encoder rows at the matching inputs —
+        random directions would start outside the low-dimensional subspace tiny models use, and die (the zoo);
+      "random": random unit directions, encoder = decoder (Gao et al.) — at thousands of features on a real
+        model the data points' reconstruction starts ~50× too large (EV −700 at step 0 on Gemma 3 270M's attention
+        outputs; workers/dictionaries/README.md, "The recipe at 4,096 features");
+  - ``centre_inputs``: the encoder (and skip path) see the inputs minus their mean, measured on the initialisation
+    sample and folded into b_enc (and b_dec) at the end, exactly. Real models' MLP inputs and attention outputs
+    carry a large constant part (on Gemma 3 270M the mean's norm is 0.66–0.82 of the mean norm); uncentred, it
+    dominates every pre-activation, TopK picks the same features for every token, and the rest die;
   - transcoders with a skip connection start W_skip at the least-squares linear map x → y, so the
     features only have to explain what a linear map cannot;
   - dead features (no activation for ``dead_after_tokens`` tokens) get the AuxK loss: the top
@@ -25,7 +33,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +58,8 @@ class TrainConfig:
     aux_k: int | None = None  # default d_out // 2
     aux_coef: float = 1 / 32
     dead_after_tokens: int = 50_000
+    init: Literal["data", "random"] = "data"  # where the features start (module doc)
+    centre_inputs: bool = False  # train on inputs minus their mean (module doc)
     resample_every: int = 100
     resample_until: float = 0.6
     l0_coef: float = 5e-3  # JumpReLU sparsity weight (per active feature, on normalised MSE scale)
@@ -61,6 +71,10 @@ class TrainConfig:
     # function is unchanged (a TopK feature that never made the top k never mattered); the report
     # records how many were dropped and d_dict is the number kept.
     prune_dead: bool = False
+
+    def __post_init__(self) -> None:
+        if self.init not in ("data", "random"):  # "random" keeps Dictionary.init_weights_
+            raise ValueError(f"TrainConfig.init must be 'data' or 'random', not {self.init!r}")
 
 
 @dataclass
@@ -175,11 +189,15 @@ class DictionaryTrainer:
         self.gen = torch.Generator().manual_seed(tcfg.seed)
         X, Y = X[:65536].to(self.device), Y[:65536].to(self.device)
         # One scale per side so that training sees mean norm √d (lr and bandwidth then transfer across sites).
-        self.c_in = math.sqrt(cfg.d_in) / float(X.norm(dim=-1).mean().clamp_min(1e-12))
+        # With centre_inputs, the inputs' mean (of this sample, fixed) is subtracted before the scale is measured.
+        mean_in = X.mean(0) if tcfg.centre_inputs else None
+        X_in = X if mean_in is None else X - mean_in
+        self.c_in = math.sqrt(cfg.d_in) / float(X_in.norm(dim=-1).mean().clamp_min(1e-12))
+        self.mu_in = None if mean_in is None else mean_in * self.c_in  # in the scaled space
         self.c_out = math.sqrt(cfg.d_out) / float(Y.norm(dim=-1).mean().clamp_min(1e-12))
         d = Dictionary(cfg).init_weights_(self.gen).to(self.device)
         with torch.no_grad():
-            xs, ys = X * self.c_in, Y * self.c_out
+            xs, ys = X_in * self.c_in, Y * self.c_out
             if d.W_skip is not None:
                 xc = xs - xs.mean(0)
                 sol = torch.linalg.lstsq(xc, ys - ys.mean(0)).solution  # [d_in, d_out]
@@ -188,15 +206,16 @@ class DictionaryTrainer:
             else:
                 resid = ys
             d.b_dec.copy_(resid.mean(0))
-            rows = torch.randint(0, xs.shape[0], (cfg.d_dict,), generator=self.gen).to(self.device)
-            dec = resid[rows] - resid.mean(0)
-            d.W_dec.copy_(dec / dec.norm(dim=-1, keepdim=True).clamp_min(1e-12))
-            if cfg.kind == "sae":
-                d.W_enc.copy_(d.W_dec)
-            else:
-                # Small encoder rows: features start quiet, so the skip path's fit is not drowned in noise.
-                enc = xs[rows] - xs.mean(0)
-                d.W_enc.copy_(0.1 * enc / enc.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+            if tcfg.init == "data":
+                rows = torch.randint(0, xs.shape[0], (cfg.d_dict,), generator=self.gen).to(self.device)
+                dec = resid[rows] - resid.mean(0)
+                d.W_dec.copy_(dec / dec.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+                if cfg.kind == "sae":
+                    d.W_enc.copy_(d.W_dec)
+                else:
+                    # Small encoder rows: features start quiet, so the skip path's fit is not drowned in noise.
+                    enc = xs[rows] - xs.mean(0)
+                    d.W_enc.copy_(0.1 * enc / enc.norm(dim=-1, keepdim=True).clamp_min(1e-12))
             if cfg.activation == "jumprelu":
                 d.threshold.fill_(tcfg.init_threshold)
         self._setup(d)
@@ -223,6 +242,8 @@ class DictionaryTrainer:
         the step was logged in the history."""
         cfg, tcfg, d, step = self.cfg, self.tcfg, self.d, self.step_index
         x, y = x.to(self.device) * self.c_in, y.to(self.device) * self.c_out
+        if self.mu_in is not None:
+            x = x - self.mu_in
         pre = x @ d.W_enc.T + d.b_enc
         base = d.b_dec if d.W_skip is None else d.b_dec + x @ d.W_skip.T
         aux = torch.zeros((), device=self.device)
@@ -278,6 +299,11 @@ class DictionaryTrainer:
         with torch.no_grad():
             if self.log_theta is not None:
                 d.threshold.copy_(self.log_theta.exp())
+            # Fold the centring in: (c_in·x − μ)·W + b = c_in·x·W + (b − μ·W), for the encoder and the skip path.
+            if self.mu_in is not None:
+                d.b_enc.sub_(d.W_enc @ self.mu_in)
+                if d.W_skip is not None:
+                    d.b_dec.sub_(d.W_skip @ self.mu_in)
             # Fold the training scales back: pre(c_in·x) stays the same pre-activation (threshold unchanged);
             # outputs are divided by c_out.
             d.W_enc.mul_(self.c_in)
@@ -298,6 +324,7 @@ class DictionaryTrainer:
     def state_dict(self) -> dict[str, Any]:
         """Everything the next steps depend on (tensors on the CPU; ``torch.save`` it)."""
         return {"cfg": self.cfg.to_dict(), "tcfg": asdict(self.tcfg), "c_in": self.c_in, "c_out": self.c_out,
+                "mu_in": None if self.mu_in is None else self.mu_in.cpu().clone(),
                 "weights": {k: v.detach().cpu().clone() for k, v in self.d.state_dict().items()},
                 "log_theta": None if self.log_theta is None else self.log_theta.detach().cpu().clone(),
                 "opt": self.opt.state_dict(), "last_fired": self.last_fired.cpu().clone(),
@@ -315,6 +342,7 @@ class DictionaryTrainer:
         self.gen = torch.Generator()
         self.gen.set_state(state["gen"])
         self.c_in, self.c_out = state["c_in"], state["c_out"]
+        self.mu_in = None if state["mu_in"] is None else state["mu_in"].to(self.device)
         d = Dictionary(self.cfg)
         d.load_state_dict(state["weights"])
         self._setup(d.to(self.device))
@@ -409,6 +437,19 @@ def write_report(d: Dictionary, hist: TrainHistory, metrics: dict[str, Any], out
     return js, png
 
 
+def site_dictionary_config(layer: int, site: str, d_in: int, d_out: int, tc: TrainConfig, model_name: str,
+                           **provenance: Any) -> DictionaryConfig:
+    """The config of the dictionary ``tc`` trains at ``(layer, site)``: an SAE at an attention output, a transcoder
+    at an MLP (with a skip connection if ``tc.skip``). ``extra`` records the trainer, the model, ``tc`` and
+    ``provenance`` (e.g. the training tokens)."""
+    kind = "sae" if site == "attn" else "transcoder"
+    return DictionaryConfig(kind=kind, site=site, layer=layer, d_in=d_in, d_out=d_out,  # type: ignore[arg-type]
+                            d_dict=tc.d_dict, activation=tc.activation, k=tc.k if tc.activation == "topk" else None,
+                            skip=tc.skip and kind == "transcoder",
+                            extra={"trained_by": "circuit-atlas", "model_name": model_name, "train_config": asdict(tc),
+                                   **provenance})
+
+
 def train_dictionaries(
     model: torch.nn.Module,
     token_batches: Iterable[torch.Tensor],
@@ -449,12 +490,8 @@ def train_dictionaries(
         else:
             cut = int(X.shape[0] * (1 - heldout_frac))
             X, Y, Xh, Yh = X[:cut], Y[:cut], X[cut:], Y[cut:]
-        kind = "sae" if site == "attn" else "transcoder"
-        cfg = DictionaryConfig(kind=kind, site=site, layer=layer, d_in=X.shape[1], d_out=Y.shape[1],  # type: ignore[arg-type]
-                               d_dict=tc.d_dict, activation=tc.activation,
-                               k=tc.k if tc.activation == "topk" else None, skip=tc.skip and kind == "transcoder",
-                               extra={"trained_by": "circuit-atlas", "model_name": model_name,
-                                      "train_config": asdict(tc), "train_tokens": int(X.shape[0])})
+        cfg = site_dictionary_config(layer, site, X.shape[1], Y.shape[1], tc, model_name,
+                                     train_tokens=int(X.shape[0]))
         d, hist = train_dictionary(cfg, X, Y, tc, progress=progress)
         stats = reconstruction_stats(d, Xh, Yh).to_dict()
         dicts[(layer, site)] = d

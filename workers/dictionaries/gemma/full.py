@@ -67,8 +67,11 @@ class GemmaDictionarySpec:
             raise ValueError(f"sites {list(self.sites)}: choose from attn, mlp")
 
     def train_config(self) -> TrainConfig:
+        # Random initial directions and centred inputs: the zoo's data-point initialisation starts ~50× too large here
+        # and the inputs' large mean kills most TopK features (README, "The recipe at 4,096 features").
         return TrainConfig(d_dict=self.d_dict, activation="topk", k=self.k, steps=self.tokens // self.batch_size,
-                           batch_size=self.batch_size, lr=self.lr, resample_until=self.resample_until, seed=self.seed)
+                           batch_size=self.batch_size, lr=self.lr, resample_until=self.resample_until, seed=self.seed,
+                           init="random", centre_inputs=True)
 
     def stream_config(self) -> StreamConfig:
         return StreamConfig(seq_len=self.seq_len, sequences_per_batch=self.sequences_per_batch,

@@ -48,8 +48,8 @@ from torch import nn
 from workers.dictionaries.activations import Site, collect_activations, iter_activations
 from workers.dictionaries.formats import save_dictionary_set
 from workers.dictionaries.metrics import reconstruction_stats, splice_ce
-from workers.dictionaries.modules import DictionaryConfig, DictionarySet
-from workers.dictionaries.training import DictionaryTrainer, TrainConfig, write_report
+from workers.dictionaries.modules import DictionarySet
+from workers.dictionaries.training import DictionaryTrainer, TrainConfig, site_dictionary_config, write_report
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -208,16 +208,9 @@ def train_stream(
         timing["stream_seconds"] += time.time() - t0
         if not trainers:
             for s in sites:
-                d_in, d_out = dims[s]
-                kind = "sae" if s[1] == "attn" else "transcoder"
-                tc = tcfgs[s]
-                dc = DictionaryConfig(kind=kind, site=s[1], layer=s[0], d_in=d_in, d_out=d_out,  # type: ignore[arg-type]
-                                      d_dict=tc.d_dict, activation=tc.activation,
-                                      k=tc.k if tc.activation == "topk" else None, skip=tc.skip and kind == "transcoder",
-                                      extra={"trained_by": "circuit-atlas", "model_name": model_name,
-                                             "train_config": asdict(tc), "train_tokens": steps * B,
-                                             "stream": asdict(cfg)})
-                trainers[s] = DictionaryTrainer(dc, buffers.x[s], buffers.y[s], tc, device=device)
+                dc = site_dictionary_config(s[0], s[1], *dims[s], tcfgs[s], model_name, train_tokens=steps * B,
+                                            stream=asdict(cfg))
+                trainers[s] = DictionaryTrainer(dc, buffers.x[s], buffers.y[s], tcfgs[s], device=device)
         perm = torch.randperm(rows, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + fill)).to(device)
         for j in range(step - fill * per_fill, per_fill):
             if step >= steps:
