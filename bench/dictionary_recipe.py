@@ -33,6 +33,7 @@ RECIPES = {
     "random_centred": {"init": "random", "centre_inputs": True},  # the Gemma set's recipe (gemma/full.py)
     "random_centred_lr1e-3": {"init": "random", "centre_inputs": True, "lr": 1e-3},
     "zoo_centred": {"centre_inputs": True},
+    "random_centred_skip": {"init": "random", "centre_inputs": True, "skip": True},  # transcoders only
 }
 
 
@@ -93,7 +94,11 @@ def main() -> None:
     if args.tokens > args.collect_tokens:
         ap.error("--tokens must not exceed --collect-tokens")
     args.cache.mkdir(parents=True, exist_ok=True)
-    path = args.cache / f"{'_'.join(f'{layer}{site}' for layer, site in sites)}-{args.collect_tokens}.pt"
+    names = [f"{layer}{site}" for layer, site in sites]
+    # any cached file of these tokens that holds every site asked for (named by its sites)
+    cached = [p for p in sorted(args.cache.glob(f"*-{args.collect_tokens}.pt"))
+              if set(names) <= set(p.name.rsplit("-", 1)[0].split("_"))]
+    path = cached[0] if cached else args.cache / f"{'_'.join(names)}-{args.collect_tokens}.pt"
     data = torch.load(path, mmap=True) if path.is_file() else collect(sites, args.collect_tokens, path)
     for site in sites:
         X, Y = data["train"][site]

@@ -137,10 +137,12 @@ def test_the_gemma_key_changes_with_the_spec_and_the_corpus_but_not_the_checkpoi
     assert gemma_key(GemmaDictionarySpec(), "corpus-a") == key
     changed = [replace(spec, layers=(4, 9)), replace(spec, d_dict=2048), replace(spec, k=16),
                replace(spec, tokens=spec.tokens + 1024), replace(spec, lr=1e-3), replace(spec, buffer_tokens=8192),
-               replace(spec, sites=("mlp",)), replace(spec, seed=1), replace(spec, resample_until=0.9)]
+               replace(spec, sites=("mlp",)), replace(spec, seed=1), replace(spec, resample_until=0.9),
+               replace(spec, skip_transcoders=False)]
     keys = {gemma_key(s, "corpus-a") for s in changed} | {gemma_key(spec, "corpus-b"), key}
     assert len(keys) == len(changed) + 2
     assert gemma_key(replace(spec, checkpoint_every=7), "corpus-a") == key
-    assert replace(spec, resample_until=0.9).train_config().resample_until == 0.9
+    assert {t.resample_until for t in replace(spec, resample_until=0.9).train_config().values()} == {0.9}
+    assert spec.train_config()["mlp"].skip and not replace(spec, skip_transcoders=False).train_config()["mlp"].skip
     with pytest.raises(ValueError, match="layers"):
         GemmaDictionarySpec(layers=(18,))

@@ -19,7 +19,7 @@ import hashlib
 import importlib.metadata
 import json
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from workers.cached_build import build_once
@@ -51,6 +51,7 @@ class GemmaDictionarySpec:
     batch_size: int = 1024
     lr: float = 2e-3
     resample_until: float = TrainConfig.resample_until  # dead features are resampled in this first fraction of steps
+    skip_transcoders: bool = True  # transcoders with a linear skip path W_skip (training.py)
     seq_len: int = 257  # BOS + 256 corpus tokens: a forward pass of 8 sequences is 2 batches of 1,024, none left over
     sequences_per_batch: int = 8  # sequences per forward pass
     buffer_tokens: int = 16_384  # rows of each site's shuffle buffer
@@ -66,12 +67,15 @@ class GemmaDictionarySpec:
         if not self.sites or any(s not in ("attn", "mlp") for s in self.sites):
             raise ValueError(f"sites {list(self.sites)}: choose from attn, mlp")
 
-    def train_config(self) -> TrainConfig:
-        # Random initial directions and centred inputs: the zoo's data-point initialisation starts ~50× too large here
-        # and the inputs' large mean kills most TopK features (README, "The recipe at 4,096 features").
-        return TrainConfig(d_dict=self.d_dict, activation="topk", k=self.k, steps=self.tokens // self.batch_size,
-                           batch_size=self.batch_size, lr=self.lr, resample_until=self.resample_until, seed=self.seed,
-                           init="random", centre_inputs=True)
+    def train_config(self) -> dict[str, TrainConfig]:
+        """The TrainConfig of each site kind. Random initial directions and centred inputs: the zoo's data-point
+        initialisation starts ~50× too large here and the inputs' large mean kills most TopK features; transcoders
+        get a skip connection (``skip_transcoders``), which keeps every feature alive at a better EV than either
+        initialisation without (README, "The recipe at 4,096 features")."""
+        tc = TrainConfig(d_dict=self.d_dict, activation="topk", k=self.k, steps=self.tokens // self.batch_size,
+                         batch_size=self.batch_size, lr=self.lr, resample_until=self.resample_until, seed=self.seed,
+                         init="random", centre_inputs=True)
+        return {"attn": tc, "mlp": replace(tc, skip=self.skip_transcoders)}
 
     def stream_config(self) -> StreamConfig:
         return StreamConfig(seq_len=self.seq_len, sequences_per_batch=self.sequences_per_batch,
