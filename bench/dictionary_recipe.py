@@ -39,19 +39,19 @@ RECIPES = {
 
 def collect(sites: list[tuple[int, str]], tokens: int, path: Path) -> dict:
     from workers.dictionaries.activations import collect_activations, iter_activations
-    from workers.dictionaries.stream.train import PackedSequences
+    from workers.dictionaries.gemma.full import GemmaDictionarySpec
     from workers.models.gguf import load_gemma3_270m
     from workers.text_corpus.build import build_text_corpus
 
-    corpus = build_text_corpus(progress=False)
+    spec = GemmaDictionarySpec()  # the full set's stream and held-out sample
+    corpus = build_text_corpus(spec.corpus, progress=False)
     model, tok = load_gemma3_270m()
-    bos = int(tok.bos_token_id)
-    seqs = PackedSequences(corpus.tokens("train"), 257, bos, seed=0)
-    held_batches = list(PackedSequences(corpus.tokens("heldout"), 257, bos, seed=0).batch(0, 128).split(8))
+    seqs, held_batches = spec.sequences(corpus, int(tok.bos_token_id))
     train = {s: (torch.empty(tokens, 640), torch.empty(tokens, 640)) for s in sites}
     at, t0 = 0, time.time()
-    for got, acts in iter_activations(model, (seqs.batch(j, 8) for j in range(0, tokens // 256, 8)), sites,
-                                      drop_positions=1):
+    per_pass = spec.sequences_per_batch
+    passes = (seqs.batch(j, per_pass) for j in range(0, tokens // (spec.seq_len - 1), per_pass))
+    for got, acts in iter_activations(model, passes, sites, drop_positions=1):
         for s in sites:
             train[s][0][at:at + got], train[s][1][at:at + got] = acts[s]
         at += got

@@ -22,13 +22,15 @@ import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import torch
+
 from workers.cached_build import build_once
 from workers.dictionaries.gemma.slice import MODEL_NAME
 from workers.dictionaries.stream.train import PackedSequences, StreamConfig, train_stream
 from workers.dictionaries.training import TrainConfig, check_quality_bar
 from workers.models.placement import Placement
 from workers.settings import Settings, get_settings
-from workers.text_corpus.build import TextCorpusSpec, build_key, build_text_corpus
+from workers.text_corpus.build import TextCorpus, TextCorpusSpec, build_key, build_text_corpus
 from workers.zoo.build import MARKER
 
 N_LAYERS = 18
@@ -84,6 +86,14 @@ class GemmaDictionarySpec:
     def site_list(self) -> list[tuple[int, str]]:
         return [(layer, site) for layer in sorted(self.layers) for site in self.sites]
 
+    def sequences(self, corpus: TextCorpus, bos: int) -> tuple[PackedSequences, list[torch.Tensor]]:
+        """The training stream and the held-out forward batches. Held-out sequences are drawn like the training ones
+        (a seeded sample of the whole split, not its start, which is one source): the metrics then measure the
+        training distribution."""
+        train = PackedSequences(corpus.tokens("train"), self.seq_len, bos, seed=self.seed)
+        held = PackedSequences(corpus.tokens("heldout"), self.seq_len, bos, seed=self.seed)
+        return train, list(held.batch(0, self.heldout_sequences).split(self.sequences_per_batch))
+
 
 def source_files() -> list[Path]:
     return [Path(__file__), *sorted((_DICTIONARIES / "stream").glob("*.py")), *sorted(_DICTIONARIES.glob("*.py")),
@@ -122,12 +132,7 @@ def ensure_gemma_dictionaries(spec: GemmaDictionarySpec | None = None, *, settin
         corpus = build_text_corpus(spec.corpus, settings=settings, progress=progress)
         model, tokenizer = load_gemma3_270m()
         model.to(device)
-        bos = int(tokenizer.bos_token_id)
-        seqs = PackedSequences(corpus.tokens("train"), spec.seq_len, bos, seed=spec.seed)
-        # Held-out sequences drawn like the training ones (a seeded sample of the whole split, not its start, which
-        # is one source): the metrics then measure the training distribution.
-        held = list(PackedSequences(corpus.tokens("heldout"), spec.seq_len, bos, seed=spec.seed)
-                    .batch(0, spec.heldout_sequences).split(spec.sequences_per_batch))
+        seqs, held = spec.sequences(corpus, int(tokenizer.bos_token_id))
         _, report = train_stream(model, seqs, spec.site_list(), spec.train_config(), spec.stream_config(), partial,
                                  held, tokens=spec.tokens, model_name=MODEL_NAME, device=device,
                                  log=_log if progress else (lambda _m: None))
