@@ -30,17 +30,20 @@ def tiny_model() -> torch.nn.Module:
     return GPT2LMHeadModel(cfg).eval()
 
 
+def heldout_batches() -> list[torch.Tensor]:
+    return list(torch.from_numpy(np.random.default_rng(1).integers(1, 64, (8, 17))).split(4))
+
+
 def build(out: Path, pause: float = 0.0) -> Path:
     model = tiny_model()
     tokens = np.random.default_rng(0).integers(1, 64, 20_000)
-    held = torch.from_numpy(np.random.default_rng(1).integers(1, 64, (8, 17))).split(4)
 
     def log(msg: str) -> None:
         print(msg, flush=True)
         time.sleep(pause)
 
     def run(partial: Path) -> None:
-        train_stream(model, PackedSequences(tokens, CFG.seq_len, bos=0), SITES, TCFG, CFG, partial, list(held),
+        train_stream(model, PackedSequences(tokens, CFG.seq_len, bos=0), SITES, TCFG, CFG, partial, heldout_batches(),
                      tokens=TOKENS, model_name="tiny", log=log)
 
     return build_once(out, "tiny", run, resume=True)

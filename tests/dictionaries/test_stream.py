@@ -19,8 +19,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.dictionaries.stream_build import CFG, SITES, tiny_model
+from tests.dictionaries.stream_build import CFG, SITES, heldout_batches, tiny_model
 from workers.dictionaries.activations import collect_activations
+from workers.dictionaries.formats import load_dictionary_set
+from workers.dictionaries.metrics import reconstruction_stats
 from workers.dictionaries.modules import DictionaryConfig
 from workers.dictionaries.stream.train import (
     CHECKPOINT,
@@ -127,6 +129,12 @@ def test_a_build_killed_after_its_first_checkpoint_resumes_to_the_uninterrupted_
     for name in ra["dictionaries"]:
         assert ra["dictionaries"][name]["explained_variance"] == rb["dictionaries"][name]["explained_variance"]
     assert not (b / CHECKPOINT).exists()
+    # the held-out stats, from one forward pass for every site, are each site's stats on its own activations
+    ds, held = load_dictionary_set(a), collect_activations(tiny_model(), heldout_batches(), SITES, drop_positions=1)
+    for key, d in ds:
+        want = reconstruction_stats(d, *held[key]).to_dict()
+        got = ra["dictionaries"][d.cfg.name]
+        assert {k: got[k] for k in want} == pytest.approx(want, abs=1e-6), d.cfg.name
 
 
 def test_the_gemma_key_changes_with_the_spec_and_the_corpus_but_not_the_checkpoint_interval():

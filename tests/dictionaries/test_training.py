@@ -128,6 +128,28 @@ def test_topk_training_recovers_sparse_ground_truth():
     assert len(hist.step) == len(hist.l0) == len(hist.loss)
 
 
+@pytest.mark.parametrize("batch", [1000, 4096, 333])
+def test_reconstruction_stats_in_any_batching_are_the_direct_formulas(batch):
+    X = sparse_ground_truth(1000) + 5.0  # an offset: the EV's mean must be the mean over all rows, not per batch
+    cfg = DictionaryConfig(kind="transcoder", site="mlp", layer=0, d_in=D, d_out=D, d_dict=64, activation="topk",
+                           k=4, skip=True)
+    d, _ = train_dictionary(cfg, X, X.flip(-1), TrainConfig(d_dict=64, k=4, steps=30, batch_size=256), progress=False)
+    Y = X.flip(-1)
+    stats = reconstruction_stats(d, X, Y, batch=batch)
+    with torch.no_grad():
+        x, y = X.double(), Y.double()
+        pre = x @ d.W_enc.double().T + d.b_enc.double()
+        top = pre.topk(4, dim=-1)
+        acts = torch.zeros_like(pre).scatter(-1, top.indices, top.values.clamp_min(0))
+        y_hat = acts @ d.W_dec.double() + d.b_dec.double() + x @ d.W_skip.double().T
+    sse = float(((y - y_hat) ** 2).sum())
+    assert stats.explained_variance == pytest.approx(1 - sse / float(((y - y.mean(0)) ** 2).sum()), abs=1e-6)
+    assert stats.mse == pytest.approx(sse / Y.numel(), rel=1e-5)
+    assert stats.l0 == pytest.approx(float((acts > 0).sum(-1).double().mean()), abs=1e-9)
+    assert stats.dead_fraction == float(((acts > 0).sum(0) == 0).double().mean())
+    assert stats.n_tokens == 1000
+
+
 def test_jumprelu_training_trades_l0_for_error():
     X = sparse_ground_truth(12000, seed=1)
     cfg = DictionaryConfig(kind="sae", site="attn", layer=0, d_in=D, d_out=D, d_dict=64, activation="jumprelu")

@@ -32,30 +32,54 @@ class ReconstructionStats:
         return asdict(self)
 
 
-@torch.no_grad()
-def reconstruction_stats(d: Dictionary, X: torch.Tensor, Y: torch.Tensor, batch: int = 8192) -> ReconstructionStats:
-    """Stats of ``d`` on inputs X [n, d_in] and targets Y [n, d_out]."""
-    if X.shape[0] != Y.shape[0] or X.shape[0] == 0:
-        raise ValueError(f"X and Y must hold the same positive number of rows; got {X.shape[0]} and {Y.shape[0]}")
-    mean = Y.mean(0)
-    sse = tot = 0.0
-    l0_sum = 0.0
-    fired = torch.zeros(d.cfg.d_dict, dtype=torch.bool)
-    for i in range(0, X.shape[0], batch):
-        x, y = X[i:i + batch], Y[i:i + batch]
+class StatsAccumulator:
+    """:func:`reconstruction_stats` fed batch by batch, so the held-out activations of many sites need not be held
+    at once: memory is one batch. Σ‖y − ȳ‖² is accumulated as Σ‖y‖² − ‖Σy‖²/n in float64."""
+
+    def __init__(self, d: Dictionary) -> None:
+        self.d = d
+        self.n = 0
+        self.sse = self.sq = self.l0_sum = 0.0
+        self.y_sum = torch.zeros(d.cfg.d_out, dtype=torch.float64)
+        self.fired = torch.zeros(d.cfg.d_dict, dtype=torch.bool)
+
+    @torch.no_grad()
+    def add(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Rows x [n, d_in] with their targets y [n, d_out], on the dictionary's device."""
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(f"x and y must hold the same number of rows; got {x.shape[0]} and {y.shape[0]}")
+        d = self.d
         pre = d.pre_activation(x)
         g = d.gate(pre)
         y_hat = d.decode(pre * g)
         skip = d.skip_out(x)
         if skip is not None:
             y_hat = y_hat + skip
-        sse += float(((y - y_hat) ** 2).sum())
-        tot += float(((y - mean) ** 2).sum())
-        l0_sum += float(g.sum())
-        fired |= g.any(0)
-    n = X.shape[0]
-    return ReconstructionStats(l0=l0_sum / n, explained_variance=1.0 - sse / max(tot, 1e-30),
-                               dead_fraction=float((~fired).float().mean()), mse=sse / (n * Y.shape[1]), n_tokens=n)
+        self.sse += float(((y - y_hat) ** 2).sum(dtype=torch.float64))
+        self.sq += float((y ** 2).sum(dtype=torch.float64))
+        self.y_sum += y.sum(0, dtype=torch.float64).cpu()
+        self.l0_sum += float(g.sum(dtype=torch.float64))
+        self.fired |= g.any(0).cpu()
+        self.n += x.shape[0]
+
+    def result(self) -> ReconstructionStats:
+        if self.n == 0:
+            raise ValueError("no rows were added")
+        n = self.n
+        tot = self.sq - float((self.y_sum ** 2).sum()) / n
+        return ReconstructionStats(l0=self.l0_sum / n, explained_variance=1.0 - self.sse / max(tot, 1e-30),
+                                   dead_fraction=float((~self.fired).float().mean()),
+                                   mse=self.sse / (n * self.d.cfg.d_out), n_tokens=n)
+
+
+def reconstruction_stats(d: Dictionary, X: torch.Tensor, Y: torch.Tensor, batch: int = 8192) -> ReconstructionStats:
+    """Stats of ``d`` on inputs X [n, d_in] and targets Y [n, d_out]."""
+    if X.shape[0] != Y.shape[0] or X.shape[0] == 0:
+        raise ValueError(f"X and Y must hold the same positive number of rows; got {X.shape[0]} and {Y.shape[0]}")
+    acc = StatsAccumulator(d)
+    for i in range(0, X.shape[0], batch):
+        acc.add(X[i:i + batch], Y[i:i + batch])
+    return acc.result()
 
 
 @contextmanager

@@ -21,7 +21,7 @@
   - **Progress**: a line every ``log_every_s`` seconds (step, tokens, tokens/s of the stream and of training,
     ETA) through ``log``, and ``progress.json`` in ``out_dir``.
   - **At the end**: per site ``<name>.report.json|png`` (``training.write_report``) with held-out metrics
-    (``metrics.reconstruction_stats``; held-out activations are collected one layer at a time), the CE with every
+    (``metrics.StatsAccumulator``, fed by one forward pass over the held-out batches), the CE with every
     site spliced at once (``metrics.splice_ce``), the native set (``formats.save_dictionary_set``) and
     ``report.json``; the checkpoint is deleted.
 
@@ -45,9 +45,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from workers.dictionaries.activations import Site, collect_activations, iter_activations
+from workers.dictionaries.activations import Site, iter_activations
 from workers.dictionaries.formats import save_dictionary_set
-from workers.dictionaries.metrics import reconstruction_stats, splice_ce
+from workers.dictionaries.metrics import StatsAccumulator, splice_ce
 from workers.dictionaries.modules import DictionarySet
 from workers.dictionaries.training import DictionaryTrainer, TrainConfig, site_dictionary_config, write_report
 
@@ -250,16 +250,17 @@ def train_stream(
     for s in sites:
         dicts[s], hists[s] = trainers[s].finish()
     t0 = time.time()
-    for layer in sorted({layer for layer, _ in sites}):  # held-out activations one layer at a time
-        layer_sites = [s for s in sites if s[0] == layer]
-        held = collect_activations(model, heldout_batches, layer_sites, drop_positions=1)
-        for s in layer_sites:  # on the CPU, where finish() left the dictionaries
-            d = dicts[s]
-            stats = reconstruction_stats(d, *held[s]).to_dict()
-            report["dictionaries"][d.cfg.name] = {**stats, "d_dict": d.cfg.d_dict, "train_tokens": steps * B,
-                                                  "train_seconds": hists[s].seconds}
-            write_report(d, hists[s], stats, out_dir)
-        del held
+    # One forward pass over the held-out batches feeds every site's stats (on the CPU, where finish() left the
+    # dictionaries): memory is one batch's activations, whatever the number of sites.
+    acc = {s: StatsAccumulator(dicts[s]) for s in sites}
+    for _, acts in iter_activations(model, heldout_batches, sites, drop_positions=1):
+        for s in sites:
+            acc[s].add(*acts[s])
+    for s in sites:
+        d, stats = dicts[s], acc[s].result().to_dict()
+        report["dictionaries"][d.cfg.name] = {**stats, "d_dict": d.cfg.d_dict, "train_tokens": steps * B,
+                                              "train_seconds": hists[s].seconds}
+        write_report(d, hists[s], stats, out_dir)
     ds = DictionarySet(dicts, model_name=model_name, model_hash=model_hash)
     for _, d in ds:
         d.to(device)
