@@ -40,6 +40,7 @@ from service.demo import (
     step_services,
     submit_and_wait,
 )
+from workers.dictionaries.gemma.full import GemmaDictionarySpec, ensure_gemma_dictionaries
 from workers.settings import Settings
 
 TASKS = ("ioi", "induction", "brackets", "facts")
@@ -52,7 +53,9 @@ VIEWER = "http://localhost:8000"
 @dataclass
 class CaseStudyConfig:
     sizes: dict[str, int] = field(default_factory=lambda: {"ioi": 200, "induction": 60, "brackets": 60, "facts": 60})
-    dictionaries: Path | None = None  # a dictionary set directory for Gemma 3 270M; None: the trained slice
+    # A dictionary set directory for Gemma 3 270M, or the spec of a full set to build (or reuse) and use;
+    # None: the trained slice.
+    dictionaries: Path | GemmaDictionarySpec | None = None
     out: Path | None = None  # where the JSON and plots go; None: not written
     seed: int = 0
     settings: dict[str, Any] = field(default_factory=lambda: dict(CASE_SETTINGS))
@@ -212,6 +215,28 @@ def run_case_study(settings: Settings, echo: Callable[[str], None], config: Case
     return results
 
 
+def resolve_dictionaries(dictionaries: Path | GemmaDictionarySpec | None, settings: Settings,
+                         echo: Callable[[str], None]) -> Path:
+    """The directory of the case study's dictionary set: ``dictionaries`` itself, the full set of a spec (built
+    first if its key has none: hours on a CPU, README of workers/dictionaries), or the trained slice."""
+    if isinstance(dictionaries, GemmaDictionarySpec):
+        spec = dictionaries
+        echo(f"dictionaries: the full set ({len(spec.site_list())} sites, {spec.d_dict:,} features, "
+             f"{spec.tokens:,} training tokens; built on first use, resumable)")
+        path = ensure_gemma_dictionaries(spec, settings=settings, progress=True)
+        failures = json.loads((path / "report.json").read_text())["quality_failures"]
+        echo("dictionaries: " + ("quality bar met" if not failures else "quality bar missed: " + "; ".join(failures)))
+        return path
+    if dictionaries is None:
+        from workers.dictionaries.gemma.slice import GemmaSliceSpec, ensure_gemma_slice
+
+        spec = GemmaSliceSpec()
+        echo(f"dictionaries: the trained slice (layers {', '.join(map(str, spec.layers))}, {spec.d_dict} features; "
+             "trained on first use)")
+        return ensure_gemma_slice(spec, settings=settings, progress=True)
+    return Path(dictionaries).expanduser().resolve()
+
+
 def case_study(settings: Settings, echo: Callable[[str], None], config: CaseStudyConfig, tokenizer: Any = None) -> dict:
     """The core of :func:`run_case_study` on running services: dictionaries, prompts, an API and a worker of its
     own, every corpus over REST and read back. Returns the results (not written). ``tokenizer``: Gemma's, if the
@@ -219,15 +244,7 @@ def case_study(settings: Settings, echo: Callable[[str], None], config: CaseStud
     from workers.models.gguf import gemma3_270m_path, load_gemma3_270m_tokenizer
 
     started = time.monotonic()
-    if config.dictionaries is None:
-        from workers.dictionaries.gemma.slice import GemmaSliceSpec, ensure_gemma_slice
-
-        spec = GemmaSliceSpec()
-        echo(f"dictionaries: the trained slice (layers {', '.join(map(str, spec.layers))}, {spec.d_dict} features; "
-             "trained on first use)")
-        dictionaries = ensure_gemma_slice(spec, settings=settings, progress=True)
-    else:
-        dictionaries = Path(config.dictionaries).expanduser().resolve()
+    dictionaries = resolve_dictionaries(config.dictionaries, settings, echo)
     empty = error_only_set(settings)
     model_path = gemma3_270m_path()
     tokenizer = tokenizer if tokenizer is not None else load_gemma3_270m_tokenizer()

@@ -29,6 +29,7 @@ from workers.text_corpus.cli import app as data_app  # noqa: E402
 app.add_typer(data_app, name="data")
 
 from workers.dictionaries.gemma.cli import app as gemma_dictionaries_app  # noqa: E402
+from workers.dictionaries.gemma.full import GemmaDictionarySpec  # noqa: E402
 
 dictionaries_app = typer.Typer(help="Trained dictionaries (SAEs and transcoders) of real models.", no_args_is_help=True)
 dictionaries_app.add_typer(gemma_dictionaries_app, name="gemma")
@@ -200,6 +201,10 @@ def case_study_command(
     model: str = typer.Argument("gemma3-270m", help="The model: gemma3-270m (the only one so far)."),
     dictionaries: Path | None = typer.Option(None, "--dictionaries", help=(
         "A dictionary set directory for the model; default: the trained slice (built on first use).")),
+    full_set: bool = typer.Option(False, "--full-set", help=(
+        "Use the full set (36 sites, 4,096 features): built first, resumably, if not cached (hours on a CPU; "
+        "`atlas dictionaries gemma build`).")),
+    tokens: int = typer.Option(GemmaDictionarySpec.tokens, "--tokens", help="With --full-set: the set's training tokens."),
     ioi: int = typer.Option(200, "--ioi", help="IOI prompts (also run error-only, with no dictionaries)."),
     induction: int = typer.Option(60, "--induction", help="Induction prompts."),
     brackets: int = typer.Option(60, "--brackets", help="Bracket prompts."),
@@ -215,9 +220,12 @@ def case_study_command(
 
     if model != "gemma3-270m":
         raise _fail(DemoError(f"unknown case-study model {model!r}: gemma3-270m"))
+    if full_set and dictionaries is not None:
+        raise typer.BadParameter("--full-set and --dictionaries name two dictionary sets: give one")
     started = time.monotonic()
     config = CaseStudyConfig(sizes={"ioi": ioi, "induction": induction, "brackets": brackets, "facts": facts},
-                             dictionaries=dictionaries, out=out, seed=seed)
+                             dictionaries=GemmaDictionarySpec(tokens=tokens) if full_set else dictionaries, out=out,
+                             seed=seed)
     try:
         results = run_case_study(_settings(), _echo, config)
     except (ServiceError, MigrationError, DemoError) as exc:

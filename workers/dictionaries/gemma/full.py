@@ -21,6 +21,7 @@ import json
 import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -32,6 +33,10 @@ from workers.models.placement import Placement
 from workers.settings import Settings, get_settings
 from workers.text_corpus.build import TextCorpus, TextCorpusSpec, build_key, build_text_corpus
 from workers.zoo.build import MARKER
+
+if TYPE_CHECKING:
+    from torch import nn
+    from transformers import PreTrainedTokenizerBase
 
 N_LAYERS = 18
 _DICTIONARIES = Path(__file__).resolve().parents[1]
@@ -118,9 +123,11 @@ def _log(msg: str) -> None:
 
 
 def ensure_gemma_dictionaries(spec: GemmaDictionarySpec | None = None, *, settings: Settings | None = None,
-                              progress: bool = True) -> Path:
+                              progress: bool = True, model: nn.Module | None = None,
+                              tokenizer: PreTrainedTokenizerBase | None = None) -> Path:
     """The directory of the set (native format, reports, ``report.json``), trained first (or resumed from its
-    checkpoint) if this key has none. Trains on the process's device (``ATLAS_DEVICE``)."""
+    checkpoint) if this key has none. Trains on the process's device (``ATLAS_DEVICE``), with ``model`` and
+    ``tokenizer`` if the caller has Gemma loaded (else they are loaded)."""
     spec = spec or GemmaDictionarySpec()
     settings = settings or get_settings()
     corpus_key, _ = build_key(spec.corpus)
@@ -128,9 +135,11 @@ def ensure_gemma_dictionaries(spec: GemmaDictionarySpec | None = None, *, settin
     def build(partial: Path) -> None:
         from workers.models.gguf import load_gemma3_270m
 
+        nonlocal model, tokenizer
         device = Placement.from_settings(settings).torch_device()
         corpus = build_text_corpus(spec.corpus, settings=settings, progress=progress)
-        model, tokenizer = load_gemma3_270m()
+        if model is None or tokenizer is None:
+            model, tokenizer = load_gemma3_270m()
         model.to(device)
         seqs, held = spec.sequences(corpus, int(tokenizer.bos_token_id))
         _, report = train_stream(model, seqs, spec.site_list(), spec.train_config(), spec.stream_config(), partial,
