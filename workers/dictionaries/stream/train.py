@@ -37,6 +37,7 @@ import os
 import resource
 import time
 from collections.abc import Callable, Sequence
+from contextlib import closing
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -253,9 +254,10 @@ def train_stream(
     # One forward pass over the held-out batches feeds every site's stats (on the CPU, where finish() left the
     # dictionaries): memory is one batch's activations, whatever the number of sites.
     acc = {s: StatsAccumulator(dicts[s]) for s in sites}
-    for _, acts in iter_activations(model, heldout_batches, sites, drop_positions=1):
-        for s in sites:
-            acc[s].add(*acts[s])
+    with closing(iter_activations(model, heldout_batches, sites, drop_positions=1)) as batches:  # hooks off on error
+        for _, acts in batches:
+            for s in sites:
+                acc[s].add(*acts[s])
     for s in sites:
         d, stats = dicts[s], acc[s].result().to_dict()
         report["dictionaries"][d.cfg.name] = {**stats, "d_dict": d.cfg.d_dict, "train_tokens": steps * B,
